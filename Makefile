@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORDNET := /usr/share/wordnet/data.noun
+DATA ?= data/wordnet
+RUNS ?= runs
+SEED ?= 0
+export RAY_AUTH_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: venv wordnet-base data demo benchmark test test-slow lint clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+wordnet-base:
+	@test -f $(WORDNET) || { apt-get update -q && apt-get install -y -q wordnet-base; }
+
+data: $(DATA)/Y.txt
+$(DATA)/Y.txt: | venv wordnet-base
+	$(VENV)/bin/irene data wordnet $(DATA) --seed $(SEED)
+
+benchmark: data
+	$(VENV)/bin/irene benchmark $(DATA) --out $(RUNS)/benchmark --seed $(SEED)
+
+demo: benchmark
+
+test: venv wordnet-base
+	$(PY) -m pytest -q -ra
+
+test-slow: venv wordnet-base
+	$(PY) -m pytest -q -ra -m slow
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(RUNS) $(DATA)

@@ -1,0 +1,677 @@
+"""Serving latency/throughput, side by side in one run, on 127.0.0.1 only.
+
+    python bench/serve_bench.py [--bundle DIR] [--out runs/serve_bench] [--variants tuned]
+
+Systems measured (one after another, each warmed up first, so they never share the CPU):
+
+(a) ``serve``: our composed Ray Serve app over HTTP (Ingress -> Encoder -> index actor),
+    one run per ``--variants`` entry (settings in ``SERVE_VARIANTS``);
+(b) ``inprocess``: the same pipeline with no HTTP: bundle encoder ``encode`` + the same
+    sharded FAISS index ``search`` (1 client: a loop; 16 clients: 16 threads);
+(c) ``plain``: a single-process FastAPI/uvicorn service (``bench/plain_service.py``, a
+    subprocess) doing encode + search with asyncio micro-batching.
+
+Reported: query p50/p99 with 1 client; QPS and p50/p99 at ``--clients`` (16) concurrent
+clients; ingest items/s over HTTP (``POST /v1/items`` batches) vs in-process (encode +
+synthesize + ``DurableIndex.add``, fsynced); the generator's time per item. Load comes from
+one ``httpx.AsyncClient`` in this process. Without ``--bundle`` a bundle is built (once,
+cached under ``--out``) with the REAL default encoder (all-MiniLM-L6-v2), classifiers =
+WordNet noun-synset embeddings (or synthetic texts) + small noise, and an *untrained*
+IRENE generator: fine for timings, meaningless for accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+K = 10
+N_SHARDS = 4
+
+# Serve app settings tried (build_app args overrides + env vars for the Ray processes).
+# "defaults": Serve's own deployment defaults (max_ongoing_requests=5, 1 CPU per replica,
+# threads left to torch); the others are tuning attempts, see the report.
+_QUIET = {"logging_config": {"enable_access_log": False, "log_level": "WARNING"}}
+SERVE_VARIANTS: dict[str, dict] = {
+    "defaults": {
+        "args": {
+            "deployment_options": {
+                "Encoder": {"max_ongoing_requests": 5, "ray_actor_options": {"num_cpus": 1}},
+                "Generator": {"max_ongoing_requests": 5, "ray_actor_options": {"num_cpus": 0.25}},
+                "Ingress": {"max_ongoing_requests": 5, "ray_actor_options": {"num_cpus": 0.25}},
+            },
+        },
+        "env": {},
+    },
+    "repo": {  # the repo's settings (MAX_ONGOING_REQUESTS, local.yaml batch/threads)
+        "args": {
+            "threads": 1,
+            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002},
+            "deployment_options": {
+                "Encoder": {"ray_actor_options": {"num_cpus": 0.5}},
+                "Generator": {"ray_actor_options": {"num_cpus": 0.25}},
+                "Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+            },
+        },
+        "env": {},
+    },
+    "tuned": {
+        "args": {
+            "threads": 2,
+            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002},
+            "deployment_options": {
+                "Encoder": {"ray_actor_options": {"num_cpus": 0.5}, **_QUIET},
+                "Generator": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
+                "Ingress": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
+            },
+        },
+        "env": {},
+    },
+}
+
+QUERY_SUBJECTS = [
+    "a small dog",
+    "a wooden chair",
+    "an electric guitar",
+    "a river fish",
+    "a kitchen knife",
+    "a tropical fruit",
+    "a winter coat",
+    "a church bell",
+    "a sailing boat",
+    "a desert plant",
+    "a hunting bird",
+    "a farm tool",
+    "a musical instrument",
+    "a chemical element",
+    "a medical doctor",
+    "a city in europe",
+]
+QUERY_FRAMES = [
+    "{}",
+    "what is {}",
+    "{} used for cooking",
+    "{} with long legs",
+    "picture of {}",
+    "{} that lives in water",
+    "cheap {} for sale",
+    "history of {}",
+]
+
+
+def query_texts() -> list[str]:
+    """128 short, realistic query strings."""
+    return [f.format(s) for s in QUERY_SUBJECTS for f in QUERY_FRAMES]
+
+
+def item_texts(n: int, offset: int = 0, wordnet_dir: str = "/usr/share/wordnet") -> list[str]:
+    """``n`` item texts: WordNet noun synsets ("lemma, lemma: gloss") if present, else synthetic."""
+    path = os.path.join(wordnet_dir, "data.noun")
+    if os.path.exists(path):
+        from irene.data.wordnet import parse_data_noun
+
+        synsets = list(parse_data_noun(path).values())
+        if len(synsets) >= offset + n:
+            rng = np.random.default_rng(0)
+            pick = rng.permutation(len(synsets))[offset : offset + n]
+            return [synsets[i].text[:400] for i in pick]
+    rng = np.random.default_rng(offset)
+    words = [s.split()[-1] for s in QUERY_SUBJECTS] + ["red", "old", "large", "used", "for", "in"]
+    return [" ".join(rng.choice(words, size=8)) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- bundle
+def build_bundle(path: str, n_seen: int) -> str:
+    """A bundle with the real default encoder; classifiers/generator are untrained stand-ins."""
+    import torch
+
+    from irene.bundle import save_bundle
+    from irene.config import EncoderConfig, GeneratorConfig, TrainConfig
+    from irene.model.classifiers import OVAClassifiers
+    from irene.model.encoder import TextEncoder
+    from irene.model.generator import IreneGenerator
+    from irene.model.selector import Selector
+
+    cfg = TrainConfig(encoder=EncoderConfig(), generator=GeneratorConfig(dropout=0.0))
+    t0 = time.perf_counter()
+    enc = TextEncoder.from_config(cfg.encoder)
+    texts = item_texts(n_seen)
+    emb = enc.encode(texts)  # (S, d)
+    torch.manual_seed(0)
+    clf = OVAClassifiers(torch.from_numpy(emb))
+    with torch.no_grad():
+        clf.delta.normal_(std=0.02)
+    gen = IreneGenerator(emb.shape[1], cfg.generator).eval()
+    ids = [f"seen-{i}" for i in range(n_seen)]
+    note = "serve_bench: real encoder, untrained classifiers/generator (timings only)"
+    save_bundle(path, enc, clf, gen, Selector(emb), ids, cfg, {"note": note})
+    print(f"built bundle at {path}: {n_seen} seen items in {time.perf_counter() - t0:.0f}s")
+    return path
+
+
+def ensure_bundle(args) -> str:
+    if args.bundle:
+        return args.bundle
+    path = os.path.join(args.out, f"bundle-minilm-{args.n_seen}")
+    if args.rebuild_bundle or not os.path.exists(os.path.join(path, "manifest.json")):
+        shutil.rmtree(path, ignore_errors=True)
+        build_bundle(path, args.n_seen)
+    return path
+
+
+# --------------------------------------------------------------------------- stats
+def summarize(lat_s: list[float], wall_s: float, errors: int = 0) -> dict:
+    a = np.asarray(lat_s) * 1000.0
+    if len(a) == 0:
+        return {"n": 0, "errors": errors, "wall_s": wall_s}
+    return {
+        "n": len(a),
+        "errors": errors,
+        "wall_s": round(wall_s, 3),
+        "qps": round(len(a) / wall_s, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+    }
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------- load generator
+async def run_load(send, concurrency: int, duration_s: float, max_requests: int) -> dict:
+    """``concurrency`` workers call ``await send(i)`` (True = ok) until time or count runs out."""
+    lat: list[float] = []
+    errors = 0
+    counter = iter(range(max_requests))
+    stop = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            i = next(counter, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            ok = await send(i)
+            if ok:
+                lat.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return summarize(lat, time.perf_counter() - t0, errors)
+
+
+async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as c:
+        first_error: list[str] = []
+
+        async def send(i: int) -> bool:
+            r = await c.post("/v1/query", json={"text": queries[i % len(queries)], "k": K})
+            if r.status_code != 200 and not first_error:
+                first_error.append(f"{r.status_code} {r.text[:300]}")
+            return r.status_code == 200
+
+        await run_load(send, args.clients, args.warmup_s, 10**9)
+        await run_load(send, 1, min(2.0, args.warmup_s), 10**9)
+        one = await run_load(send, 1, args.duration_1_s, args.max_requests)
+        many = await run_load(send, args.clients, args.duration_n_s, args.max_requests)
+    out = {"c1": one, f"c{args.clients}": many}
+    if first_error:
+        out["first_error"] = first_error[0]
+    return out
+
+
+async def http_ingest(base_url: str, args, texts: list[str], tag: str) -> dict:
+    import httpx
+
+    bs = args.ingest_batch
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as c:
+        first_error: list[str] = []
+
+        async def send(i: int) -> bool:
+            items = [
+                {"id": f"{tag}-{i}-{j}", "text": texts[(i * bs + j) % len(texts)]}
+                for j in range(bs)
+            ]
+            r = await c.post("/v1/items", json={"items": items}, headers=AUTH)
+            if r.status_code != 200 and not first_error:
+                first_error.append(f"{r.status_code} {r.text[:300]}")
+            return r.status_code == 200
+
+        await run_load(send, args.ingest_clients, min(3.0, args.warmup_s), 10**9)
+        res = await run_load(send, args.ingest_clients, args.duration_ingest_s, 10**9)
+    res["items_per_s"] = round(res.get("qps", 0.0) * bs, 1)
+    res["batch"] = bs
+    res["clients"] = args.ingest_clients
+    if first_error:
+        res["first_error"] = first_error[0]
+    return res
+
+
+# --------------------------------------------------------------------------- (b) in-process
+def _timed_loop(fn, duration_s: float, max_n: int) -> tuple[list[float], float]:
+    lat = []
+    t_start = time.perf_counter()
+    stop = t_start + duration_s
+    i = 0
+    while time.perf_counter() < stop and i < max_n:
+        t0 = time.perf_counter()
+        fn(i)
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    return lat, time.perf_counter() - t_start
+
+
+def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str]) -> dict:
+    from irene.bundle import load_bundle
+    from irene.device import set_threads
+    from irene.index.log import DurableIndex
+
+    threads = set_threads(args.threads)
+    bundle = load_bundle(bundle_uri, device="cpu")
+    tmp = tempfile.mkdtemp(prefix="serve-bench-idx-")
+    index = DurableIndex.open(tmp, bundle.dim, None, N_SHARDS, snapshot_every=0)
+    try:
+        index.add(bundle.item_ids, bundle.seen_classifiers())
+
+        def query(i: int):
+            q = bundle.encoder.encode([queries[i % len(queries)]])  # (1, d)
+            return index.search(q, K)
+
+        _timed_loop(query, args.warmup_s, 10**9)
+        one = summarize(*_timed_loop(query, args.duration_1_s, args.max_requests))
+
+        # `clients` threads, each running the unbatched pipeline with 1 torch/faiss thread
+        lat: list[float] = []
+        lock = threading.Lock()
+        counter = iter(range(args.max_requests))
+        stop = time.perf_counter() + args.duration_n_s
+
+        def client() -> None:
+            set_threads(1)
+            mine = []
+            while time.perf_counter() < stop:
+                i = next(counter, None)
+                if i is None:
+                    break
+                t0 = time.perf_counter()
+                query(i)
+                mine.append(time.perf_counter() - t0)
+            with lock:
+                lat.extend(mine)
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(lambda _: client(), range(args.clients)))
+        many = summarize(lat, time.perf_counter() - t0)
+        set_threads(threads)
+
+        # ingest: encode + synthesize + durable add, batches of ingest_batch, 1 client
+        bs = args.ingest_batch
+
+        def ingest(i: int):
+            batch = [items[(i * bs + j) % len(items)] for j in range(bs)]
+            emb = bundle.encoder.encode(batch)  # (bs, d)
+            clf = bundle.synthesize(emb)  # (bs, d)
+            index.add([f"inproc-{i}-{j}" for j in range(bs)], clf)
+
+        _timed_loop(ingest, min(3.0, args.warmup_s), 10**9)
+        ing = summarize(*_timed_loop(ingest, args.duration_ingest_s, 10**9))
+        ing["items_per_s"] = round(ing["qps"] * bs, 1)
+        ing["batch"] = bs
+        ing["clients"] = 1
+
+        gen = bench_generator(bundle, items, args.duration_gen_s)
+        enc = bench_encoder(bundle, queries, args.duration_gen_s)
+    finally:
+        index.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "threads": threads,
+        "query": {"c1": one, f"c{args.clients}": many},
+        "ingest": ing,
+        "generator": gen,
+        "encoder": enc,
+    }
+
+
+def bench_generator(bundle, items: list[str], duration_s: float) -> dict:
+    """bundle.synthesize time per item, single items and batches (selector kNN included)."""
+    emb = bundle.encoder.encode(items[:256])  # (256, d)
+    out = {}
+    for bs in (1, 32, 256):
+        x = emb[:bs]
+        bundle.synthesize(x)  # warm-up
+        lat, wall = _timed_loop(lambda _i, x=x: bundle.synthesize(x), duration_s, 10**6)
+        per_call = float(np.median(lat))
+        out[f"batch_{bs}"] = {
+            "calls": len(lat),
+            "ms_per_call_p50": round(per_call * 1000, 3),
+            "ms_per_item": round(per_call * 1000 / bs, 4),
+        }
+    return out
+
+
+def bench_encoder(bundle, queries: list[str], duration_s: float) -> dict:
+    """Encoder time per query text: 1 text vs a batch of 16 (what micro-batching buys)."""
+    out = {}
+    for bs in (1, 16):
+        texts = queries[:bs]
+        bundle.encoder.encode(texts)
+        lat, _ = _timed_loop(lambda _i, t=texts: bundle.encoder.encode(t), duration_s, 10**6)
+        per_call = float(np.median(lat))
+        out[f"batch_{bs}"] = {
+            "ms_per_call_p50": round(per_call * 1000, 3),
+            "ms_per_text": round(per_call * 1000 / bs, 3),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- (c) plain
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: service exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready within {timeout_s}s")
+
+
+def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "plain_service.py"),
+        "--bundle",
+        bundle_uri,
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--max-batch",
+        str(args.plain_max_batch),
+        "--wait-ms",
+        str(args.plain_wait_ms),
+        "--n-shards",
+        str(N_SHARDS),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO))
+    try:
+        t0 = time.perf_counter()
+        _wait_http(f"http://127.0.0.1:{port}/healthz", 180, proc)
+        startup = time.perf_counter() - t0
+        res = asyncio.run(http_query_suite(f"http://127.0.0.1:{port}", args, queries))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {
+        "settings": {"max_batch": args.plain_max_batch, "wait_ms": args.plain_wait_ms},
+        "startup_s": round(startup, 1),
+        "query": res,
+    }
+
+
+# --------------------------------------------------------------------------- (a) Serve
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def bench_serve(
+    bundle_uri: str, args, variant: str, queries: list[str], items: list[str]
+) -> dict:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    spec = SERVE_VARIANTS[variant]
+    tmp = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
+    index_name = f"bench-index-{uuid.uuid4().hex[:8]}"
+    namespace = "irene-serve-bench"
+    env_keys = {"RAY_AUTH_MODE": "disabled", **spec["env"]}
+    old_env = {k: os.environ.get(k) for k in env_keys}
+    old_bundle = os.environ.pop("IRENE_BUNDLE", None)
+    os.environ.update(env_keys)
+    port = _free_port()
+    base = {
+        "bundle": bundle_uri,
+        "index_uri": os.path.join(tmp, "index"),
+        "index": {
+            "name": index_name,
+            "namespace": namespace,
+            "n_shards": N_SHARDS,
+            "num_cpus": 0.25,
+            "snapshot_every": 0,
+        },
+        "auth": {"token": TOKEN, "token_env": "IRENE_BENCH_UNSET_TOKEN"},
+    }
+    app_args = _merge(base, spec["args"])
+    try:
+        ray.init(
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            namespace=namespace,
+            _temp_dir=os.path.join(tmp, "ray"),
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
+        t0 = time.perf_counter()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args), name="irene", route_prefix="/")
+        _wait_http(f"http://127.0.0.1:{port}/readyz", 300)
+        startup = time.perf_counter() - t0
+        url = f"http://127.0.0.1:{port}"
+        res = asyncio.run(http_query_suite(url, args, queries))
+        ing = asyncio.run(http_ingest(url, args, items, f"{variant}-{uuid.uuid4().hex[:6]}"))
+    finally:
+        try:
+            serve.shutdown()
+            if ray.is_initialized():
+                try:
+                    ray.kill(ray.get_actor(index_name, namespace=namespace))
+                except ValueError:
+                    pass
+        finally:
+            ray.shutdown()
+            for k, v in old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            if old_bundle is not None:
+                os.environ["IRENE_BUNDLE"] = old_bundle
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "settings": spec,
+        "startup_s": round(startup, 1),
+        "query": res,
+        "ingest": ing,
+    }
+
+
+# --------------------------------------------------------------------------- report
+def _q(res: dict, c: str, key: str):
+    v = res.get(c, {}).get(key)
+    return "-" if v is None else v
+
+
+def _ratio(a, b) -> str:
+    try:
+        return f"{float(a) / float(b):.2f}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "-"
+
+
+def markdown(report: dict, clients: int) -> str:
+    cN = f"c{clients}"
+    inproc = report["inprocess"]
+    plain = report.get("plain")
+    rows = [("in-process", inproc["query"], inproc["ingest"])]
+    if plain:
+        rows.append(("plain FastAPI", plain["query"], None))
+    for name, res in report.get("serve", {}).items():
+        rows.append((f"Serve: {name}", res["query"], res["ingest"]))
+    ip50 = inproc["query"]["c1"]["p50_ms"]
+    pqps = plain["query"][cN]["qps"] if plain else None
+    lines = [
+        f"| system | 1 client p50 ms | p99 ms | {clients} clients QPS | p50 ms | p99 ms "
+        "| ingest items/s | p50 (1c) / in-process | QPS / plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, q, ing in rows:
+        lines.append(
+            f"| {name} | {_q(q, 'c1', 'p50_ms')} | {_q(q, 'c1', 'p99_ms')} "
+            f"| {_q(q, cN, 'qps')} | {_q(q, cN, 'p50_ms')} | {_q(q, cN, 'p99_ms')} "
+            f"| {ing['items_per_s'] if ing else '-'} "
+            f"| {_ratio(_q(q, 'c1', 'p50_ms'), ip50)} | {_ratio(_q(q, cN, 'qps'), pqps)} |"
+        )
+    gen = inproc["generator"]
+    lines += [
+        "",
+        "Generator (bundle.synthesize: selector kNN + IRENE generator), in-process:",
+        "",
+        "| batch | ms per call (p50) | ms per item |",
+        "|---:|---:|---:|",
+    ]
+    for k, v in gen.items():
+        lines.append(f"| {k.split('_')[1]} | {v['ms_per_call_p50']} | {v['ms_per_item']} |")
+    enc = inproc["encoder"]
+    lines += [
+        "",
+        "Encoder alone, in-process: "
+        + ", ".join(f"{k}: {v['ms_per_text']} ms/text" for k, v in enc.items()),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--bundle", help="bundle dir or s3:// prefix (default: build one)")
+    p.add_argument("--out", default="runs/serve_bench", help="JSON results (and built bundle)")
+    p.add_argument("--n-seen", type=int, default=5000, help="seen items of a built bundle")
+    p.add_argument("--rebuild-bundle", action="store_true")
+    p.add_argument(
+        "--variants",
+        default="tuned",
+        help=f"comma-separated Serve settings to run, of {sorted(SERVE_VARIANTS)}",
+    )
+    p.add_argument("--systems", default="inprocess,plain,serve")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--warmup-s", type=float, default=4.0)
+    p.add_argument("--duration-1-s", type=float, default=8.0, help="1-client query phase")
+    p.add_argument("--duration-n-s", type=float, default=12.0, help="N-client query phase")
+    p.add_argument("--duration-ingest-s", type=float, default=8.0)
+    p.add_argument("--duration-gen-s", type=float, default=2.0)
+    p.add_argument("--max-requests", type=int, default=20000, help="per measured phase")
+    p.add_argument("--ingest-batch", type=int, default=32)
+    p.add_argument("--ingest-clients", type=int, default=4)
+    p.add_argument("--plain-max-batch", type=int, default=32)
+    p.add_argument("--plain-wait-ms", type=float, default=2.0)
+    args = p.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(SERVE_VARIANTS)
+    if unknown:
+        p.error(f"unknown --variants {sorted(unknown)}; known: {sorted(SERVE_VARIANTS)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    systems = set(args.systems.split(","))
+    t_start = time.perf_counter()
+    report: dict = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(),
+        "argv": sys.argv,
+        "cpus": os.cpu_count(),
+        "loadavg": {"start": loadavg()},
+        "note": "",
+    }
+    bundle = ensure_bundle(args)
+    report["bundle"] = bundle
+    from irene.bundle import load_bundle
+
+    manifest = load_bundle(bundle, device="cpu").manifest
+    report["note"] = manifest.get("metrics", {}).get("note", "")
+    queries = query_texts()
+    items = item_texts(2048, offset=args.n_seen)
+
+    if "inprocess" in systems or "plain" in systems or "serve" in systems:
+        report["inprocess"] = bench_inprocess(bundle, args, queries, items)
+        report["loadavg"]["after_inprocess"] = loadavg()
+        print("in-process:", json.dumps(report["inprocess"]["query"]), flush=True)
+    if "plain" in systems:
+        report["plain"] = bench_plain(bundle, args, queries)
+        report["loadavg"]["after_plain"] = loadavg()
+        print("plain:", json.dumps(report["plain"]["query"]), flush=True)
+    if "serve" in systems:
+        report["serve"] = {}
+        for v in args.variants.split(","):
+            report["serve"][v] = bench_serve(bundle, args, v, queries, items)
+            report["loadavg"][f"after_serve_{v}"] = loadavg()
+            res = report["serve"][v]
+            print(f"serve {v}:", json.dumps(res["query"]), json.dumps(res["ingest"]), flush=True)
+    report["total_s"] = round(time.perf_counter() - t_start, 1)
+    table = markdown(report, args.clients)
+    report["table"] = table
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(args.out, f"serve_bench-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print()
+    print(f"bundle: {bundle} ({report['note']})")
+    print(f"load average (1/5/15 min): {report['loadavg']}  on {os.cpu_count()} cores")
+    print(table)
+    print(f"\nwrote {path} ({report['total_s']}s total)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A Ray actor serving a ``DurableIndex``.
+
+``IndexActor`` is a plain class (usable and testable without Ray); ``get_or_create_index_actor``
+wraps it with ``ray.remote`` as a *named, detached* actor in an explicit namespace. The actor
+restores itself in ``__init__`` (newest valid snapshot + log replay), so when Ray restarts it
+after a crash (``max_restarts``) it comes back with every acknowledged batch. With
+``max_concurrency > 1`` it is a threaded actor: searches run while a batch is being logged.
+
+Ray is imported lazily, so ``irene.index`` stays importable without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from irene.index.log import DurableIndex
+from irene.index.shard import IndexSpec
+
+log = logging.getLogger(__name__)
+
+
+class IndexActor:
+    """Holds one ``DurableIndex`` at ``uri`` (a local directory or ``s3://`` prefix)."""
+
+    def __init__(
+        self,
+        uri: str,
+        dim: int,
+        n_shards: int = 4,
+        spec: IndexSpec | dict | None = None,
+        snapshot_every: int = 1000,
+        keep_snapshots: int = 2,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.uri = uri
+        self._index = DurableIndex.open(
+            uri,
+            dim,
+            IndexSpec.from_dict(spec),
+            n_shards,
+            snapshot_every=snapshot_every,
+            keep_snapshots=keep_snapshots,
+        )
+        self._restore_s = time.perf_counter() - t0
+        self._started = time.time()
+
+    def add(self, ids: Sequence[str], vecs) -> int:
+        """Upsert a batch (durable on return); returns its log sequence number."""
+        return self._index.add(list(ids), np.asarray(vecs, dtype=np.float32))
+
+    def delete(self, ids: Sequence[str]) -> list[bool]:
+        return self._index.delete(list(ids))
+
+    def get(self, id_: str) -> np.ndarray | None:
+        return self._index.get(id_)
+
+    def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
+        return self._index.search(np.asarray(queries, dtype=np.float32), k)
+
+    def count(self) -> int:
+        return self._index.count
+
+    def snapshot(self) -> int:
+        return self._index.snapshot()
+
+    def stats(self) -> dict:
+        return {
+            "uri": self.uri,
+            "dim": self._index.index.dim,
+            "count": self._index.count,
+            "n_shards": self._index.index.n_shards,
+            "kind": self._index.index.spec.kind,
+            "last_seq": self._index.last_seq,
+            "snapshot_seq": self._index.snapshot_seq,
+            "recovery_report": self._index.recovery_report.to_dict(),
+            "restore_s": self._restore_s,
+            "started_at": self._started,
+            "pid": os.getpid(),
+        }
+
+    def ping(self) -> str:
+        return "pong"
+
+    def close(self) -> None:
+        self._index.close()
+
+
+def get_or_create_index_actor(
+    name: str,
+    namespace: str,
+    uri: str,
+    dim: int,
+    n_shards: int = 4,
+    spec: IndexSpec | dict | None = None,
+    *,
+    max_restarts: int = -1,
+    max_task_retries: int = 3,
+    max_concurrency: int = 8,
+    num_cpus: float = 1.0,
+    snapshot_every: int = 1000,
+    keep_snapshots: int = 2,
+    env_vars: dict[str, str] | None = None,
+):
+    """Return the named detached ``IndexActor`` handle, creating it if it does not exist.
+
+    ``max_task_retries`` re-sends calls that were in flight when the actor died; that is safe
+    because ``add`` is an idempotent upsert. ``env_vars`` (e.g. the S3 endpoint/credentials)
+    are set in the actor's process via its runtime environment. A detached actor outlives
+    the driver: stop it with ``ray.kill(handle)``.
+    """
+    import ray
+
+    if max_concurrency < 2:
+        raise ValueError("max_concurrency must be > 1 so searches run alongside writes")
+    options = {
+        "name": name,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": max_restarts,
+        "max_task_retries": max_task_retries,
+        "max_concurrency": max_concurrency,
+        "num_cpus": num_cpus,
+    }
+    if env_vars:
+        options["runtime_env"] = {"env_vars": dict(env_vars)}
+    spec_dict = IndexSpec.from_dict(spec).to_dict()
+    return (
+        ray.remote(IndexActor)
+        .options(**options)
+        .remote(uri, dim, n_shards, spec_dict, snapshot_every, keep_snapshots)
+    )

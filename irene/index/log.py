@@ -1,0 +1,772 @@
+"""Durability for ``ShardedIndex``: a write-ahead log plus checksummed snapshots.
+
+Layout under ``uri`` (a local directory or ``s3://bucket/prefix``)::
+
+    log/{first_seq:020d}.log     local: append-only segment files (new one per snapshot/open)
+    log/{seq:020d}.rec           S3: one object per acknowledged batch (objects can't append)
+    snapshots/{seq:020d}.snap    full index state as of ``seq``
+    LOCK                         local only: ``flock``-ed by the single writer
+
+Record framing (little-endian)::
+
+    [magic u32 = 0x47524C49 "ILRG"][seq u64][payload length u32][crc32 u32][payload]
+
+``crc32`` covers ``seq``, ``length`` and the payload. The payload is
+``[header length u32][JSON header {"op", "ids", "dim"}][n * dim float32 vectors]``.
+One record = one acknowledged batch (``op`` is ``"upsert"`` or ``"delete"``); sequence
+numbers start at 1 and increase by exactly 1 per record.
+
+Durability contract: ``DurableIndex.add``/``delete`` validate the batch, append the record
+and make it durable (local: ``write`` + ``flush`` + ``os.fsync``, plus an fsync of the
+directory when a segment file is created; S3: the PUT has completed) and only then apply it
+in memory and return. A batch that returned is never lost; one that raised may or may not
+survive a crash (exactly like any WAL). Concurrent writers are serialised, so there is no
+cross-caller group commit: callers should batch their ids (one record per call).
+
+Reading a log, damage is classified as follows:
+
+* **Torn tail** -- the *last* segment ends in an incomplete record (header or payload cut
+  short, or a zero-filled tail) and no valid record follows it. This is what a crash during
+  an append leaves behind; the record was never acknowledged. With ``repair=True`` the bytes
+  are truncated (S3: the object is rewritten or deleted), a ``logging.warning`` is emitted and
+  the damage is listed in ``RecoveryReport.truncated``; with ``repair=False`` it raises
+  ``CorruptLogError``. ``DurableIndex.open`` repairs by default; ``read_log`` does not.
+* **Corruption** -- a *complete* record whose CRC does not match (anywhere, including the
+  last record), a bad magic number, a torn record that is followed by valid records or
+  sits in a non-final segment, or sequence numbers that go backwards. Always
+  ``CorruptLogError`` naming the file and byte offset: acknowledged data may be damaged and
+  silently dropping it would hide data loss.
+* **Gap** -- a missing sequence range between records (e.g. a deleted S3 object). Logged as
+  an error and listed in ``RecoveryReport.gaps``; replay continues.
+
+Snapshots: ``[b"IRSNAP01"][seq u64][payload length u64][sha256 of payload, 32 bytes][payload]``
+with ``payload = ShardedIndex.to_bytes()``, written atomically (local: temp file + fsync +
+rename + directory fsync; S3: one PUT). On open, the newest snapshot whose checksum verifies
+is used; newer ones that fail are logged as errors and listed in
+``RecoveryReport.skipped_snapshots``. The newest ``keep_snapshots`` snapshots are kept (default
+2) and the log is compacted up to the *oldest kept* snapshot: with ``keep_snapshots=1`` that is
+every record with ``seq <= S`` after a snapshot at ``S``; with the default 2 the log since the
+previous snapshot is also kept, so falling back from a corrupt newest snapshot loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from irene import io as iio
+from irene.index.shard import IndexSpec
+from irene.index.sharded import ShardedIndex, check_str_ids
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0x47524C49  # b"ILRG" little-endian
+FRAME = struct.Struct("<IQII")  # magic, seq, payload length, crc32 -> 20 bytes
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+MAX_PAYLOAD = (1 << 32) - 1
+SNAP_MAGIC = b"IRSNAP01"
+SNAP_HEADER = struct.Struct("<8sQQ32s")  # magic, seq, payload length, sha256
+OPS = ("upsert", "delete")
+
+_LOCAL_SEGMENT = re.compile(r"^(\d{20})\.log$")
+_S3_SEGMENT = re.compile(r"^(\d{20})\.rec$")
+_SNAPSHOT = re.compile(r"^(\d{20})\.snap$")
+
+
+class CorruptLogError(RuntimeError):
+    """The log or a snapshot is damaged in a way that may lose acknowledged data."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path} at byte offset {offset}: {reason}")
+        self.path, self.offset, self.reason = path, offset, reason
+
+
+@dataclass
+class LogRecord:
+    seq: int
+    op: str  # "upsert" | "delete"
+    ids: list[str]
+    vectors: np.ndarray | None = None  # (n, dim) float32 for "upsert", else None
+
+
+@dataclass
+class RecoveryReport:
+    """What ``DurableIndex.open`` found and did."""
+
+    uri: str = ""
+    snapshot_seq: int = 0  # seq of the restored snapshot; 0 = started empty
+    snapshot: str | None = None  # location of the restored snapshot
+    skipped_snapshots: list[dict] = field(default_factory=list)  # {"uri", "reason"}
+    replayed_records: int = 0
+    skipped_records: int = 0  # records already contained in the snapshot
+    last_seq: int = 0
+    truncated: list[dict] = field(
+        default_factory=list
+    )  # {"uri", "offset", "dropped_bytes", "reason"}
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # missing seq ranges, inclusive
+
+    @property
+    def clean(self) -> bool:
+        return not (self.skipped_snapshots or self.truncated or self.gaps)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "clean": self.clean}
+
+
+# --------------------------------------------------------------------------- records
+def _crc(seq: int, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<QI", seq, len(payload))))
+
+
+def encode_record(rec: LogRecord) -> bytes:
+    """The framed bytes of one record."""
+    if rec.op not in OPS:
+        raise ValueError(f"op must be one of {OPS}")
+    dim = 0 if rec.vectors is None else int(rec.vectors.shape[1])
+    header = json.dumps({"op": rec.op, "ids": list(rec.ids), "dim": dim}).encode()
+    parts = [struct.pack("<I", len(header)), header]
+    if rec.op == "upsert":
+        vecs = np.ascontiguousarray(rec.vectors, dtype="<f4")  # (n, dim)
+        if vecs.shape[0] != len(rec.ids):
+            raise ValueError("ids and vectors differ in length")
+        parts.append(vecs.tobytes())
+    payload = b"".join(parts)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"record payload of {len(payload)} bytes is too large; split the batch")
+    return FRAME.pack(MAGIC, rec.seq, len(payload), _crc(rec.seq, payload)) + payload
+
+
+def decode_payload(seq: int, payload) -> LogRecord:
+    (hlen,) = struct.unpack_from("<I", payload, 0)
+    header = json.loads(bytes(payload[4 : 4 + hlen]).decode())
+    ids = header["ids"]
+    if header["op"] == "upsert":
+        vecs = np.frombuffer(payload, dtype="<f4", offset=4 + hlen).astype(np.float32)
+        vecs = vecs.reshape(len(ids), header["dim"])  # (n, dim)
+        return LogRecord(seq, "upsert", ids, vecs)
+    return LogRecord(seq, header["op"], ids, None)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    seq: int
+    start: int  # payload start offset
+    end: int  # payload end offset
+
+
+def _valid_frame_at(buf, off: int) -> bool:
+    if len(buf) - off < FRAME.size:
+        return False
+    magic, seq, length, crc = FRAME.unpack_from(buf, off)
+    end = off + FRAME.size + length
+    return magic == MAGIC and end <= len(buf) and _crc(seq, buf[off + FRAME.size : end]) == crc
+
+
+def _valid_frame_after(buf, off: int) -> bool:
+    """Is there any complete, CRC-valid record starting after ``off``?"""
+    pos = buf.find(_MAGIC_BYTES, off + 1)
+    while pos != -1:
+        if _valid_frame_at(buf, pos):
+            return True
+        pos = buf.find(_MAGIC_BYTES, pos + 1)
+    return False
+
+
+def scan_frames(buf, name: str) -> tuple[list[_Frame], int, str | None]:
+    """Parse frames in ``buf`` (bytes or mmap). Returns (frames, end of the last good frame,
+    torn-tail reason or None). Raises ``CorruptLogError`` on corruption."""
+    frames: list[_Frame] = []
+    off, n = 0, len(buf)
+    view = memoryview(buf)
+    try:
+        while off < n:
+            if n - off < FRAME.size:
+                return frames, off, f"incomplete record header ({n - off} of {FRAME.size} bytes)"
+            magic, seq, length, crc = FRAME.unpack_from(buf, off)
+            if magic != MAGIC:
+                if not np.frombuffer(view[off:], dtype=np.uint8).any():
+                    return frames, off, f"zero-filled tail of {n - off} bytes"
+                raise CorruptLogError(name, off, f"bad magic number {magic:#010x}")
+            end = off + FRAME.size + length
+            if end > n:
+                return (
+                    frames,
+                    off,
+                    f"incomplete record: {length} payload bytes declared, {n - off - FRAME.size} present",
+                )
+            if _crc(seq, view[off + FRAME.size : end]) != crc:
+                raise CorruptLogError(name, off, f"CRC mismatch in record seq={seq}")
+            frames.append(_Frame(seq, off + FRAME.size, end))
+            off = end
+        return frames, off, None
+    finally:
+        view.release()
+
+
+# --------------------------------------------------------------------------- storage
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Store:
+    """Where the log segments and snapshots live. Subclasses: local directory, S3 prefix."""
+
+    segment_re: re.Pattern
+
+    def __init__(self, uri: str) -> None:
+        self.uri = str(uri)
+        self.fs, self.base = iio.resolve(self.uri)
+
+    # paths are filesystem paths for ``self.fs`` (for S3: "bucket/key")
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+    def _list(self, sub: str, pattern: re.Pattern) -> list[tuple[int, str]]:
+        path = self._path(sub)
+        sel = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+        out = []
+        for info in self.fs.get_file_info(sel):
+            m = pattern.match(info.base_name)
+            if m and info.type == pafs.FileType.File:
+                out.append((int(m.group(1)), info.path))
+        return sorted(out)
+
+    def segments(self) -> list[tuple[int, str]]:
+        return self._list("log", self.segment_re)
+
+    def snapshots(self) -> list[tuple[int, str]]:
+        return self._list("snapshots", _SNAPSHOT)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(path)
+
+    def write_snapshot(self, seq: int, blob: bytes) -> str:
+        path = self._path("snapshots", f"{seq:020d}.snap")
+        self._write_atomic(path, blob)
+        return path
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:  # one PUT: atomic per object
+            f.write(data)
+
+    # log-specific
+    def open_writer(self, next_seq: int) -> None:
+        raise NotImplementedError
+
+    def append(self, seq: int, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def rotate(self, next_seq: int) -> None:
+        """Start a new segment whose first record will be ``next_seq``."""
+
+    def iter_segment_buffers(self) -> Iterator[tuple[int, str, object]]:
+        """(name seq, path, buffer) for each segment in order; buffers are bytes or mmap."""
+        raise NotImplementedError
+
+    def truncate(self, path: str, offset: int) -> None:
+        raise NotImplementedError
+
+    def compact(self, upto_seq: int) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _LocalStore(_Store):
+    segment_re = _LOCAL_SEGMENT
+
+    def __init__(self, uri: str, lock_timeout_s: float = 30.0, lock: bool = True) -> None:
+        super().__init__(uri)
+        for sub in ("log", "snapshots"):
+            os.makedirs(self._path(sub), exist_ok=True)
+        self._file = None
+        self._lock_file = None
+        _fsync_dir(self.base)
+        if lock:
+            self._lock_file = open(self._path("LOCK"), "a+b")  # held until close()
+            self._acquire_lock(lock_timeout_s)
+            self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of snapshots whose writer crashed before the rename (we hold the lock)."""
+        snap_dir = self._path("snapshots")
+        for name in os.listdir(snap_dir):
+            if ".tmp-" in name:
+                log.info("removing stale temporary snapshot file %s", name)
+                os.remove(os.path.join(snap_dir, name))
+
+    def _acquire_lock(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._lock_file.close()
+                    raise RuntimeError(
+                        f"{self.uri} is locked by another writer (LOCK held)"
+                    ) from None
+                time.sleep(0.05)
+
+    def iter_segment_buffers(self):
+        for seq, path in self.segments():
+            size = os.path.getsize(path)
+            if size == 0:
+                yield seq, path, b""
+                continue
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                yield seq, path, mm
+
+    def truncate(self, path: str, offset: int) -> None:
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def open_writer(self, next_seq: int) -> None:
+        if self._file is not None:
+            self._file.close()
+        path = self._path("log", f"{next_seq:020d}.log")
+        self._file = open(path, "ab")  # the active segment stays open
+        os.fsync(self._file.fileno())
+        _fsync_dir(self._path("log"))
+
+    rotate = open_writer
+
+    def append(self, seq: int, frame: bytes) -> None:
+        f = self._file
+        size = f.tell()
+        try:
+            f.write(frame)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            # Roll back the partial frame so later appends don't sit behind a torn record.
+            # If even that fails the segment is unusable: close it so appends keep failing.
+            try:
+                f.truncate(size)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                log.exception("could not roll back a failed append to %s", f.name)
+                f.close()
+            raise
+
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        iio.write_bytes(path, data)  # temp file + fsync + rename
+        _fsync_dir(os.path.dirname(path))
+
+    def compact(self, upto_seq: int) -> int:
+        """Delete segments all of whose records have seq <= upto_seq (never the active one)."""
+        segs = self.segments()
+        active = os.path.abspath(self._file.name) if self._file is not None else None
+        removed = 0
+        for (_, path), (next_first, _) in zip(segs, segs[1:], strict=False):
+            if next_first - 1 <= upto_seq and os.path.abspath(path) != active:
+                os.remove(path)
+                removed += 1
+        if removed:
+            _fsync_dir(self._path("log"))
+        return removed
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock_file is not None and not self._lock_file.closed:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+
+
+class _S3Store(_Store):
+    """S3 (or compatible): one immutable object per record; a completed PUT is the commit.
+
+    There is no lock: the caller must ensure a single writer (e.g. one named Ray actor)."""
+
+    segment_re = _S3_SEGMENT
+    prefetch = 16
+
+    def iter_segment_buffers(self):
+        segs = self.segments()
+        with ThreadPoolExecutor(8) as pool:
+            for i in range(0, len(segs), self.prefetch):
+                window = segs[i : i + self.prefetch]
+                datas = list(pool.map(lambda s: self.read(s[1]), window))
+                for (seq, path), data in zip(window, datas, strict=True):
+                    yield seq, path, data
+
+    def truncate(self, path: str, offset: int) -> None:
+        if offset == 0:
+            self.delete(path)
+        else:
+            self._write_atomic(path, self.read(path)[:offset])
+
+    def open_writer(self, next_seq: int) -> None:
+        pass
+
+    def append(self, seq: int, frame: bytes) -> None:
+        self._write_atomic(self._path("log", f"{seq:020d}.rec"), frame)
+
+    def compact(self, upto_seq: int) -> int:
+        doomed = [path for seq, path in self.segments() if seq <= upto_seq]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self.delete, doomed))
+        return len(doomed)
+
+
+def open_store(uri: str, lock_timeout_s: float = 30.0, lock: bool = True) -> _Store:
+    """Local stores take an exclusive ``flock`` on ``LOCK`` when ``lock`` (single writer)."""
+    return _S3Store(uri) if iio.is_s3(uri) else _LocalStore(uri, lock_timeout_s, lock)
+
+
+# --------------------------------------------------------------------------- reading
+def _iter_records(store: _Store, report: RecoveryReport, repair: bool) -> Iterator[LogRecord]:
+    segs = store.segments()
+    last_path = segs[-1][1] if segs else None
+    for _, path, buf in store.iter_segment_buffers():
+        frames, good_end, torn = scan_frames(buf, path)
+        if torn is not None:
+            if path != last_path or _valid_frame_after(buf, good_end):
+                raise CorruptLogError(path, good_end, f"{torn}, followed by more data")
+            if not repair:
+                raise CorruptLogError(
+                    path, good_end, f"torn tail: {torn} (open with repair=True to truncate)"
+                )
+            dropped = len(buf) - good_end
+        for fr in frames:
+            yield decode_payload(fr.seq, buf[fr.start : fr.end])
+        if torn is not None:
+            if isinstance(buf, mmap.mmap):
+                buf.close()  # before truncating the file under it
+            store.truncate(path, good_end)
+            log.warning(
+                "repaired torn log tail: %s: dropped %d bytes at offset %d (%s)",
+                path,
+                dropped,
+                good_end,
+                torn,
+            )
+            report.truncated.append(
+                {"uri": path, "offset": good_end, "dropped_bytes": dropped, "reason": torn}
+            )
+
+
+def read_log(
+    uri: str, *, repair: bool = False, after_seq: int = 0
+) -> tuple[list[LogRecord], RecoveryReport]:
+    """All records with seq > ``after_seq`` in order, plus a report (see the module docstring)."""
+    store = open_store(uri, lock=repair)  # reading alone needs no writer lock
+    report = RecoveryReport(uri=str(uri))
+    try:
+        records = [r for r in _iter_records(store, report, repair) if r.seq > after_seq]
+    finally:
+        store.close()
+    return records, report
+
+
+# --------------------------------------------------------------------------- snapshots
+def encode_snapshot(seq: int, payload: bytes) -> bytes:
+    return (
+        SNAP_HEADER.pack(SNAP_MAGIC, seq, len(payload), hashlib.sha256(payload).digest()) + payload
+    )
+
+
+def decode_snapshot(data: bytes, name: str) -> tuple[int, bytes]:
+    """(seq, payload); raises ``CorruptLogError`` if the header or checksum is wrong."""
+    if len(data) < SNAP_HEADER.size:
+        raise CorruptLogError(name, 0, "snapshot shorter than its header")
+    magic, seq, length, digest = SNAP_HEADER.unpack_from(data, 0)
+    if magic != SNAP_MAGIC:
+        raise CorruptLogError(name, 0, "bad snapshot magic")
+    payload = data[SNAP_HEADER.size :]
+    if len(payload) != length:
+        raise CorruptLogError(
+            name,
+            SNAP_HEADER.size,
+            f"snapshot payload is {len(payload)} bytes, header says {length}",
+        )
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptLogError(name, SNAP_HEADER.size, "snapshot sha256 mismatch")
+    return seq, payload
+
+
+def _load_newest_snapshot(store: _Store, report: RecoveryReport) -> tuple[int, bytes | None]:
+    for name_seq, path in reversed(store.snapshots()):
+        try:
+            seq, payload = decode_snapshot(store.read(path), path)
+            if seq != name_seq:
+                raise CorruptLogError(
+                    path, 0, f"snapshot header seq {seq} != file name seq {name_seq}"
+                )
+        except (CorruptLogError, OSError) as e:
+            log.error("skipping unusable snapshot %s: %s", path, e)
+            report.skipped_snapshots.append({"uri": path, "reason": str(e)})
+            continue
+        report.snapshot_seq, report.snapshot = seq, path
+        return seq, payload
+    return 0, None
+
+
+# --------------------------------------------------------------------------- the index
+class DurableIndex:
+    """A ``ShardedIndex`` whose writes go through a write-ahead log; see the module docstring.
+
+    Thread-safe: writes are serialised (log order == apply order), searches run concurrently
+    with each other and with log I/O (they only wait while a batch is applied in memory).
+    """
+
+    def __init__(
+        self,
+        index: ShardedIndex,
+        store: _Store,
+        report: RecoveryReport,
+        snapshot_every: int = 1000,
+        keep_snapshots: int = 2,
+    ) -> None:
+        if keep_snapshots < 1:
+            raise ValueError("keep_snapshots must be >= 1")
+        self.index = index
+        self.recovery_report = report
+        self.snapshot_every = snapshot_every
+        self.keep_snapshots = keep_snapshots
+        self._store = store
+        self._last_seq = report.last_seq
+        self._snapshot_seq = report.snapshot_seq
+        self._write_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        dim: int,
+        spec: IndexSpec | dict | None = None,
+        n_shards: int = 4,
+        *,
+        snapshot_every: int = 1000,
+        keep_snapshots: int = 2,
+        repair: bool = True,
+        lock_timeout_s: float = 30.0,
+    ) -> DurableIndex:
+        """Restore the newest valid snapshot under ``uri`` and replay the log after it.
+
+        ``snapshot_every``: take a snapshot (and compact the log) automatically once this many
+        records were logged since the last one; 0 disables. ``keep_snapshots``: how many
+        snapshots to retain (see the module docstring). ``repair``: truncate a torn log tail
+        (reported in ``recovery_report``) instead of raising ``CorruptLogError``.
+        ``lock_timeout_s``: how long to wait for another local writer to release ``LOCK``.
+        Once a snapshot exists its ``n_shards`` wins over the argument (with a warning) and a
+        different index kind or ``dim`` raises ``ValueError``.
+        """
+        spec = IndexSpec.from_dict(spec)
+        store = open_store(uri, lock_timeout_s)
+        try:
+            report = RecoveryReport(uri=str(uri))
+            index = cls._restore(store, report, dim, spec, n_shards, repair)
+            store.open_writer(report.last_seq + 1)
+        except BaseException:
+            store.close()
+            raise
+        log.info(
+            "opened %s: snapshot seq %d, replayed %d records, last seq %d, %d vectors",
+            uri,
+            report.snapshot_seq,
+            report.replayed_records,
+            report.last_seq,
+            index.count,
+        )
+        return cls(index, store, report, snapshot_every, keep_snapshots)
+
+    @staticmethod
+    def _restore(
+        store: _Store,
+        report: RecoveryReport,
+        dim: int,
+        spec: IndexSpec,
+        n_shards: int,
+        repair: bool,
+    ) -> ShardedIndex:
+        snap_seq, payload = _load_newest_snapshot(store, report)
+        if payload is None:
+            index = ShardedIndex(dim, n_shards, spec)
+        else:
+            index = ShardedIndex.from_bytes(payload, spec)
+            if index.dim != dim:
+                raise ValueError(f"{store.uri} holds dim {index.dim} vectors, not {dim}")
+            if index.n_shards != n_shards:
+                log.warning(
+                    "%s was built with %d shards; keeping that (asked for %d)",
+                    store.uri,
+                    index.n_shards,
+                    n_shards,
+                )
+        last = snap_seq
+        for rec in _iter_records(store, report, repair):
+            if rec.seq <= snap_seq:
+                report.skipped_records += 1
+                continue
+            if rec.seq <= last:
+                raise CorruptLogError(
+                    store.uri, 0, f"sequence goes backwards: {rec.seq} after {last}"
+                )
+            if rec.seq != last + 1:
+                log.error(
+                    "log gap in %s: records %d..%d are missing", store.uri, last + 1, rec.seq - 1
+                )
+                report.gaps.append((last + 1, rec.seq - 1))
+            _apply(index, rec)
+            report.replayed_records += 1
+            last = rec.seq
+        report.last_seq = last
+        return index
+
+    # ----------------------------------------------------------------- writes
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def snapshot_seq(self) -> int:
+        return self._snapshot_seq
+
+    def _commit(self, rec: LogRecord) -> None:
+        """Caller holds the write lock. Durable before return; seq only advances on success."""
+        if self._closed:
+            raise RuntimeError("DurableIndex is closed")
+        self._store.append(rec.seq, encode_record(rec))
+        self._last_seq = rec.seq
+
+    def add(self, ids: Sequence[str], vecs) -> int:
+        """Upsert a batch (ids (n,), vecs (n, dim)); durable when it returns. Returns its seq."""
+        with self._write_lock:
+            ids, x = self.index.prepare_upsert(ids, vecs)
+            if not ids:
+                return self._last_seq
+            self._commit(LogRecord(self._last_seq + 1, "upsert", ids, x))
+            self.index.add(ids, x)
+            seq = self._last_seq
+        self._maybe_snapshot()
+        return seq
+
+    upsert = add
+
+    def delete(self, ids: Sequence[str]) -> list[bool]:
+        """Remove ids; element i is True if ids[i] was present. Durable when it returns."""
+        ids = check_str_ids(ids)
+        with self._write_lock:
+            seen: set[str] = set()
+            present = []
+            for s in ids:
+                present.append(s not in seen and s in self.index)
+                seen.add(s)
+            doomed = [s for s, p in zip(ids, present, strict=True) if p]
+            if doomed:
+                self._commit(LogRecord(self._last_seq + 1, "delete", doomed))
+                self.index.delete(doomed)
+        if doomed:
+            self._maybe_snapshot()
+        return present
+
+    # ----------------------------------------------------------------- reads
+    def get(self, id_: str) -> np.ndarray | None:
+        return self.index.get(id_)
+
+    def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
+        return self.index.search(queries, k)
+
+    @property
+    def count(self) -> int:
+        return self.index.count
+
+    # ----------------------------------------------------------------- snapshots
+    def _maybe_snapshot(self) -> None:
+        if self.snapshot_every and self._last_seq - self._snapshot_seq >= self.snapshot_every:
+            if self._snapshot_lock.acquire(blocking=False):  # else one is already running
+                try:
+                    self._snapshot_locked()
+                except Exception:  # the batch is already durable in the log: don't fail it
+                    log.exception(
+                        "automatic snapshot of %s failed; will retry later", self._store.uri
+                    )
+                finally:
+                    self._snapshot_lock.release()
+
+    def snapshot(self) -> int:
+        """Write a snapshot of the current state and compact the log. Returns its seq."""
+        with self._snapshot_lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> int:
+        with self._write_lock:  # a consistent (state, seq) pair; I/O happens after release
+            seq = self._last_seq
+            if seq == self._snapshot_seq:
+                return seq
+            payload = self.index.to_bytes()
+            self._store.rotate(seq + 1)
+        t0 = time.perf_counter()
+        path = self._store.write_snapshot(seq, encode_snapshot(seq, payload))
+        self._snapshot_seq = seq
+        snaps = self._store.snapshots()
+        kept = snaps[-self.keep_snapshots :]
+        for _, old in snaps[: -self.keep_snapshots]:
+            self._store.delete(old)
+        horizon = min(s for s, _ in kept)
+        removed = self._store.compact(horizon)
+        log.info(
+            "snapshot %s (%d bytes, %.2fs); compacted %d log segments with seq <= %d",
+            path,
+            len(payload),
+            time.perf_counter() - t0,
+            removed,
+            horizon,
+        )
+        return seq
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._store.close()
+            self.index.close()
+
+    def __enter__(self) -> DurableIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _apply(index: ShardedIndex, rec: LogRecord) -> None:
+    if rec.op == "upsert":
+        index.add(rec.ids, rec.vectors)
+    else:
+        index.delete(rec.ids)

@@ -1,0 +1,375 @@
+"""One FAISS index shard: int64 ids -> float32 vectors, inner-product metric, upsert semantics.
+
+Index kinds (``IndexSpec.kind``):
+
+* ``"flat"`` -- ``IndexIDMap2(IndexFlatIP)``: exact search; ids are the caller's int64 ids;
+  ``remove_ids`` and ``reconstruct`` are native.
+* ``"hnsw"`` -- ``IndexIDMap2(IndexHNSWFlat)``. FAISS HNSW cannot remove vectors, so every
+  insertion gets a fresh internal *label* (the id given to the ``IndexIDMap2``) and a removal
+  or an overwrite only *tombstones* the old label. Tombstones are filtered inside the HNSW
+  search through an ``IDSelectorNot(IDSelectorBatch(tombstones))`` search parameter (so no
+  over-fetching is needed and recall is unaffected), and when tombstones exceed
+  ``HNSW_REBUILD_FRACTION`` (20 %) of the stored vectors the graph is rebuilt from the live
+  vectors (amortised O(1) rebuild work per removal).
+* ``"ivf"`` -- ``IndexIVFFlat`` with a hash-table direct map (native ``remove_ids`` and
+  ``reconstruct`` by id; ``IndexIDMap2`` is *not* used around IVF because its id compaction
+  assumes the sub-index renumbers like a flat index, which IVF does not). IVF needs training:
+  until the shard holds ``ivf_nlist * IVF_MIN_POINTS_PER_CENTROID`` (39) vectors, the shard
+  keeps them in an exact flat fallback index; on the add that crosses the threshold the
+  coarse quantiser is trained on all stored vectors, which then move into the IVF index.
+
+GPU (``use_gpu``): only the flat kind, only if ``faiss.get_num_gpus() > 0`` (``"auto"``) or
+when forced with ``True``. The CPU index stays authoritative; a GPU copy is (re)built lazily
+on the first search after a write and used for searching only.
+
+A ``Shard`` is not thread-safe for writes; concurrent ``search``/``get`` calls without a
+concurrent write are safe (``ShardedIndex`` enforces this with a readers-writer lock).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KINDS = ("flat", "hnsw", "ivf")
+HNSW_REBUILD_FRACTION = 0.2
+IVF_MIN_POINTS_PER_CENTROID = 39
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How each shard indexes its vectors (see the module docstring)."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    ef_search: int = 128
+    ivf_nlist: int = 1024
+    nprobe: int = 16
+    use_gpu: bool | str = "auto"  # True | False | "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"IndexSpec.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.use_gpu not in (True, False, "auto"):
+            raise ValueError(
+                f"IndexSpec.use_gpu must be True, False or 'auto', got {self.use_gpu!r}"
+            )
+        for name in ("hnsw_m", "hnsw_ef_construction", "ef_search", "ivf_nlist", "nprobe"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"IndexSpec.{name} must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | IndexSpec | None) -> IndexSpec:
+        if d is None:
+            return cls()
+        if isinstance(d, IndexSpec):
+            return d
+        return cls(**d)
+
+
+def _gpu_available() -> bool:
+    get = getattr(faiss, "get_num_gpus", None)
+    return bool(get is not None and get() > 0)
+
+
+def as_vectors(vecs, dim: int) -> np.ndarray:
+    """Validate and return a C-contiguous, writable float32 copy of shape (n, dim)."""
+    arr = np.array(vecs, dtype=np.float32, order="C", copy=True)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vectors contain NaN or infinity")
+    return arr
+
+
+def as_ids(ids) -> np.ndarray:
+    arr = np.array(ids, dtype=np.int64, copy=True).reshape(-1)
+    if (arr < 0).any():
+        raise ValueError("shard ids must be non-negative int64")
+    return arr
+
+
+class Shard:
+    """One FAISS index of ``dim``-dimensional float32 vectors keyed by non-negative int64 ids."""
+
+    def __init__(self, dim: int, spec: IndexSpec | None = None) -> None:
+        if dim < 1:
+            raise ValueError("dim must be >= 1")
+        self.dim = int(dim)
+        self.spec = spec or IndexSpec()
+        # id -> faiss label. Equal to the id except for HNSW (fresh label per insertion).
+        self._labels: dict[int, int] = {}
+        self._id_of_label: dict[int, int] = {}  # HNSW only: inverse of _labels
+        self._next_label = 0  # HNSW only
+        self._dead: set[int] = set()  # HNSW tombstoned labels
+        self._search_params = None  # HNSW search params (efSearch + tombstone selector)
+        self._selector_refs: tuple = ()  # keeps the C++ selectors alive while in use
+        self._ivf_trained = False
+        self._index = self._new_index()
+        self._use_gpu = self.spec.kind == "flat" and (
+            self.spec.use_gpu is True or (self.spec.use_gpu == "auto" and _gpu_available())
+        )
+        if self.spec.use_gpu is True and not _gpu_available():
+            raise ValueError("IndexSpec.use_gpu=True but faiss sees no GPU (install faiss-gpu)")
+        self._gpu_lock = threading.Lock()
+        self._gpu_res = None
+        self._gpu_index = None  # lazily rebuilt copy; None when stale
+        self._refresh_search_params()
+
+    # ----------------------------------------------------------------- construction
+    def _new_flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _new_hnsw(self) -> faiss.Index:
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.spec.hnsw_ef_construction
+        hnsw.hnsw.efSearch = self.spec.ef_search
+        return faiss.IndexIDMap2(hnsw)
+
+    def _new_index(self) -> faiss.Index:
+        if self.spec.kind == "hnsw":
+            return self._new_hnsw()
+        return self._new_flat()  # flat, and the untrained-IVF fallback
+
+    @property
+    def ivf_train_threshold(self) -> int:
+        return self.spec.ivf_nlist * IVF_MIN_POINTS_PER_CENTROID
+
+    @property
+    def count(self) -> int:
+        return len(self._labels)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def n_tombstones(self) -> int:
+        """HNSW: removed/overwritten vectors still in the graph (filtered at search)."""
+        return len(self._dead)
+
+    @property
+    def n_stored(self) -> int:
+        """Vectors physically in the FAISS index (live + tombstoned)."""
+        return int(self._index.ntotal)
+
+    @property
+    def ivf_trained(self) -> bool:
+        """IVF: whether the shard has left its exact flat fallback."""
+        return self._ivf_trained
+
+    def __contains__(self, id_: int) -> bool:
+        return int(id_) in self._labels
+
+    def ids(self) -> np.ndarray:
+        """All stored ids, (n,) int64 (unordered)."""
+        return np.fromiter(self._labels.keys(), dtype=np.int64, count=len(self._labels))
+
+    # ----------------------------------------------------------------- writes
+    def add(self, ids, vecs) -> None:
+        """Upsert: ids (n,) int64, vecs (n, dim). Existing ids are replaced."""
+        ids_arr = as_ids(ids)
+        x = as_vectors(vecs, self.dim)  # (n, dim)
+        if len(ids_arr) != len(x):
+            raise ValueError(f"{len(ids_arr)} ids but {len(x)} vectors")
+        if len(ids_arr) == 0:
+            return
+        if len(np.unique(ids_arr)) != len(ids_arr):  # keep the last occurrence of each id
+            _, last_rev = np.unique(ids_arr[::-1], return_index=True)
+            keep = np.sort(len(ids_arr) - 1 - last_rev)
+            ids_arr, x = ids_arr[keep], x[keep]
+        self.remove(ids_arr)
+        if self.spec.kind == "hnsw":
+            labels = np.arange(self._next_label, self._next_label + len(ids_arr), dtype=np.int64)
+            self._next_label += len(ids_arr)
+        else:
+            labels = ids_arr
+        self._index.add_with_ids(x, labels)
+        self._labels.update(zip(ids_arr.tolist(), labels.tolist(), strict=True))
+        if self.spec.kind == "hnsw":
+            self._id_of_label.update(zip(labels.tolist(), ids_arr.tolist(), strict=True))
+        if self.spec.kind == "ivf" and not self._ivf_trained:
+            self._maybe_train_ivf()
+        self._gpu_index = None
+
+    def remove(self, ids) -> int:
+        """Remove ids; returns how many were present."""
+        present = [i for i in dict.fromkeys(as_ids(ids).tolist()) if i in self._labels]
+        if not present:
+            return 0
+        labels = np.array([self._labels.pop(i) for i in present], dtype=np.int64)
+        if self.spec.kind == "hnsw":
+            self._dead.update(labels.tolist())
+            for lab in labels.tolist():
+                del self._id_of_label[lab]
+            if len(self._dead) > HNSW_REBUILD_FRACTION * self._index.ntotal:
+                self._rebuild_hnsw()
+            else:
+                self._refresh_search_params()
+        else:
+            self._index.remove_ids(labels)
+        self._gpu_index = None
+        return len(present)
+
+    def _all_stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (N,) int64, vectors (N, dim)) of everything in an IndexIDMap2, dead or alive."""
+        labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        inner = faiss.downcast_index(self._index.index)
+        storage = faiss.downcast_index(inner.storage) if self.spec.kind == "hnsw" else inner
+        vecs = (
+            storage.reconstruct_n(0, storage.ntotal)
+            if storage.ntotal
+            else np.zeros((0, self.dim), np.float32)
+        )
+        return labels, vecs
+
+    def _rebuild_hnsw(self) -> None:
+        labels, vecs = self._all_stored()
+        alive = np.array([lab not in self._dead for lab in labels.tolist()], dtype=bool)
+        log.debug("rebuilding HNSW shard: %d live of %d stored", int(alive.sum()), len(labels))
+        self._index = self._new_hnsw()
+        if alive.any():
+            self._index.add_with_ids(vecs[alive], labels[alive])
+        self._dead.clear()
+        self._refresh_search_params()
+
+    def _maybe_train_ivf(self) -> None:
+        if len(self._labels) < self.ivf_train_threshold:
+            return
+        ids, vecs = self._all_stored()  # flat fallback: labels == ids
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(
+            quantizer, self.dim, self.spec.ivf_nlist, faiss.METRIC_INNER_PRODUCT
+        )
+        ivf.train(vecs)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vecs, ids)
+        ivf.nprobe = self.spec.nprobe
+        log.info("trained IVF shard (nlist=%d) on %d vectors", self.spec.ivf_nlist, len(ids))
+        self._index = ivf
+        self._ivf_trained = True
+
+    def _refresh_search_params(self) -> None:
+        """Rebuild the HNSW search parameters (efSearch + tombstone filter)."""
+        if self.spec.kind != "hnsw":
+            self._search_params = None
+            return
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = self.spec.ef_search
+        refs: tuple = ()
+        if self._dead:
+            dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+            batch = faiss.IDSelectorBatch(dead)
+            not_dead = faiss.IDSelectorNot(batch)
+            params.sel = not_dead
+            refs = (batch, not_dead)
+        self._search_params, self._selector_refs = params, refs
+
+    # ----------------------------------------------------------------- reads
+    def get(self, id_: int) -> np.ndarray | None:
+        """The stored vector (dim,) float32, or None."""
+        label = self._labels.get(int(id_))
+        if label is None:
+            return None
+        return np.asarray(self._index.reconstruct(int(label)), dtype=np.float32)
+
+    def _search_index(self) -> faiss.Index:
+        if not self._use_gpu:
+            return self._index
+        with self._gpu_lock:
+            if self._gpu_index is None:
+                if self._gpu_res is None:
+                    self._gpu_res = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._index)
+            return self._gpu_index
+
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: scores (m, k) float32, ids (m, k) int64; -1 / -inf padding."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        m = q.shape[0]
+        scores = np.full((m, k), -np.inf, dtype=np.float32)
+        ids = np.full((m, k), -1, dtype=np.int64)
+        if not self._labels or m == 0:
+            return scores, ids
+        kk = min(k, self._index.ntotal)
+        index = self._search_index()
+        if self._use_gpu:
+            with self._gpu_lock:  # GPU resources are not safe for concurrent use
+                d, lab = index.search(q, kk)
+        elif self._search_params is not None:
+            d, lab = index.search(q, kk, params=self._search_params)
+        else:
+            d, lab = index.search(q, kk)
+        valid = lab >= 0
+        scores[:, :kk] = np.where(valid, d, -np.inf)
+        if self.spec.kind == "hnsw":
+            ids[:, :kk] = np.where(valid, self._labels_to_ids(lab), -1)
+        else:
+            ids[:, :kk] = lab
+        return scores, ids
+
+    def _labels_to_ids(self, labels: np.ndarray) -> np.ndarray:
+        inverse = self._id_of_label
+        flat = [inverse.get(lab, -1) for lab in labels.reshape(-1).tolist()]
+        return np.array(flat, dtype=np.int64).reshape(labels.shape)
+
+    # ----------------------------------------------------------------- serialisation
+    def to_bytes(self) -> bytes:
+        meta = {
+            "version": _FORMAT_VERSION,
+            "dim": self.dim,
+            "spec": self.spec.to_dict(),
+            "next_label": self._next_label,
+            "ivf_trained": self._ivf_trained,
+        }
+        ids = np.fromiter(self._labels.keys(), dtype=np.int64, count=len(self._labels))
+        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self._labels))
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            index=faiss.serialize_index(self._index),
+            ids=ids,
+            labels=labels,
+            dead=np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, spec: IndexSpec | None = None) -> Shard:
+        """Restore a shard; ``spec`` may override search-time knobs (kind must match)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta["version"] != _FORMAT_VERSION:
+                raise ValueError(f"unsupported shard format version {meta['version']}")
+            saved = IndexSpec.from_dict(meta["spec"])
+            if spec is not None and spec.kind != saved.kind:
+                raise ValueError(f"shard was built as {saved.kind!r}, not {spec.kind!r}")
+            shard = cls(meta["dim"], spec or saved)
+            shard._index = faiss.deserialize_index(z["index"])
+            shard._labels = dict(zip(z["ids"].tolist(), z["labels"].tolist(), strict=True))
+            shard._dead = set(z["dead"].tolist())
+        if shard.spec.kind == "hnsw":
+            shard._id_of_label = {lab: i for i, lab in shard._labels.items()}
+        shard._next_label = meta["next_label"]
+        shard._ivf_trained = meta["ivf_trained"]
+        if shard._ivf_trained:
+            shard._index.nprobe = shard.spec.nprobe
+        shard._refresh_search_params()
+        return shard

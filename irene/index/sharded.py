@@ -1,0 +1,313 @@
+"""A hash-partitioned set of ``Shard``s keyed by string ids, safe for concurrent search + writes.
+
+String ids map to stable int64 ids: the first 8 bytes of ``blake2b(id.encode("utf-8"))``
+read little-endian and masked to 63 bits (so never negative and never FAISS's ``-1``
+padding). The shard of an id is ``int_id % n_shards``. Both are stable across processes and
+Python versions (unlike ``hash()``). A 63-bit collision between two different strings is
+detected and raised as ``IdCollisionError`` instead of silently overwriting.
+
+Concurrency: a writer-preferring readers-writer lock. ``search``/``get``/``count``/
+``state_dict`` take the read side (any number at once); ``add``/``delete``/``load_state_dict``
+take the write side. A search therefore sees each write batch either entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+
+from irene.index.shard import IndexSpec, Shard, as_vectors
+
+_MASK63 = (1 << 63) - 1
+_STATE_VERSION = 1
+
+
+class IdCollisionError(ValueError):
+    """Two different string ids hash to the same int64 id."""
+
+
+def int_id(s: str) -> int:
+    """Stable non-negative int64 id of a string id."""
+    digest = hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _MASK63
+
+
+class RWLock:
+    """Writer-preferring readers-writer lock (not re-entrant)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def check_str_ids(ids: Sequence[str]) -> list[str]:
+    if isinstance(ids, str):
+        raise TypeError("ids must be a sequence of strings, not a single string")
+    out = list(ids)
+    for s in out:
+        if not isinstance(s, str) or not s:
+            raise TypeError(f"ids must be non-empty strings, got {s!r}")
+    return out
+
+
+class ShardedIndex:
+    """``n_shards`` FAISS shards behind string ids; inner-product top-k search merged across shards."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_shards: int = 4,
+        spec: IndexSpec | None = None,
+        search_threads: int | None = None,
+    ) -> None:
+        if n_shards < 1:
+            raise ValueError("n_shards must be >= 1")
+        self.dim = int(dim)
+        self.n_shards = int(n_shards)
+        self.spec = spec or IndexSpec()
+        self._shards = [Shard(self.dim, self.spec) for _ in range(self.n_shards)]
+        self._str_of: dict[int, str] = {}  # int id -> string id, for every stored id
+        self._lock = RWLock()
+        self._search_threads = search_threads or min(self.n_shards, 8)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- ids
+    def shard_of(self, iid: int) -> int:
+        return iid % self.n_shards
+
+    @property
+    def count(self) -> int:
+        return len(self._str_of)
+
+    def __len__(self) -> int:
+        return len(self._str_of)
+
+    def __contains__(self, id_: str) -> bool:
+        return self._str_of.get(int_id(id_)) == id_
+
+    def ids(self) -> list[str]:
+        with self._lock.read():
+            return list(self._str_of.values())
+
+    def prepare_upsert(self, ids: Sequence[str], vecs) -> tuple[list[str], np.ndarray]:
+        """Validate a batch; returns (ids, vecs (n, dim) float32) with duplicates resolved
+        (the last occurrence of an id wins). Raises on bad shapes, non-finite values and
+        hash collisions, so a caller (e.g. a write-ahead log) can validate before committing."""
+        ids = check_str_ids(ids)
+        x = as_vectors(vecs, self.dim)  # (n, dim)
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
+        last = {s: i for i, s in enumerate(ids)}
+        if len(last) != len(ids):
+            keep = sorted(last.values())
+            ids, x = [ids[i] for i in keep], x[keep]
+        with self._lock.read():
+            self._check_collisions(ids, [int_id(s) for s in ids])
+        return ids, x
+
+    def _check_collisions(self, ids: list[str], iids: list[int]) -> None:
+        seen: dict[int, str] = {}
+        for s, iid in zip(ids, iids, strict=True):
+            other = seen.get(iid) or self._str_of.get(iid)
+            if other is not None and other != s:
+                raise IdCollisionError(f"ids {s!r} and {other!r} collide on int64 id {iid}")
+            seen[iid] = s
+
+    # ----------------------------------------------------------------- writes
+    def add(self, ids: Sequence[str], vecs) -> None:
+        """Upsert a batch: ids (n,) strings, vecs (n, dim). Existing ids are replaced."""
+        ids, x = self.prepare_upsert(ids, vecs)
+        if not ids:
+            return
+        iids = np.array([int_id(s) for s in ids], dtype=np.int64)  # (n,)
+        part = iids % self.n_shards
+        with self._lock.write():
+            self._check_collisions(ids, iids.tolist())  # again: a writer may have raced us
+            for sh in np.unique(part).tolist():
+                sel = part == sh
+                self._shards[sh].add(iids[sel], x[sel])
+            self._str_of.update(zip(iids.tolist(), ids, strict=True))
+
+    upsert = add
+
+    def delete(self, ids: Sequence[str]) -> list[bool]:
+        """Remove ids; element i is True if ids[i] was present (and is now gone)."""
+        ids = check_str_ids(ids)
+        out = []
+        by_shard: dict[int, list[int]] = {}
+        with self._lock.write():
+            for s in ids:
+                iid = int_id(s)
+                if self._str_of.get(iid) != s:
+                    out.append(False)
+                    continue
+                by_shard.setdefault(self.shard_of(iid), []).append(iid)
+                del self._str_of[iid]
+                out.append(True)
+            for sh, shard_ids in by_shard.items():
+                self._shards[sh].remove(shard_ids)
+        return out
+
+    # ----------------------------------------------------------------- reads
+    def get(self, id_: str) -> np.ndarray | None:
+        """The stored vector (dim,) float32, or None."""
+        iid = int_id(id_)
+        with self._lock.read():
+            if self._str_of.get(iid) != id_:
+                return None
+            return self._shards[self.shard_of(iid)].get(iid)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self._search_threads, thread_name_prefix="shard-search"
+                )
+            return self._pool
+
+    def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
+        """Top-k (id, inner product) per query, best first; queries (m, dim)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        with self._lock.read():
+            if self.n_shards == 1 or self._search_threads == 1:
+                parts = [s.search(q, k) for s in self._shards]
+            else:
+                parts = list(self._executor().map(lambda s: s.search(q, k), self._shards))
+            scores = np.concatenate([p[0] for p in parts], axis=1)  # (m, n_shards * k)
+            iids = np.concatenate([p[1] for p in parts], axis=1)  # (m, n_shards * k)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (m, k)
+            top_s = np.take_along_axis(scores, order, axis=1)
+            top_i = np.take_along_axis(iids, order, axis=1)
+            str_of = self._str_of
+            return [
+                [
+                    (str_of[i], float(s))
+                    for i, s in zip(row_i.tolist(), row_s.tolist(), strict=True)
+                    if i >= 0
+                ]
+                for row_i, row_s in zip(top_i, top_s, strict=True)
+            ]
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+    # ----------------------------------------------------------------- snapshots
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild this index (plain Python + bytes + numpy)."""
+        with self._lock.read():
+            return {
+                "version": _STATE_VERSION,
+                "dim": self.dim,
+                "n_shards": self.n_shards,
+                "spec": self.spec.to_dict(),
+                "shards": [s.to_bytes() for s in self._shards],
+                "int_ids": np.fromiter(
+                    self._str_of.keys(), dtype=np.int64, count=len(self._str_of)
+                ),
+                "str_ids": list(self._str_of.values()),
+            }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["version"] != _STATE_VERSION:
+            raise ValueError(f"unsupported index state version {state['version']}")
+        if state["dim"] != self.dim:
+            raise ValueError(f"state has dim {state['dim']}, index has dim {self.dim}")
+        saved = IndexSpec.from_dict(state["spec"])
+        if saved.kind != self.spec.kind or state["n_shards"] != self.n_shards:
+            raise ValueError(
+                f"state was built with kind={saved.kind!r}, n_shards={state['n_shards']}; "
+                f"index has kind={self.spec.kind!r}, n_shards={self.n_shards}"
+            )
+        shards = [Shard.from_bytes(b, self.spec) for b in state["shards"]]
+        str_of = dict(zip(np.asarray(state["int_ids"]).tolist(), state["str_ids"], strict=True))
+        with self._lock.write():
+            self._shards, self._str_of = shards, str_of
+
+    def to_bytes(self) -> bytes:
+        """``state_dict`` as one self-describing ``.npz`` blob (no pickle)."""
+        st = self.state_dict()
+        meta = {k: st[k] for k in ("version", "dim", "n_shards", "spec")}
+        arrays = {
+            f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])
+        }
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            int_ids=st["int_ids"],
+            str_ids=np.frombuffer(json.dumps(st["str_ids"]).encode(), dtype=np.uint8),
+            **arrays,
+        )
+        return buf.getvalue()
+
+    @staticmethod
+    def state_from_bytes(data: bytes) -> dict:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            return {
+                **meta,
+                "shards": [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])],
+                "int_ids": z["int_ids"],
+                "str_ids": json.loads(z["str_ids"].tobytes().decode()),
+            }
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, spec: IndexSpec | None = None, search_threads: int | None = None
+    ) -> ShardedIndex:
+        """Rebuild from ``to_bytes``; ``spec`` may change search knobs but not the kind."""
+        state = cls.state_from_bytes(data)
+        saved = IndexSpec.from_dict(state["spec"])
+        if spec is not None and spec.kind != saved.kind:
+            raise ValueError(f"index was built as {saved.kind!r}, not {spec.kind!r}")
+        index = cls(state["dim"], state["n_shards"], spec or saved, search_threads)
+        index.load_state_dict(state)
+        return index

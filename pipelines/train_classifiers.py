@@ -1,0 +1,18 @@
+"""Pipeline stage `train_classifiers` (see irene.pipeline).
+
+    python -m pipelines.train_classifiers --config CONFIG.yaml
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python -m pipelines.train_classifiers --config CONFIG.yaml
+"""
+
+import sys
+
+from irene.pipeline import driver_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    return driver_main("train_classifiers", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

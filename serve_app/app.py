@@ -1,0 +1,53 @@
+"""Application builder for ``serve run`` / ``serve deploy``.
+
+``serve run serve_app/configs/local.yaml`` calls ``build_app(args)`` with the YAML's
+``applications[0].args``; ``IRENE_BUNDLE`` (local path or ``s3://``) overrides ``args.bundle``.
+Programmatic use::
+
+    from ray import serve
+    from serve_app.app import build_app
+    serve.run(build_app({"bundle": "runs/bundle", "index_uri": "runs/index"}))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from serve_app.schemas import AppArgs
+
+BUNDLE_ENV = "IRENE_BUNDLE"
+
+
+def _absolute(uri: str) -> str:
+    """Local paths become absolute here (replicas may run in another working directory)."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve_args(
+    args: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> AppArgs:
+    """Validate ``args`` (unknown keys are errors) and apply the ``IRENE_BUNDLE`` override."""
+    env = os.environ if environ is None else environ
+    raw = dict(args or {})
+    if env.get(BUNDLE_ENV):
+        raw["bundle"] = env[BUNDLE_ENV]
+    parsed = AppArgs(**raw)
+    return parsed.model_copy(
+        update={"bundle": _absolute(parsed.bundle), "index_uri": _absolute(parsed.index_uri)}
+    )
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """The Serve ``Application``: Ingress(Encoder, Generator) + the shared index actor."""
+    from serve_app.deployments import Encoder, Generator, Ingress
+
+    cfg = resolve_args(args)
+    opts = cfg.deployment_options
+    encoder = Encoder.options(**opts.get("Encoder", {})).bind(
+        cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device
+    )
+    generator = Generator.options(**opts.get("Generator", {})).bind(
+        cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads
+    )
+    return Ingress.options(**opts.get("Ingress", {})).bind(encoder, generator, cfg.model_dump())

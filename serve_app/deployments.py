@@ -1,0 +1,440 @@
+"""Ray Serve deployments: ``Encoder``, ``Generator`` and the FastAPI ``Ingress``.
+
+Request flow::
+
+    POST /v1/items  -> Ingress -> Encoder.encode (batched) -> Generator.generate (batched)
+                            -> index actor .add (returns after the write-ahead log write)
+    POST /v1/query  -> Ingress -> Encoder.encode (batched) -> index actor .search
+
+The index is the named, detached actor of ``irene.index.actor`` (shared by every Ingress
+replica and surviving redeploys of the app). On start an Ingress replica seeds an *empty*
+index with the bundle's seen items' trained classifiers.
+
+NOTE: no ``from __future__ import annotations`` here -- FastAPI under Serve must see real
+annotations to parse request bodies.
+"""
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+
+from serve_app.auth import AuthError, TokenAuth
+from serve_app.metrics import ReplicaMetrics
+from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serve_app.schemas import (
+    AppArgs,
+    BatchSettings,
+    DeleteResponse,
+    Health,
+    IngestRequest,
+    IngestResponse,
+    InputError,
+    ItemOut,
+    QueryRequest,
+    QueryResponse,
+    Ready,
+    SnapshotResponse,
+    check_ingest,
+    check_query,
+)
+
+log = logging.getLogger("irene.serve")
+
+MAX_ONGOING_REQUESTS = 128  # Serve's default of 5 caps throughput far below what we can do
+PROBE_TIMEOUT_S = 5.0
+S3_ENV = (
+    "IRENE_S3_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def _replica_threads(requested: int | None) -> int:
+    """Threads for torch/faiss: as asked, else the CPUs Ray assigned this replica (>= 1)."""
+    if requested:
+        return requested
+    if os.environ.get("IRENE_NUM_THREADS"):
+        return int(os.environ["IRENE_NUM_THREADS"])
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
+
+
+def _compute_pool(threads: int) -> ThreadPoolExecutor:
+    """One compute thread; torch/faiss thread counts are set *in* that thread."""
+    from irene.device import set_threads
+
+    return ThreadPoolExecutor(
+        1, thread_name_prefix="irene-compute", initializer=set_threads, initargs=(threads,)
+    )
+
+
+def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Split (sum(sizes), d) rows back into one array per request."""
+    return np.split(rows, np.cumsum(sizes)[:-1])
+
+
+def _configure_batch(method, settings: BatchSettings) -> None:
+    method.set_max_batch_size(settings.max_batch_size)
+    method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+
+# --------------------------------------------------------------------------- Encoder
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+class Encoder:
+    """The bundle's text encoder; concurrent calls are micro-batched with ``@serve.batch``."""
+
+    def __init__(
+        self,
+        bundle: str,
+        batch: dict | None = None,
+        threads: int | None = None,
+        device: str = "auto",
+    ) -> None:
+        from irene.bundle import load_bundle
+
+        loaded = load_bundle(bundle, device=device)
+        self._encoder = loaded.encoder
+        self.dim = loaded.dim
+        self._pool = _compute_pool(_replica_threads(threads))
+        _configure_batch(self._encode_batch, BatchSettings(**(batch or {})))
+        log.info("Encoder ready: bundle %s, dim %d", bundle, self.dim)
+
+    async def encode(self, texts: list) -> np.ndarray:
+        """(n, d) float32 L2-normalised embeddings of ``texts``."""
+        return await self._encode_batch(list(texts))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _encode_batch(self, requests: list) -> list:
+        flat = [t for texts in requests for t in texts]
+        loop = asyncio.get_running_loop()
+        emb = await loop.run_in_executor(self._pool, self._encoder.encode, flat)  # (N, d)
+        return _split(emb, [len(texts) for texts in requests])
+
+
+# --------------------------------------------------------------------------- Generator
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+class Generator:
+    """Selector kNN over the seen items + the IRENE generator; also serves the seed vectors."""
+
+    def __init__(self, bundle: str, batch: dict | None = None, threads: int | None = None) -> None:
+        from irene.bundle import load_bundle
+
+        loaded = load_bundle(bundle, device="cpu")
+        loaded.encoder = None  # not needed here; free its memory
+        self._bundle = loaded
+        self._uri = bundle
+        self._seen = loaded.seen_classifiers()  # (S, d)
+        self._pool = _compute_pool(_replica_threads(threads))
+        _configure_batch(self._generate_batch, BatchSettings(**(batch or {})))
+        log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
+
+    def info(self) -> dict:
+        manifest = self._bundle.manifest
+        return {
+            "bundle": self._uri,
+            "dim": int(self._bundle.dim),
+            "num_seen": len(self._bundle.item_ids),
+            "config_hash": manifest.get("config_hash"),
+            "created_at": manifest.get("created_at"),
+        }
+
+    def seen(self, start: int, stop: int) -> tuple:
+        """(ids, classifiers (n, d)) of seen items ``start:stop`` -- the index seed."""
+        return self._bundle.item_ids[start:stop], self._seen[start:stop]
+
+    async def generate(self, item_emb: np.ndarray) -> np.ndarray:
+        """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
+        return await self._generate_batch(np.asarray(item_emb, dtype=np.float32))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _generate_batch(self, requests: list) -> list:
+        emb = np.concatenate(requests, axis=0)  # (N, d)
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool, self._bundle.synthesize, emb)  # (N, d)
+        return _split(out, [len(r) for r in requests])
+
+
+# --------------------------------------------------------------------------- Ingress
+def _replica() -> Any:
+    """The Ingress instance of this replica, or None outside a Serve replica."""
+    try:
+        return serve.get_replica_context().servable_object
+    except Exception:
+        return None
+
+
+def _replica_attr(name: str):
+    return lambda: getattr(_replica(), name, None)
+
+
+_bearer = HTTPBearer(auto_error=False, description="API token (IRENE_API_TOKEN)")
+
+
+def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    return creds.credentials if creds is not None else None
+
+
+def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    _replica().auth.check(_token(creds), write=True)
+
+
+def require_read(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    _replica().auth.check(_token(creds), write=False)
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+    if bad_json:
+        msg = bad_json[0].get("ctx", {}).get("error") or bad_json[0].get("msg")
+        return JSONResponse({"detail": f"malformed JSON body: {msg}"}, status_code=400)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+async def _on_input_error(request: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+async def _on_auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def _on_backend_down(request: Request, exc: Exception) -> JSONResponse:
+    log.error("backend unavailable: %s", exc)
+    return JSONResponse(
+        {
+            "detail": f"a backend (index actor or model replica) is unavailable: {type(exc).__name__}"
+        },
+        status_code=503,
+    )
+
+
+def make_fastapi_app() -> FastAPI:
+    """The Ingress's FastAPI app (routes are added by the ``Ingress`` class below)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    app = FastAPI(
+        title="IRENE",
+        version="1",
+        description=(
+            "Extreme classification with IRENE-generated classifiers. Items posted to "
+            "/v1/items are searchable at once; writes need `Authorization: Bearer <token>`."
+        ),
+    )
+    app.add_middleware(BodyLimitMiddleware, get_limit=_replica_attr("body_limit"))
+    app.add_middleware(MetricsMiddleware, get_metrics=_replica_attr("metrics"))  # outermost
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(InputError, _on_input_error)
+    app.add_exception_handler(AuthError, _on_auth_error)
+    app.add_exception_handler(RayActorError, _on_backend_down)
+    app.add_exception_handler(ActorUnavailableError, _on_backend_down)
+    return app
+
+
+api = make_fastapi_app()
+
+
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validation, auth, metrics; composes Encoder, Generator and the index."""
+
+    async def __init__(self, encoder, generator, args: dict) -> None:
+        self.args = AppArgs(**args)
+        self.limits = self.args.limits
+        self.body_limit = self.limits.max_body_bytes
+        self.auth = TokenAuth(self.args.auth)
+        self.metrics = ReplicaMetrics()
+        self._encoder = encoder
+        self._generator = generator
+        info = await generator.info.remote()
+        self.bundle_info = info
+        self.dim = info["dim"]
+        self._index = self._index_actor()
+        await self._check_index()
+        if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
+            log.warning("no API token configured: writes will be refused (403)")
+        if self.args.seed_index:
+            await self._seed_if_empty(info["num_seen"])
+
+    # ----------------------------------------------------------------- setup
+    def _index_actor(self):
+        from irene.index.actor import get_or_create_index_actor
+
+        s = self.args.index
+        env = None
+        if self.args.index_uri.startswith("s3://"):
+            env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
+        return get_or_create_index_actor(
+            s.name,
+            s.namespace,
+            self.args.index_uri,
+            self.dim,
+            s.n_shards,
+            s.spec or None,
+            max_restarts=-1,
+            max_concurrency=s.max_concurrency,
+            num_cpus=s.num_cpus,
+            snapshot_every=s.snapshot_every,
+            env_vars=env,
+        )
+
+    async def _check_index(self) -> None:
+        """Fail fast if a same-named actor already serves another location or dimension."""
+        stats = await self._index.stats.remote()
+        if stats["dim"] != self.dim:
+            raise RuntimeError(
+                f"index actor {self.args.index.name!r} holds dim {stats['dim']} vectors but the "
+                f"bundle's dim is {self.dim}; use another index name/uri"
+            )
+        if str(stats["uri"]) != self.args.index_uri:
+            log.warning(
+                "index actor %r already runs on %s (asked for %s); using it",
+                self.args.index.name,
+                stats["uri"],
+                self.args.index_uri,
+            )
+
+    async def _seed_if_empty(self, num_seen: int) -> None:
+        if await self._index.count.remote() > 0:
+            return
+        t0 = time.perf_counter()
+        chunk = self.args.index.seed_chunk
+        for start in range(0, num_seen, chunk):
+            ids, vecs = await self._generator.seen.remote(start, start + chunk)
+            await self._index.add.remote(ids, vecs)
+        log.info("seeded the index with %d seen items in %.1fs", num_seen, time.perf_counter() - t0)
+
+    # ----------------------------------------------------------------- helpers
+    async def _timed(self, stage: str, awaitable):
+        t0 = time.perf_counter()
+        try:
+            return await awaitable
+        finally:
+            self.metrics.stage.labels(stage).observe(time.perf_counter() - t0)
+
+    async def _existing(self, ids: list) -> list:
+        """Whether each id is in the index now (for created/updated statuses).
+
+        Uses the actor's batch ``contains(ids)`` when it has one, else one ``get`` per id.
+        Two requests racing on the same new id may both report "created".
+        """
+        if hasattr(self._index, "contains"):
+            return list(await self._index.contains.remote(ids))
+        vecs = await asyncio.gather(*[self._index.get.remote(i) for i in ids])
+        return [v is not None for v in vecs]
+
+    # ----------------------------------------------------------------- writes
+    @api.post(
+        "/v1/items",
+        response_model=IngestResponse,
+        dependencies=[Depends(require_write)],
+        summary="Add or update items (acknowledged after the write-ahead log write)",
+    )
+    async def ingest(self, req: IngestRequest) -> JSONResponse:
+        check_ingest(req, self.limits)
+        ids = [it.id for it in req.items]
+        texts = [it.text for it in req.items]
+        existed = asyncio.ensure_future(self._existing(ids))
+        emb = await self._timed("encode", self._encoder.encode.remote(texts))
+        clf = await self._timed("generate", self._generator.generate.remote(emb))
+        before = await existed
+        seq = await self._timed("index_add", self._index.add.remote(ids, clf))
+        self.metrics.observe_ingest(len(ids))
+        results = [
+            {"id": i, "status": "updated" if e else "created"}
+            for i, e in zip(ids, before, strict=True)
+        ]
+        return JSONResponse({"results": results, "count": len(ids), "seq": int(seq)})
+
+    @api.delete(
+        "/v1/items/{item_id:path}",
+        response_model=DeleteResponse,
+        dependencies=[Depends(require_write)],
+        responses={404: {"description": "no such item"}},
+    )
+    async def delete_item(self, item_id: str) -> DeleteResponse:
+        present = await self._index.delete.remote([item_id])
+        if not present[0]:
+            raise HTTPException(404, f"item {item_id!r} not found")
+        return DeleteResponse(id=item_id, deleted=True)
+
+    @api.post(
+        "/v1/snapshot", response_model=SnapshotResponse, dependencies=[Depends(require_write)]
+    )
+    async def snapshot(self) -> SnapshotResponse:
+        seq = await self._index.snapshot.remote()
+        return SnapshotResponse(seq=int(seq))
+
+    # ----------------------------------------------------------------- reads
+    @api.post("/v1/query", response_model=QueryResponse, dependencies=[Depends(require_read)])
+    async def query(self, req: QueryRequest) -> JSONResponse:
+        texts, k = check_query(req, self.limits)
+        q = await self._timed("encode", self._encoder.encode.remote(texts))  # (m, d)
+        hits = await self._timed("index_search", self._index.search.remote(q, k))
+        self.metrics.queries.inc(len(texts))
+        results = [[{"id": i, "score": s} for i, s in row] for row in hits]
+        return JSONResponse({"results": results})
+
+    @api.get(
+        "/v1/items/{item_id:path}",
+        response_model=ItemOut,
+        response_model_exclude_none=True,
+        dependencies=[Depends(require_read)],
+        responses={404: {"description": "no such item"}},
+    )
+    async def get_item(self, item_id: str, include_vector: bool = False) -> ItemOut:
+        vec = await self._index.get.remote(item_id)
+        if vec is None:
+            raise HTTPException(404, f"item {item_id!r} not found")
+        vec = np.asarray(vec, dtype=np.float32)  # (d,)
+        return ItemOut(
+            id=item_id,
+            dim=int(vec.shape[0]),
+            norm=float(np.linalg.norm(vec)),
+            vector=vec.tolist() if include_vector else None,
+        )
+
+    # ----------------------------------------------------------------- operations
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        return Health(status="ok")
+
+    @api.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    async def readyz(self) -> JSONResponse:
+        try:
+            count = await asyncio.wait_for(self._count_ref(), PROBE_TIMEOUT_S)
+        except Exception as e:  # unreachable or restarting index actor
+            body = Ready(status="unavailable", bundle=self.bundle_info["bundle"], detail=repr(e))
+            return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+        body = Ready(status="ready", index_count=count, bundle=self.bundle_info["bundle"])
+        return JSONResponse(body.model_dump(exclude_none=True))
+
+    async def _count_ref(self) -> int:
+        return await self._index.count.remote()
+
+    @api.get("/metrics", response_class=Response, summary="Prometheus metrics of this replica")
+    async def metrics_endpoint(self) -> Response:
+        try:
+            count = await asyncio.wait_for(self._count_ref(), PROBE_TIMEOUT_S)
+        except Exception:
+            count = None
+        return Response(self.metrics.render(count), media_type=self.metrics.content_type)

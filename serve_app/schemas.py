@@ -1,0 +1,217 @@
+"""Request/response models and the app's configuration models (pydantic v2).
+
+Every model forbids unknown fields, so a typo in a request body or in the Serve YAML's
+``args`` is a 422 / a startup error instead of being silently ignored. Structural limits
+(an id is 1..256 characters) live in the models; the configurable limits (``ServeLimits``)
+are checked by the routes, so they can change per deployment without a code change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_ID_CHARS = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- configuration
+class ServeLimits(_Frozen):
+    """Per-request limits; a request over a limit gets a 4xx and changes nothing."""
+
+    max_text_chars: int = Field(2000, ge=1, description="longest item or query text")
+    max_items_per_request: int = Field(256, ge=1, description="items in one POST /v1/items")
+    max_texts_per_query: int = Field(64, ge=1, description="texts in one POST /v1/query")
+    max_k: int = Field(100, ge=1, description="largest k of a query")
+    default_k: int = Field(10, ge=1, description="k when a query does not give one")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body")
+
+    @model_validator(mode="after")
+    def _default_k_in_range(self) -> ServeLimits:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k={self.default_k} is larger than max_k={self.max_k}")
+        return self
+
+
+class AuthSettings(_Frozen):
+    """Bearer-token auth. The token is read from ``token_env`` first, then ``token``."""
+
+    token: str | None = Field(None, description="write token (prefer the environment)")
+    token_env: str = "IRENE_API_TOKEN"
+    protect_reads: bool = False
+    allow_unauthenticated_writes: bool = False
+
+
+class BatchSettings(_Frozen):
+    """``@serve.batch`` knobs; one batched call = one request's list of texts/vectors."""
+
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0.0)
+
+
+class IndexSettings(_Frozen):
+    """The named, detached index actor (``irene.index.actor``)."""
+
+    name: str = "irene-index"
+    namespace: str = "irene"
+    n_shards: int = Field(4, ge=1)
+    spec: dict = Field(default_factory=dict, description="irene.index.shard.IndexSpec fields")
+    num_cpus: float = Field(1.0, ge=0.0)
+    max_concurrency: int = Field(8, ge=2)
+    snapshot_every: int = Field(1000, ge=0)
+    seed_chunk: int = Field(4096, ge=1, description="seen items per log record when seeding")
+
+
+class AppArgs(_Frozen):
+    """``args`` of ``serve_app.app:build_app`` (the Serve YAML's ``applications[].args``)."""
+
+    bundle: str = Field(
+        "runs/bundle", description="bundle dir or s3:// prefix; env IRENE_BUNDLE wins"
+    )
+    index_uri: str = Field("runs/index", description="index log + snapshots: dir or s3:// prefix")
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    limits: ServeLimits = Field(default_factory=ServeLimits)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    encoder_batch: BatchSettings = Field(default_factory=BatchSettings)
+    generator_batch: BatchSettings = Field(default_factory=BatchSettings)
+    threads: int | None = Field(None, ge=1, description="torch/faiss threads per replica")
+    device: str = Field("auto", description="auto | cpu | cuda for the encoder")
+    seed_index: bool = Field(True, description="add the seen items when the index is empty")
+    deployment_options: dict[Literal["Encoder", "Generator", "Ingress"], dict] = Field(
+        default_factory=dict,
+        description="per-deployment `.options(...)` for programmatic use (the Serve YAML's "
+        "`deployments:` section overrides these)",
+    )
+
+
+# --------------------------------------------------------------------------- requests
+class ItemIn(_Strict):
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    text: str
+
+
+class IngestRequest(_Strict):
+    items: list[ItemIn]
+
+
+class QueryRequest(_Strict):
+    text: str | None = Field(None, description="one query text (or give `texts`)")
+    texts: list[str] | None = Field(None, description="several query texts (or give `text`)")
+    k: int | None = Field(None, description="results per query; default from the config")
+
+
+# --------------------------------------------------------------------------- responses
+class ItemStatus(BaseModel):
+    id: str
+    status: Literal["created", "updated"]
+
+
+class IngestResponse(BaseModel):
+    results: list[ItemStatus]
+    count: int = Field(description="items in this request")
+    seq: int = Field(description="log sequence number of the acknowledged batch")
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+
+
+class QueryResponse(BaseModel):
+    results: list[list[Hit]]
+
+
+class ItemOut(BaseModel):
+    id: str
+    dim: int
+    norm: float
+    vector: list[float] | None = None
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    deleted: bool
+
+
+class SnapshotResponse(BaseModel):
+    seq: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    index_count: int | None = None
+    bundle: str | None = None
+    detail: str | None = None
+
+
+# --------------------------------------------------------------------------- validation
+class InputError(ValueError):
+    """A request that breaks a limit; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _check_text(text: str, where: str, limits: ServeLimits) -> None:
+    if not text.strip():
+        raise InputError(422, f"{where}: text must not be empty")
+    if len(text) > limits.max_text_chars:
+        raise InputError(
+            413,
+            f"{where}: text has {len(text)} characters, more than max_text_chars={limits.max_text_chars}",
+        )
+
+
+def check_ingest(req: IngestRequest, limits: ServeLimits) -> None:
+    """Raise ``InputError`` unless the batch is within limits and its ids are unique."""
+    n = len(req.items)
+    if n == 0:
+        raise InputError(422, "items must not be empty")
+    if n > limits.max_items_per_request:
+        raise InputError(
+            413,
+            f"{n} items in one request, more than max_items_per_request={limits.max_items_per_request}",
+        )
+    seen: set[str] = set()
+    dups: list[str] = []
+    for i, item in enumerate(req.items):
+        _check_text(item.text, f"items[{i}] (id {item.id!r})", limits)
+        if item.id in seen and item.id not in dups:
+            dups.append(item.id)
+        seen.add(item.id)
+    if dups:
+        raise InputError(422, f"duplicate ids in one request: {dups[:10]}")
+
+
+def check_query(req: QueryRequest, limits: ServeLimits) -> tuple[list[str], int]:
+    """Return (texts, k) of a valid query, else raise ``InputError``."""
+    if (req.text is None) == (req.texts is None):
+        raise InputError(422, "give exactly one of `text` or `texts`")
+    texts = [req.text] if req.text is not None else list(req.texts or [])
+    if not texts:
+        raise InputError(422, "texts must not be empty")
+    if len(texts) > limits.max_texts_per_query:
+        raise InputError(
+            413,
+            f"{len(texts)} texts in one query, more than max_texts_per_query={limits.max_texts_per_query}",
+        )
+    for i, t in enumerate(texts):
+        _check_text(t, "text" if req.text is not None else f"texts[{i}]", limits)
+    k = limits.default_k if req.k is None else req.k
+    if not 1 <= k <= limits.max_k:
+        raise InputError(422, f"k must be between 1 and max_k={limits.max_k}, got {k}")
+    return texts, k

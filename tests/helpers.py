@@ -1,0 +1,106 @@
+"""Tiny in-test fixtures: a random 2-layer BERT encoder and a synthetic XC dataset."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+WORDS = [f"w{i}" for i in range(200)]
+
+
+def make_tiny_encoder(path: str, hidden: int = 32, seed: int = 0) -> str:
+    """Write a randomly initialised BERT + word-level tokenizer to ``path``; returns it."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(path, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(os.path.join(path, "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def synthetic_xc(n_labels: int = 40, n_train: int = 300, n_test: int = 100, seed: int = 0):
+    """A small XC dataset whose query texts share words with their labels' texts."""
+    from irene.data.xc import XCDataset
+
+    rng = np.random.default_rng(seed)
+    label_words = [rng.choice(WORDS, size=3, replace=False) for _ in range(n_labels)]
+    Y = [" ".join(ws) for ws in label_words]
+
+    def queries(n):
+        texts, rows, cols = [], [], []
+        for i in range(n):
+            labs = rng.choice(n_labels, size=int(rng.integers(1, 4)), replace=False)
+            words = [w for lab in labs for w in rng.choice(label_words[lab], size=2, replace=False)]
+            words += list(rng.choice(WORDS, size=2))
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            rows += [i] * len(labs)
+            cols += list(labs)
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n_labels))
+        m.sort_indices()
+        return texts, m
+
+    trn_X, trn_Y = queries(n_train)
+    tst_X, tst_Y = queries(n_test)
+    return XCDataset(trn_X=trn_X, tst_X=tst_X, Y=Y, trn_X_Y=trn_Y, tst_X_Y=tst_Y, name="synthetic")
+
+
+def make_tiny_bundle(path: str, n_seen: int = 30, seed: int = 0) -> str:
+    """Write a small but complete bundle (tiny random encoder, untrained parts) to ``path``.
+
+    Seen item ids are ``seen-0 .. seen-{n_seen-1}`` with texts ``tiny_item_text(i)``.
+    """
+    import tempfile
+
+    import torch
+
+    from irene.bundle import save_bundle
+    from irene.config import EncoderConfig, GeneratorConfig, TrainConfig
+    from irene.model.classifiers import OVAClassifiers
+    from irene.model.encoder import TextEncoder
+    from irene.model.generator import IreneGenerator
+    from irene.model.selector import Selector
+
+    enc_dir = make_tiny_encoder(tempfile.mkdtemp(prefix="tiny-enc-"), seed=seed)
+    cfg = TrainConfig(
+        encoder=EncoderConfig(model=enc_dir, max_length=16, batch_size=16),
+        generator=GeneratorConfig(num_heads=2, dropout=0.0),
+    )
+    enc = TextEncoder.from_config(cfg.encoder)
+    emb = enc.encode([tiny_item_text(i) for i in range(n_seen)])
+    torch.manual_seed(seed)
+    clf = OVAClassifiers(torch.from_numpy(emb))
+    with torch.no_grad():
+        clf.delta.normal_(std=0.05)
+    gen = IreneGenerator(emb.shape[1], cfg.generator).eval()
+    save_bundle(
+        path,
+        enc,
+        clf,
+        gen,
+        Selector(emb),
+        [f"seen-{i}" for i in range(n_seen)],
+        cfg,
+        {"note": "tiny test bundle"},
+    )
+    return path
+
+
+def tiny_item_text(i: int) -> str:
+    return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3))

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import faiss  # noqa: F401 -- faiss before anything that may pull in torch
+import numpy as np
+import pytest
+
+import irene.index.sharded as sharded_mod
+from irene.index.shard import IndexSpec
+from irene.index.sharded import IdCollisionError, ShardedIndex, int_id
+
+DIM = 12
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)  # (n, DIM)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _filled(n: int = 300, n_shards: int = 4, kind: str = "flat", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = _unit(rng, n)
+    ids = [f"item-{i}" for i in range(n)]
+    index = ShardedIndex(DIM, n_shards, IndexSpec(kind=kind, hnsw_m=16, use_gpu=False))
+    index.add(ids, x)
+    return index, ids, x
+
+
+def test_int_id_is_stable_across_processes():
+    # Pinned values: blake2b-64 little-endian masked to 63 bits; must never change.
+    assert int_id("hello") == 9022087748821825191
+    assert int_id("item-0") == 4166406713357423139
+    assert 0 <= int_id("é") < 2**63
+    code = "from irene.index.sharded import int_id; print(int_id('hello'), int_id('item-0'))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["9022087748821825191", "4166406713357423139"]
+
+
+def test_search_matches_brute_force_across_shards():
+    index, ids, x = _filled()
+    assert index.count == 300
+    per_shard = [s.count for s in index._shards]
+    assert sum(per_shard) == 300 and min(per_shard) > 30  # hash partitioning spreads ids
+    q = _unit(np.random.default_rng(9), 15)
+    res = index.search(q, 8)
+    s = q @ x.T  # (15, 300)
+    for qi, row in enumerate(res):
+        order = np.argsort(-s[qi])[:8]
+        assert [r[0] for r in row] == [ids[j] for j in order]
+        np.testing.assert_allclose([r[1] for r in row], s[qi, order], rtol=1e-5, atol=1e-5)
+    # the top-k of a query typically spans several shards: the merge really merges
+    shards_hit = {int_id(i) % 4 for row in res for i, _ in row}
+    assert len(shards_hit) > 1
+
+
+def test_upsert_delete_get():
+    index, ids, x = _filled(n=50, n_shards=3)
+    new = _unit(np.random.default_rng(1), 2)
+    index.add(["item-3", "brand-new"], new)
+    assert index.count == 51
+    np.testing.assert_allclose(index.get("item-3"), new[0])
+    np.testing.assert_allclose(index.get("brand-new"), new[1])
+    assert index.search(new[:1], 1)[0][0][0] == "item-3"
+    assert index.delete(["item-3", "nope", "item-4", "item-3"]) == [True, False, True, False]
+    assert index.count == 49 and index.get("item-3") is None and "item-4" not in index
+    assert all(r[0] not in ("item-3", "item-4") for row in index.search(x[3:5], 49) for r in row)
+    assert index.get("missing") is None
+    assert len(index.search(x[:1], 500)[0]) == 49  # fewer than k: no padding in results
+
+
+def test_duplicates_in_a_batch_last_wins():
+    index = ShardedIndex(DIM, 2)
+    x = _unit(np.random.default_rng(2), 3)
+    ids, vecs = index.prepare_upsert(["a", "b", "a"], x)
+    assert ids == ["b", "a"] and np.allclose(vecs, x[[1, 2]])
+    index.add(["a", "b", "a"], x)
+    assert index.count == 2 and np.allclose(index.get("a"), x[2])
+
+
+def test_collision_is_detected(monkeypatch):
+    index = ShardedIndex(DIM, 2)
+    x = _unit(np.random.default_rng(3), 2)
+    monkeypatch.setattr(sharded_mod, "int_id", lambda s: 42)
+    index.add(["a"], x[:1])
+    with pytest.raises(IdCollisionError):
+        index.add(["b"], x[1:])
+    with pytest.raises(IdCollisionError):
+        ShardedIndex(DIM, 2).add(["x", "y"], x)
+    index.add(["a"], x[1:])  # the same string is an upsert, not a collision
+    assert index.count == 1 and index.get("b") is None
+
+
+def test_rejects_bad_ids():
+    index = ShardedIndex(DIM, 2)
+    with pytest.raises(TypeError):
+        index.add("abc", np.zeros((3, DIM)))
+    with pytest.raises(TypeError):
+        index.add([1], np.zeros((1, DIM)))
+    with pytest.raises(ValueError):
+        index.search(np.zeros((1, DIM + 1)), 3)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_state_round_trip(kind):
+    index, ids, x = _filled(n=200, n_shards=3, kind=kind)
+    index.delete(ids[:5])
+    q = _unit(np.random.default_rng(4), 6)
+    blob = index.to_bytes()
+    restored = ShardedIndex.from_bytes(blob)
+    assert restored.count == 195 and restored.n_shards == 3 and restored.spec.kind == kind
+    assert restored.search(q, 5) == index.search(q, 5)
+    np.testing.assert_allclose(restored.get(ids[10]), x[10])
+    other = ShardedIndex(DIM, 3, IndexSpec(kind=kind, hnsw_m=16, use_gpu=False))
+    other.load_state_dict(index.state_dict())
+    assert other.search(q, 5) == index.search(q, 5) and sorted(other.ids()) == sorted(ids[5:])
+    with pytest.raises(ValueError):
+        ShardedIndex(DIM, 2).load_state_dict(index.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_concurrent_search_while_adding(kind):
+    """Every batch b holds B vectors all equal to (b+1) * e0; a query e0 with k=B must always
+    see exactly one whole batch (the newest), never a mix: batches are applied atomically."""
+    B, n_batches = 20, 60
+    index = ShardedIndex(DIM, 4, IndexSpec(kind=kind, hnsw_m=16, use_gpu=False))
+    e0 = np.zeros((1, DIM), np.float32)
+    e0[0, 0] = 1.0
+    errors: list[BaseException] = []
+    observed: list[float] = []
+    done = threading.Event()
+
+    def writer():
+        try:
+            for b in range(n_batches):
+                index.add([f"b{b}-{i}" for i in range(B)], np.repeat(e0 * (b + 1), B, axis=0))
+                if b % 10 == 9:
+                    index.delete([f"b{b - 5}-0"])
+        except BaseException as e:  # noqa: BLE001 -- surfaced by the assertion below
+            errors.append(e)
+        finally:
+            done.set()
+
+    def reader():
+        try:
+            deadline = time.monotonic() + 30
+            while not done.is_set() and time.monotonic() < deadline:
+                for row in index.search(e0, B):
+                    if not row:
+                        continue
+                    scores = {round(s, 3) for _, s in row}
+                    batches = {i.split("-")[0] for i, _ in row}
+                    assert len(row) == B and len(scores) == 1 and len(batches) == 1, row
+                    observed.append(scores.pop())
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[0]
+    assert observed, "readers never ran"
+    assert index.count == B * n_batches - n_batches // 10
+    assert index.search(e0, 1)[0][0][1] == pytest.approx(n_batches)
+    index.close()

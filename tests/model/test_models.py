@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+
+from irene.config import EncoderConfig, GeneratorConfig
+from irene.model.classifiers import OVAClassifiers
+from irene.model.encoder import TextEncoder
+from irene.model.generator import IreneGenerator
+from irene.model.selector import Selector, score_buckets
+from irene.model.synthesis import generate, mean_synthesis
+from irene.train.contrastive import contrastive_finetune
+from tests.helpers import make_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    path = make_tiny_encoder(str(tmp_path_factory.mktemp("enc")))
+    return TextEncoder.from_config(EncoderConfig(model=path, max_length=16, batch_size=4))
+
+
+def test_encoder_normalised_order_preserving_and_batch_invariant(tiny_encoder):
+    texts = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10", "w1 w2 w3"]
+    a = tiny_encoder.encode(texts, batch_size=2)
+    b = tiny_encoder.encode(texts[::-1], batch_size=3)[::-1]
+    assert a.shape == (4, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # padding/batching does not change results
+    np.testing.assert_allclose(a[0], a[3], atol=1e-6)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_encoder_save_load_round_trip(tiny_encoder, tmp_path):
+    tiny_encoder.save(str(tmp_path / "e"))
+    loaded = TextEncoder.load(str(tmp_path / "e"))
+    assert loaded.cfg.max_length == 16
+    x = ["w3 w4", "w9"]
+    np.testing.assert_allclose(loaded.encode(x), tiny_encoder.encode(x), atol=1e-6)
+
+
+def test_packaged_default_encoder_loads_offline():
+    enc = TextEncoder.from_config(EncoderConfig())
+    e = enc.encode(["a dog", "a puppy", "a tax form"])
+    assert e.shape == (3, 384)
+    assert e[0] @ e[1] > e[0] @ e[2]  # real semantics, not random weights
+
+
+def test_contrastive_finetune_reduces_loss(tmp_path):
+    enc = TextEncoder.from_config(
+        EncoderConfig(model=make_tiny_encoder(str(tmp_path / "e")), max_length=8)
+    )
+    q = [f"w{i} w{i + 1}" for i in range(0, 40, 2)]
+    d = [f"w{i + 100}" for i in range(0, 40, 2)]
+    history = contrastive_finetune(enc, q, d, epochs=8, batch_size=10, lr=3e-3)
+    assert history[-1].loss < history[0].loss * 0.7
+    # oracle-style weights: zero-weight pairs contribute nothing
+    w = [1.0] * 10 + [0.0] * 10
+    h2 = contrastive_finetune(enc, q, d, epochs=1, batch_size=20, lr=0.0, weights=w)
+    assert h2[0].loss > 0
+
+
+def test_classifiers_init_equals_embeddings_and_round_trip(tmp_path):
+    emb = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    clf = OVAClassifiers(emb)
+    torch.testing.assert_close(clf(), emb)
+    with torch.no_grad():
+        clf.delta.add_(0.3)
+    clf.save(str(tmp_path))
+    torch.testing.assert_close(OVAClassifiers.load(str(tmp_path))(), clf())
+    assert torch.allclose(clf().norm(dim=-1), torch.ones(10))
+
+
+def test_selector_leave_one_out_and_buckets():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sel = Selector(emb)
+    idx, scores = sel.search(emb, 3, exclude=np.arange(50))
+    assert idx.shape == (50, 3) and not (idx == np.arange(50)[:, None]).any()
+    brute = emb @ emb.T
+    np.fill_diagonal(brute, -np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1)[:, :3])
+    idx2, _ = sel.search(emb, 1)
+    np.testing.assert_array_equal(idx2[:, 0], np.arange(50))  # without exclusion: itself
+    assert score_buckets(np.array([-0.3, 0.0, 0.44, 0.46, 0.99, 1.2])).tolist() == [
+        0,
+        0,
+        4,
+        5,
+        10,
+        10,
+    ]
+    hnsw = Selector(emb, kind="hnsw")
+    h_idx, _ = hnsw.search(emb, 3, exclude=np.arange(50))
+    assert (h_idx == idx).mean() > 0.9
+
+
+def test_selector_pads_when_fewer_items_than_k(tmp_path):
+    emb = np.eye(2, 4, dtype=np.float32)
+    idx, scores = Selector(emb).search(emb, 3, exclude=np.arange(2))
+    assert idx.tolist() == [[1, -1, -1], [0, -1, -1]]
+    Selector(emb).save(str(tmp_path))
+    np.testing.assert_array_equal(Selector.load(str(tmp_path)).item_emb, emb)
+
+
+def test_generator_shapes_masking_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(num_neighbors=3, num_heads=4, dropout=0.0)
+    gen = IreneGenerator(16, cfg).eval()
+    z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    W = torch.nn.functional.normalize(torch.randn(5, 3, 16), dim=-1)
+    b = torch.randint(0, 11, (5, 3))
+    valid = torch.tensor([[True, True, False]] * 5)
+    u = gen(z, W, b, valid)
+    assert u.shape == (5, 16)
+    torch.testing.assert_close(u.norm(dim=-1), torch.ones(5))
+    # a masked neighbour has no influence on the output
+    W2 = W.clone()
+    W2[:, 2] = torch.randn(5, 16)
+    torch.testing.assert_close(gen(z, W2, b, valid), u)
+    # neighbours do influence it when valid
+    assert not torch.allclose(gen(z, W2, b, None), gen(z, W, b, None))
+    gen.save(str(tmp_path))
+    torch.testing.assert_close(IreneGenerator.load(str(tmp_path))(z, W, b, valid), u)
+
+
+def test_generate_and_mean_synthesis():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(6, 8)).astype(np.float32)
+    nbr = np.array([[0, 1, -1], [2, 3, 4]])
+    m = mean_synthesis(W, nbr)
+    expect0 = (W[0] + W[1]) / np.linalg.norm(W[0] + W[1])
+    np.testing.assert_allclose(m[0], expect0, rtol=1e-5)
+    e = rng.normal(size=(2, 8)).astype(np.float32)
+    ms = mean_synthesis(W, nbr, e)
+    np.testing.assert_allclose(
+        ms[1], (W[2] + W[3] + W[4] + e[1]) / np.linalg.norm(W[2] + W[3] + W[4] + e[1]), rtol=1e-5
+    )
+    gen = IreneGenerator(8, GeneratorConfig(num_heads=2, dropout=0.0))
+    out = generate(gen, e, nbr, np.full((2, 3), 0.5, np.float32), W, batch_size=1)
+    assert out.shape == (2, 8)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)

@@ -1,0 +1,120 @@
+"""Oracle distillation end-to-end on a tiny dataset with a deterministic fake oracle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from irene.bundle import load_bundle
+from irene.config import EncoderConfig, GeneratorConfig, TrainConfig
+from irene.data.xc import write_xc
+from irene.model.encoder import TextEncoder
+from irene.oracle.distill import (
+    DistillConfig,
+    OracleDistillConfig,
+    PseudoLabelConfig,
+    oracle_training_pairs,
+    pseudo_pairs,
+    sample_docs,
+)
+from irene.oracle.ezxmc import EZXMC_ARMS, EzxmcConfig, run_ezxmc
+from pipelines.oracle_distill import ray_scorer, run
+from tests.helpers import make_tiny_encoder, synthetic_xc
+from tests.oracle import fakes
+from tests.oracle.fakes import KeywordOracle
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    enc_dir = make_tiny_encoder(str(root / "enc"))
+    data = str(root / "data")
+    write_xc(synthetic_xc(n_labels=30, n_train=80, n_test=40), data)
+    cfg = OracleDistillConfig(
+        train=TrainConfig(
+            encoder=EncoderConfig(model=enc_dir, max_length=16, batch_size=32),
+            generator=GeneratorConfig(num_heads=2),
+        ),
+        distill=DistillConfig(shortlist=5, threshold=0.5, max_docs=60, epochs=2, batch_size=16, lr=1e-3),
+        pseudo=PseudoLabelConfig(epochs=1, batch_size=16, lr=1e-3),
+    )
+    return data, cfg
+
+
+def test_oracle_training_pairs_threshold_and_min_positives():
+    doc = np.array([0, 0, 0, 1, 1, 2])
+    lab = np.array([5, 6, 7, 5, 8, 9])
+    rel = np.array([0.9, 0.6, 0.1, 0.2, 0.3, 0.05], dtype=np.float32)
+    assert oracle_training_pairs(doc, lab, rel, 0.5, 0).tolist() == [1, 1, 0, 0, 0, 0]
+    # min_positives=1 adds each document's best label (doc 1 -> label 8, doc 2 -> label 9)
+    assert oracle_training_pairs(doc, lab, rel, 0.5, 1).tolist() == [1, 1, 0, 0, 1, 1]
+
+
+def test_pseudo_pairs_title_and_spans():
+    docs = ["dog, domestic dog: a member of the genus Canis", "w1 w2 w3 w4 w5"]
+    q, d = pseudo_pairs(docs, PseudoLabelConfig(spans_per_doc=2, min_span_words=2, max_span_words=3))
+    assert q[0] == "dog, domestic dog" and d[0] == docs[0]
+    assert len(q) == 1 + 2 + 2 and d.count(docs[1]) == 2
+    for qq, dd in zip(q[1:], d[1:], strict=True):
+        assert 2 <= len(qq.split()) <= 3 and qq in dd
+
+
+def test_sample_docs():
+    assert sample_docs(10, 0, 0).tolist() == list(range(10))
+    s = sample_docs(100, 7, 3)
+    assert len(s) == 7 and (np.diff(s) > 0).all() and s.tolist() == sample_docs(100, 7, 3).tolist()
+
+
+def test_pipeline_in_process_writes_servable_bundle(tiny, tmp_path):
+    data, cfg = tiny
+    out = str(tmp_path / "run")
+    enc = TextEncoder.from_config(cfg.train.encoder)
+    before = enc.encode(["w1 w2 w3"])
+    summary = run(data, out, cfg, oracle_factory=KeywordOracle, encoder=enc)
+    assert summary["documents"] == 60 and summary["pairs_scored"] == 60 * 5
+    assert summary["positives"] >= 60  # min_positives=1 per document at least
+    assert summary["oracle"]["pairs"] == 300 and len(summary["finetune"]) == 2
+    assert not np.allclose(enc.encode(["w1 w2 w3"]), before)  # fine-tuned in place
+    b = load_bundle(str(tmp_path / "run" / "bundle"))
+    assert b.item_ids == [str(i) for i in range(30)]
+    # classifiers = the fine-tuned encoder's label embeddings (zero delta)
+    labels = (tmp_path / "run").parent  # noqa: F841
+    np.testing.assert_allclose(b.seen_classifiers(), b.selector.item_emb, atol=1e-5)
+    syn = b.synthesize(b.embed(["w1 w2 w3"]))
+    assert syn.shape == (1, b.dim)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["bundle"]["num_items"] == 30
+    import pandas as pd
+
+    scores = pd.read_parquet(tmp_path / "run" / "oracle_scores.parquet")
+    assert len(scores) == 300 and scores["relevance"].between(0, 1).all()
+
+
+def test_ray_data_stage_matches_in_process(ray_local):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(fakes)  # workers need not import tests/
+    pairs = [(f"w{i} w{i + 1} w9", f"w{i}") for i in range(40)] + [("w1", "w2 w3")]
+    expected = KeywordOracle().score(pairs)
+    rel, stats = ray_scorer(oracle_factory=KeywordOracle, actors=2, batch_size=8)(pairs)
+    np.testing.assert_array_equal(rel, expected)
+    assert stats["pairs"] == len(pairs) and stats["calls"] >= 6  # 41 pairs, batches of <= 8
+    assert stats["prompt_tokens"] == 10 * len(pairs)
+
+
+def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
+    data, cfg = tiny
+    res = run_ezxmc(data, str(tmp_path / "ez"), EzxmcConfig(distill=cfg), oracle_factory=KeywordOracle)
+    assert list(res["arms"]) == list(EZXMC_ARMS)
+    for arm in EZXMC_ARMS:
+        m = res["arms"][arm]["ezxmc"]
+        assert 0 <= m["P@1"] <= 100 and m["n_eval"] == 40
+    assert res["oracle"]["pairs"] == 300
+    assert res["training"]["llm_oracle"]["positives"] >= 60
+    assert res["training"]["pseudo_labels"]["pairs"] >= 60
+    md = (tmp_path / "ez" / "results.md").read_text()
+    assert "| llm_oracle |" in md and "oracle cost" in md
+    # the keyword oracle is a near-perfect judge on this data: distillation must help
+    assert res["arms"]["llm_oracle"]["ezxmc"]["P@1"] > res["arms"]["encoder"]["ezxmc"]["P@1"]

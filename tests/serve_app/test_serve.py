@@ -1,0 +1,410 @@
+"""The Serve app over real HTTP: one local Ray + Serve on 127.0.0.1 for the whole module."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import make_tiny_bundle, tiny_item_text
+
+N_SEEN = 30
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LIMITS = {
+    "max_text_chars": 300,
+    "max_items_per_request": 8,
+    "max_texts_per_query": 4,
+    "max_k": 50,
+    "default_k": 5,
+    "max_body_bytes": 16384,
+}
+NAMESPACE = "irene-serve-tests"
+ATOL = 1e-4
+
+
+@dataclass
+class Served:
+    client: httpx.Client
+    bundle: object  # the same bundle loaded in-process, for expected vectors and scores
+    index_dir: Path
+    start_count: int
+
+    def count(self) -> int:
+        r = self.client.get("/readyz")
+        assert r.status_code == 200, r.text
+        return r.json()["index_count"]
+
+    def ingest(self, items: list[tuple[str, str]], headers=AUTH) -> httpx.Response:
+        body = {"items": [{"id": i, "text": t} for i, t in items]}
+        return self.client.post("/v1/items", json=body, headers=headers)
+
+    def query(self, text: str, k: int) -> list[dict]:
+        r = self.client.post("/v1/query", json={"text": text, "k": k})
+        assert r.status_code == 200, r.text
+        (hits,) = r.json()["results"]
+        return hits
+
+    def vector(self, id_: str) -> np.ndarray:
+        r = self.client.get(f"/v1/items/{quote(id_, safe='')}", params={"include_vector": "true"})
+        assert r.status_code == 200, r.text
+        return np.asarray(r.json()["vector"], dtype=np.float32)
+
+    def expected(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """In-process (embeddings (n, d), generated classifiers (n, d)) for ``texts``."""
+        emb = self.bundle.embed(texts)
+        return emb, self.bundle.synthesize(emb)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from irene.bundle import load_bundle
+    from serve_app.app import build_app
+
+    tmp = tmp_path_factory.mktemp("serve")
+    bundle_dir = make_tiny_bundle(str(tmp / "bundle"), n_seen=N_SEEN)
+    index_dir = tmp / "index"
+    index_name = f"irene-test-{uuid.uuid4().hex[:8]}"
+    old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
+    port = _free_port()
+    small = {"ray_actor_options": {"num_cpus": 0.1}}
+    args = {
+        "bundle": bundle_dir,
+        "index_uri": str(index_dir),
+        "index": {"name": index_name, "namespace": NAMESPACE, "n_shards": 3, "num_cpus": 0.1},
+        "limits": LIMITS,
+        "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
+        "threads": 1,
+        "deployment_options": {"Encoder": small, "Generator": small, "Ingress": small},
+    }
+    serve.shutdown()  # a Serve instance left over would ignore our http_options
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        serve.run(build_app(args), name="irene", route_prefix="/")
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "app did not become ready"
+            time.sleep(0.2)
+        served = Served(client, load_bundle(bundle_dir), index_dir, 0)
+        served.start_count = served.count()
+        yield served
+    finally:
+        client.close()
+        serve.shutdown()
+        try:
+            ray_local.kill(ray_local.get_actor(index_name, namespace=NAMESPACE))
+        except ValueError:
+            pass
+        if old_bundle_env is not None:
+            os.environ["IRENE_BUNDLE"] = old_bundle_env
+
+
+# --------------------------------------------------------------------------- start-up
+def test_index_is_seeded_with_the_seen_items(served):
+    assert served.start_count == N_SEEN
+    r = served.client.get("/v1/items/seen-0")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"] == "seen-0" and body["dim"] == served.bundle.dim
+    assert "vector" not in body  # only with ?include_vector=true
+    np.testing.assert_allclose(
+        served.vector("seen-7"), served.bundle.seen_classifiers()[7], atol=ATOL
+    )
+
+
+def test_health_ready_docs(served):
+    c = served.client
+    assert c.get("/healthz").json() == {"status": "ok"}
+    ready = c.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["index_count"] >= N_SEEN
+    docs = c.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = c.get("/openapi.json").json()["paths"]
+    for p in ("/v1/items", "/v1/query", "/v1/items/{item_id}", "/v1/snapshot", "/metrics"):
+        assert p in paths, p
+
+
+# --------------------------------------------------------------------------- auth
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/items", {"items": [{"id": "auth-probe", "text": tiny_item_text(31)}]}),
+        ("DELETE", "/v1/items/seen-1", None),
+        ("POST", "/v1/snapshot", None),
+    ],
+)
+def test_writes_need_the_token(served, method, path, body):
+    c = served.client
+    before = served.count()
+    r = c.request(method, path, json=body)
+    assert r.status_code == 401 and "bearer" in r.json()["detail"].lower()
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = c.request(method, path, json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and "invalid token" in r.json()["detail"]
+    r = c.request(method, path, json=body, headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401
+    assert served.count() == before
+    assert c.get("/v1/items/seen-1").status_code == 200
+    assert c.get("/v1/items/auth-probe").status_code == 404
+
+
+def test_writes_with_the_token_succeed(served):
+    before = served.count()
+    r = served.ingest([("auth-ok", tiny_item_text(32))])
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == [{"id": "auth-ok", "status": "created"}]
+    assert served.count() == before + 1
+    r = served.client.delete("/v1/items/auth-ok", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"id": "auth-ok", "deleted": True}
+    assert served.count() == before
+
+
+def test_reads_are_open_by_default(served):
+    assert served.client.post("/v1/query", json={"text": tiny_item_text(3)}).status_code == 200
+    assert served.client.get("/v1/items/seen-3").status_code == 200
+
+
+# --------------------------------------------------------------------------- bad input
+OK_ITEM = {"id": "bad-probe", "text": tiny_item_text(33)}
+
+
+def _items(*extra: dict) -> dict:
+    return {"items": [OK_ITEM, *extra]}
+
+
+BAD_WRITES = {
+    "malformed json": (
+        {"content": b'{"items": [', "headers": {"content-type": "application/json"}},
+        400,
+    ),
+    "unknown top-level field": ({"json": {**_items(), "upsert": True}}, 422),
+    "unknown item field": ({"json": _items({"id": "x1", "text": "w1", "lang": "en"})}, 422),
+    "missing items": ({"json": {}}, 422),
+    "empty items": ({"json": {"items": []}}, 422),
+    "items not a list": ({"json": {"items": "w1 w2"}}, 422),
+    "empty text": ({"json": _items({"id": "x1", "text": ""})}, 422),
+    "blank text": ({"json": _items({"id": "x1", "text": "   "})}, 422),
+    "oversized text": ({"json": _items({"id": "x1", "text": "w1 " * 101})}, 413),
+    "too many items": (
+        {
+            "json": _items(
+                *({"id": f"x{i}", "text": "w1"} for i in range(LIMITS["max_items_per_request"]))
+            )
+        },
+        413,
+    ),
+    "duplicate ids": (
+        {"json": _items({"id": "x1", "text": "w1"}, {"id": "x1", "text": "w2"})},
+        422,
+    ),
+    "empty id": ({"json": _items({"id": "", "text": "w1"})}, 422),
+    "id too long": ({"json": _items({"id": "x" * 257, "text": "w1"})}, 422),
+    "id not a string": ({"json": _items({"id": 7, "text": "w1"})}, 422),
+    "body too large": ({"json": _items({"id": "x1", "text": "w1 " * 6000})}, 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_WRITES))
+def test_bad_ingest_is_rejected_and_changes_nothing(served, case):
+    kwargs, status = BAD_WRITES[case]
+    kwargs = {**kwargs, "headers": {**AUTH, **kwargs.get("headers", {})}}
+    before = served.count()
+    r = served.client.post("/v1/items", **kwargs)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail  # a message (or the list of validation errors)
+    assert served.count() == before
+    for probe in ("bad-probe", "x1"):
+        assert served.client.get(f"/v1/items/{probe}").status_code == 404
+
+
+BAD_QUERIES = {
+    "malformed json": (
+        {"content": b"{text: 1}", "headers": {"content-type": "application/json"}},
+        400,
+    ),
+    "neither text nor texts": ({"json": {"k": 3}}, 422),
+    "both text and texts": ({"json": {"text": "w1", "texts": ["w2"]}}, 422),
+    "empty text": ({"json": {"text": ""}}, 422),
+    "empty texts": ({"json": {"texts": []}}, 422),
+    "blank text in texts": ({"json": {"texts": ["w1", " "]}}, 422),
+    "oversized text": ({"json": {"text": "w1 " * 101}}, 413),
+    "too many texts": ({"json": {"texts": ["w1"] * (LIMITS["max_texts_per_query"] + 1)}}, 413),
+    "k zero": ({"json": {"text": "w1", "k": 0}}, 422),
+    "k negative": ({"json": {"text": "w1", "k": -3}}, 422),
+    "k over max": ({"json": {"text": "w1", "k": LIMITS["max_k"] + 1}}, 422),
+    "k not an int": ({"json": {"text": "w1", "k": "ten"}}, 422),
+    "unknown field": ({"json": {"text": "w1", "filter": "x"}}, 422),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_QUERIES))
+def test_bad_query_is_rejected(served, case):
+    kwargs, status = BAD_QUERIES[case]
+    before = served.count()
+    r = served.client.post("/v1/query", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+    assert served.count() == before
+
+
+def test_error_messages_are_clear(served):
+    r = served.client.post("/v1/query", json={"text": "w1", "k": 51})
+    assert "max_k=50" in r.json()["detail"]
+    r = served.ingest([("d1", "w1"), ("d1", "w2")])
+    assert "duplicate ids" in r.json()["detail"] and "d1" in r.json()["detail"]
+    r = served.client.post("/v1/items", json={"items": [], "x": 1}, headers=AUTH)
+    assert any(e["type"] == "extra_forbidden" for e in r.json()["detail"])
+
+
+# --------------------------------------------------------------------------- semantics
+def test_novel_item_is_found_at_rank_1_with_its_own_text(served):
+    texts = [tiny_item_text(i) for i in range(40, 70)]
+    emb, gen = served.expected(texts)
+    own = (emb * gen).sum(1)  # (n,) score of each item's classifier for its own text
+    chosen = None
+    for text, score in zip(texts, own, strict=True):
+        best_now = served.query(text, k=1)[0]["score"]  # best item already in the index
+        if score > best_now + 1e-3:
+            chosen = (text, float(score))
+            break
+    assert chosen is not None, "no candidate text beats the existing items (tiny model)"
+    text, score = chosen
+    r = served.ingest([("novel-1", text)])
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "created"
+    hits = served.query(text, k=5)
+    assert hits[0]["id"] == "novel-1"
+    assert hits[0]["score"] == pytest.approx(score, abs=ATOL)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    np.testing.assert_allclose(served.vector("novel-1"), gen[texts.index(text)], atol=ATOL)
+
+
+def test_upsert_replaces_the_vector_and_keeps_the_count(served):
+    text_a, text_b = tiny_item_text(100), tiny_item_text(140)
+    (emb_a, emb_b), (gen_a, gen_b) = served.expected([text_a, text_b])
+    before = served.count()
+    r = served.ingest([("up-1", text_a)])
+    assert r.json()["results"] == [{"id": "up-1", "status": "created"}]
+    assert served.count() == before + 1
+    np.testing.assert_allclose(served.vector("up-1"), gen_a, atol=ATOL)
+
+    r = served.ingest([("up-1", text_b), ("up-2", text_a)])
+    assert r.status_code == 200
+    assert r.json()["results"] == [
+        {"id": "up-1", "status": "updated"},
+        {"id": "up-2", "status": "created"},
+    ]
+    assert r.json()["count"] == 2
+    assert served.count() == before + 2
+    got = served.vector("up-1")
+    np.testing.assert_allclose(got, gen_b, atol=ATOL)
+    assert not np.allclose(got, gen_a, atol=ATOL)
+    hits = {h["id"]: h["score"] for h in served.query(text_b, k=LIMITS["max_k"])}
+    assert hits["up-1"] == pytest.approx(float(gen_b @ emb_b), abs=ATOL)
+    assert abs(float(gen_a @ emb_b) - float(gen_b @ emb_b)) > 10 * ATOL
+
+
+def test_delete_removes_the_item(served):
+    text = tiny_item_text(150)
+    before = served.count()
+    assert served.ingest([("del-1", text)]).status_code == 200
+    assert "del-1" in {h["id"] for h in served.query(text, k=LIMITS["max_k"])}
+    r = served.client.delete("/v1/items/del-1", headers=AUTH)
+    assert r.status_code == 200 and r.json()["deleted"] is True
+    assert served.client.get("/v1/items/del-1").status_code == 404
+    assert "del-1" not in {h["id"] for h in served.query(text, k=LIMITS["max_k"])}
+    assert served.count() == before
+    r = served.client.delete("/v1/items/del-1", headers=AUTH)
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+
+
+def test_ids_with_slashes_and_unicode(served):
+    id_ = "cat/sub item?é"
+    assert served.ingest([(id_, tiny_item_text(160))]).status_code == 200
+    r = served.client.get(f"/v1/items/{quote(id_, safe='')}")
+    assert r.status_code == 200 and r.json()["id"] == id_
+    r = served.client.delete(f"/v1/items/{quote(id_, safe='')}", headers=AUTH)
+    assert r.status_code == 200
+
+
+def test_query_with_several_texts_and_default_k(served):
+    texts = [tiny_item_text(i) for i in (1, 2, 3)]
+    r = served.client.post("/v1/query", json={"texts": texts})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert len(results) == 3
+    assert all(len(hits) == LIMITS["default_k"] for hits in results)
+    for hits in results:
+        assert all(set(h) == {"id", "score"} for h in hits)
+
+
+def test_concurrent_ingests_and_queries(served):
+    before = served.count()
+    ids = [f"conc-{i}" for i in range(12)]
+
+    def ingest(i):
+        return served.ingest([(ids[i], tiny_item_text(170 + i))]).status_code
+
+    def query(i):
+        return served.client.post("/v1/query", json={"text": tiny_item_text(i)}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(ingest, range(12))) + list(pool.map(query, range(12)))
+    assert codes == [200] * 24
+    assert served.count() == before + 12
+
+
+def test_snapshot_is_written(served):
+    r = served.client.post("/v1/snapshot", headers=AUTH)
+    assert r.status_code == 200
+    seq = r.json()["seq"]
+    assert seq >= 1
+    snaps = list((served.index_dir / "snapshots").glob("*.snap"))
+    assert any(int(p.stem) == seq for p in snaps), snaps
+
+
+def test_metrics(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = served.client
+    assert served.ingest([("metrics-1", tiny_item_text(190))]).status_code == 200
+    assert c.post("/v1/items", json={"items": []}).status_code == 401
+    assert c.post("/v1/query", json={"text": "w1"}).status_code == 200
+    count = served.count()
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            samples.setdefault(s.name, []).append(s)
+
+    def value(name, **labels):
+        return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+    assert value("irene_http_requests_total", route="/v1/items", status="200") >= 1
+    assert value("irene_http_requests_total", route="/v1/items", status="401") >= 1
+    assert value("irene_http_requests_total", route="/v1/query", status="200") >= 1
+    assert value("irene_http_request_duration_seconds_count", route="/v1/query") >= 1
+    assert value("irene_stage_duration_seconds_count", stage="encode") >= 1
+    assert value("irene_stage_duration_seconds_count", stage="index_add") >= 1
+    assert value("irene_items_ingested_total") >= 1
+    assert value("irene_index_items") == count
+    assert value("irene_ingest_rate_items_per_second") > 0
