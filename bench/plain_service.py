@@ -45,6 +45,8 @@ class MicroBatcher:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, text: str, k: int):
+        if self.task is None:  # started lazily, inside uvicorn's event loop
+            self.start()
         fut = asyncio.get_running_loop().create_future()
         await self.queue.put((text, k, fut))
         return await fut
@@ -100,10 +102,6 @@ def make_app(bundle_uri: str, threads: int, max_batch: int, wait_s: float, n_sha
 
     batcher = MicroBatcher(encode_search, pool, max_batch, wait_s)
     app = FastAPI(title="plain IRENE query service")
-
-    @app.on_event("startup")
-    async def _start() -> None:
-        batcher.start()
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -186,5 +186,45 @@ def oracle_score(
     typer.echo(json.dumps(oracle.stats.as_dict()))
 
 
+@app.command()
+def train(
+    data_dir: str = typer.Argument(..., help="XC-format dataset directory (local or s3://)"),
+    bundle: str = typer.Option(..., "--bundle", help="bundle output (local dir or s3:// prefix)"),
+    config: str | None = typer.Option(None, help="YAML PipelineConfig (local or s3://)"),
+    work_dir: str | None = typer.Option(None, help="artifacts location; default: a temp dir"),
+    num_workers: int | None = typer.Option(None, help="Ray Train workers per stage"),
+    address: str | None = typer.Option(None, help="Ray address; default: a local Ray"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. train.generator.epochs=3"),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Run prepare -> train_classifiers -> train_generator -> build_bundle on Ray."""
+    _setup_logging(verbose)
+    import tempfile
+
+    from irene.config import ConfigError
+    from irene.pipeline import PipelineError, preflight_all, run_all
+    from irene.pipeline_config import load_pipeline_config, replace
+
+    try:
+        cfg = load_pipeline_config(
+            config, set_, data=data_dir, bundle=bundle, work_dir=work_dir, num_workers=num_workers
+        )
+        if not cfg.work_dir:
+            cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
+        preflight_all(cfg)
+    except (ConfigError, PipelineError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    logging.getLogger(__name__).info("work_dir: %s", cfg.work_dir)
+    manifest = run_all(cfg, address)
+    summary = {"bundle": cfg.bundle, "work_dir": cfg.work_dir}
+    summary["config_hash"] = manifest["config_hash"]
+    summary["num_seen_items"] = manifest["num_seen_items"]
+    irene = manifest["metrics"].get("eval", {}).get("arms", {}).get("irene")
+    if irene:
+        summary["irene_zero_shot"] = irene["zero_shot"]
+    typer.echo(json.dumps(summary, indent=2))
+
+
 if __name__ == "__main__":
     app()

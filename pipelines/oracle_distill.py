@@ -88,7 +88,11 @@ def ray_scorer(
             }
         )
         n_blocks = max(1, min(-(-len(pairs) // batch_size), 8 * actors))
-        ds = ray.data.from_pandas(df).repartition(n_blocks)
+        # several in-memory blocks (no repartition tasks that would compete with the actors)
+        bounds = np.linspace(0, len(df), n_blocks + 1).astype(int)
+        ds = ray.data.from_pandas(
+            [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        )
         ds = ds.map_batches(
             OracleScorer,
             fn_constructor_kwargs={"oracle_cfg": oracle_cfg, "oracle_factory": oracle_factory},

@@ -67,10 +67,14 @@ class PseudoLabelConfig:
 
 
 def sample_docs(n: int, max_docs: int, seed: int) -> np.ndarray:
-    """Sorted, seeded subset of ``range(n)`` of size ``max_docs`` (all when 0)."""
+    """Sorted, seeded subset of ``range(n)`` of size ``max_docs`` (all when 0).
+
+    A prefix of one seeded permutation, so a larger ``max_docs`` contains a smaller one's
+    documents (growing a run reuses the cached oracle answers).
+    """
     if max_docs <= 0 or max_docs >= n:
         return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_docs, replace=False))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_docs])
 
 
 def shortlist(
@@ -228,6 +232,7 @@ class OracleDistillConfig:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     use_ray: bool = False  # score pairs as a Ray Data stage (pipeline CLI: on by default)
     oracle_actors: int = 1  # Ray Data actor-pool size (oracle replicas)
+    actor_cpus: float = 1.0  # CPUs reserved per oracle actor
 
 
 @dataclass

@@ -126,7 +126,9 @@ def _scorer(dc: OracleDistillConfig, oracle_factory):
     if dc.use_ray:
         from pipelines.oracle_distill import ray_scorer
 
-        return ray_scorer(dc.oracle, oracle_factory, dc.oracle_actors, dc.oracle.batch_size)
+        return ray_scorer(
+            dc.oracle, oracle_factory, dc.oracle_actors, dc.oracle.batch_size, dc.actor_cpus
+        )
     from irene.oracle import make_oracle
 
     oracle = oracle_factory() if oracle_factory is not None else make_oracle(dc.oracle)

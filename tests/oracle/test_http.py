@@ -127,7 +127,18 @@ def test_parse_reply_variants():
     assert p == pytest.approx(0.25, abs=1e-6) and (pt, ct) == (20, 1)
     only_yes = {
         "choices": [
-            {"logprobs": {"content": [{"top_logprobs": [{"token": " yes", "logprob": -0.1}, {"token": "Sure", "logprob": -3.0}]}]}}
+            {
+                "logprobs": {
+                    "content": [
+                        {
+                            "top_logprobs": [
+                                {"token": " yes", "logprob": -0.1},
+                                {"token": "Sure", "logprob": -3.0},
+                            ]
+                        }
+                    ]
+                }
+            }
         ]
     }
     p, _, _ = parse_reply(only_yes, "chat", text_fallback=False)
