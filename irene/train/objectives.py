@@ -79,7 +79,10 @@ class GeneratorObjective(nn.Module):
         self.register_buffer("pos_weight", torch.tensor(float(cfg.pos_weight)), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        labels, target = batch_labels(batch)  # (n,), (B, n)
+        neg = batch["neg"]  # (B, m): generating every mined negative is the cost; sample a few
+        n_neg = min(self.cfg.negatives_per_query, neg.shape[1])
+        cols = torch.randperm(neg.shape[1], device=neg.device)[:n_neg]
+        labels, target = batch_labels({**batch, "neg": neg[:, cols]})  # (n,), (B, n)
         u = self.generator(*self.context.inputs(labels))  # (n, d) generated classifiers
         logits = self.cfg.logit_scale * batch["q_emb"] @ u.T + self.bias  # (B, n)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)

@@ -107,6 +107,12 @@ def test_generator_shapes_masking_and_round_trip(tmp_path):
     cfg = GeneratorConfig(num_neighbors=3, num_heads=4, dropout=0.0)
     gen = IreneGenerator(16, cfg).eval()
     z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    # untrained, the generator returns the item's own (centred) embedding
+    zc = torch.nn.functional.normalize(z - z.mean(-1, keepdim=True), dim=-1)
+    torch.testing.assert_close(gen(z, torch.randn(5, 3, 16), torch.zeros(5, 3, dtype=torch.long)), zc)
+    with torch.no_grad():  # as if trained: residual branches active
+        gen.attn.out_proj.weight.normal_(std=0.3)
+        gen.ff[3].weight.normal_(std=0.3)
     W = torch.nn.functional.normalize(torch.randn(5, 3, 16), dim=-1)
     b = torch.randint(0, 11, (5, 3))
     valid = torch.tensor([[True, True, False]] * 5)
@@ -139,3 +145,35 @@ def test_generate_and_mean_synthesis():
     out = generate(gen, e, nbr, np.full((2, 3), 0.5, np.float32), W, batch_size=1)
     assert out.shape == (2, 8)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_generator_matches_full_transformer_layer_at_item_slot():
+    """The single-query layer computes exactly nn.TransformerEncoderLayer's slot-0 output."""
+    torch.manual_seed(3)
+    cfg = GeneratorConfig(num_heads=4, ff_mult=2, dropout=0.0)
+    gen = IreneGenerator(16, cfg).eval()
+    with torch.no_grad():
+        gen.attn.out_proj.weight.normal_(std=0.3)
+        gen.ff[3].weight.normal_(std=0.3)
+        gen.type_emb.weight.normal_()
+        gen.score_emb.weight.normal_()
+    ref = torch.nn.TransformerEncoderLayer(
+        16, 4, dim_feedforward=32, dropout=0.0, batch_first=True
+    ).eval()
+    ref.self_attn.load_state_dict(gen.attn.state_dict())
+    ref.linear1.load_state_dict(gen.ff[0].state_dict())
+    ref.linear2.load_state_dict(gen.ff[3].state_dict())
+    ref.norm1.load_state_dict(gen.norm1.state_dict())
+    ref.norm2.load_state_dict(gen.norm2.state_dict())
+    z, W = torch.randn(4, 16), torch.randn(4, 3, 16)
+    b = torch.randint(0, 11, (4, 3))
+    valid = torch.tensor([[True, False, True]] * 4)
+    x = (
+        torch.cat([z[:, None], W], 1)
+        + gen.type_emb(torch.tensor([0, 1, 1, 1]))
+        + gen.score_emb(torch.cat([torch.full((4, 1), 11), b], 1))
+    )
+    pad = torch.cat([torch.zeros(4, 1, dtype=torch.bool), ~valid], 1)
+    expect = torch.nn.functional.normalize(ref(x, src_key_padding_mask=pad)[:, 0], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(gen(z, W, b, valid), expect, atol=1e-5, rtol=1e-5)
