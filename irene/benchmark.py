@@ -115,6 +115,17 @@ def prepare(ds: XCDataset, cfg: BenchmarkConfig, encoder: TextEncoder, timer: Ti
     return Prepared(ds, split, item_emb, trn_emb, tst_emb, Y_seen)
 
 
+def holdout_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(classifier rows, generator rows): a seeded split of the train queries; with
+    ``fraction == 0`` both stages get every row."""
+    rows = np.arange(n)
+    if fraction <= 0:
+        return rows, rows
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * fraction))
+    return np.sort(perm[cut:]), np.sort(perm[:cut])
+
+
 def train(prep: Prepared, cfg: TrainConfig, timer: Timer) -> Trained:
     seen_emb = prep.item_emb[prep.seen]
     hard_neg = timer(
@@ -124,13 +135,16 @@ def train(prep: Prepared, cfg: TrainConfig, timer: Timer) -> Trained:
         seen_emb,
         cfg.classifiers.num_hard_negatives,
     )
+    c_rows, g_rows = holdout_rows(
+        len(prep.trn_emb), cfg.generator.holdout_fraction, cfg.generator.seed
+    )
     clf, h_clf = timer(
         "train_classifiers_s",
         train_classifiers,
-        prep.trn_emb,
-        prep.Y_seen,
+        prep.trn_emb[c_rows],
+        prep.Y_seen[c_rows],
         seen_emb,
-        hard_neg,
+        hard_neg[c_rows],
         cfg.classifiers,
         True,
     )
@@ -138,11 +152,11 @@ def train(prep: Prepared, cfg: TrainConfig, timer: Timer) -> Trained:
     gen, h_gen = timer(
         "train_generator_s",
         train_generator,
-        prep.trn_emb,
-        prep.Y_seen,
+        prep.trn_emb[g_rows],
+        prep.Y_seen[g_rows],
         seen_emb,
         W,
-        hard_neg,
+        hard_neg[g_rows],
         cfg.generator,
         cfg.classifiers.max_positives,
         True,

@@ -60,6 +60,10 @@ class GeneratorConfig:
     negatives_per_query: int = 2  # mined negatives sampled per query and step (generated too)
     pos_weight: float = 1.0  # C: up-weights positive pairs in the one-vs-all BCE
     cosine_weight: float = 1.0  # weight of 1 - cos(generated, own trained classifier)
+    # Fraction of train queries held out of classifier training and used (alone) to train the
+    # generator, so neighbour classifiers have not memorised the generator's training queries
+    # (as at test time). 0 = both stages use all queries. In-process benchmark only for now.
+    holdout_fraction: float = 0.0
     logit_scale: float = 20.0
     seed: int = 0
 
