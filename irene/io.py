@@ -17,6 +17,18 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+# Environment that S3 access depends on; forwarded to Ray workers/replicas that may not share
+# the driver's environment.
+S3_ENV_VARS = (
+    "IRENE_S3_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
 
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
+from irene import io
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -53,14 +54,7 @@ log = logging.getLogger("irene.serve")
 
 MAX_ONGOING_REQUESTS = 128  # Serve's default of 5 caps throughput far below what we can do
 PROBE_TIMEOUT_S = 5.0
-S3_ENV = (
-    "IRENE_S3_ENDPOINT",
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-)
+S3_ENV = io.S3_ENV_VARS
 
 
 # --------------------------------------------------------------------------- helpers

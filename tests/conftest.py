@@ -112,3 +112,16 @@ def ray_local():
         ray.shutdown()
         _restore_env(old)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A module-scoped moto S3 server (a real HTTP server on 127.0.0.1, in a thread); the test
+    sets its own credentials/endpoint env and creates its buckets."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -30,8 +30,13 @@ def test_tiny_end_to_end_benchmark(tmp_path):
     # identical novel vectors => identical zero-shot results for encoder and ova_fallback
     assert res["arms"]["encoder"]["zero_shot"] == res["arms"]["ova_fallback"]["zero_shot"]
     t = on_disk["timings"]
-    assert t["encode_texts_per_s"] > 0 and t["generate_ms_per_item_batch"] > 0 and t["peak_rss_mb"] > 0
+    assert (
+        t["encode_texts_per_s"] > 0 and t["generate_ms_per_item_batch"] > 0 and t["peak_rss_mb"] > 0
+    )
     hist = on_disk["training"]
-    assert len(hist["classifiers"]) == 3 and hist["classifiers"][-1]["loss"] < hist["classifiers"][0]["loss"]
+    assert (
+        len(hist["classifiers"]) == 3
+        and hist["classifiers"][-1]["loss"] < hist["classifiers"][0]["loss"]
+    )
     assert len(hist["generator"]) == 3
     assert "| irene |" in (tmp_path / "out" / "results.md").read_text()

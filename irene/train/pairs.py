@@ -77,6 +77,11 @@ class PairBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def for_epoch(self, epoch: int) -> PairBatches:
+        """Reshuffle for ``epoch`` and return self (the ``epoch_batches`` callable of ``fit``)."""
+        self.set_epoch(epoch)
+        return self
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.num_pairs, generator=g)

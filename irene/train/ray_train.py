@@ -48,15 +48,7 @@ BATCH_DTYPES = {
     "neg": torch.int64,
 }
 # Forwarded to the workers when artifacts live on S3 (workers may not share the driver's env).
-S3_ENV_VARS = (
-    "IRENE_S3_ENDPOINT",
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-)
+S3_ENV_VARS = io.S3_ENV_VARS
 # Testing hook read by the driver: "rank=1,epoch=1,marker=/tmp/x[,delay_s=3]" makes that rank
 # exit hard after reporting that epoch, once (the marker file records that it happened).
 FAULT_ENV = "IRENE_FAULT_INJECT"

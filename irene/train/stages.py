@@ -73,11 +73,7 @@ def train_classifiers(
     obj = classifier_objective(item_emb, cfg)
     opt = classifier_optimizer(obj, cfg)
 
-    def epoch_batches(epoch: int):
-        batches.set_epoch(epoch)
-        return batches
-
-    history = fit(obj, epoch_batches, opt, cfg.epochs, show_progress=show_progress)
+    history = fit(obj, batches.for_epoch, opt, cfg.epochs, show_progress=show_progress)
     return obj.classifiers.eval(), history
 
 
@@ -96,9 +92,5 @@ def train_generator(
     batches = PairBatches(query_emb, Y, hard_neg, cfg.batch_size, max_positives, cfg.seed)
     opt = generator_optimizer(obj, cfg)
 
-    def epoch_batches(epoch: int):
-        batches.set_epoch(epoch)
-        return batches
-
-    history = fit(obj, epoch_batches, opt, cfg.epochs, show_progress=show_progress)
+    history = fit(obj, batches.for_epoch, opt, cfg.epochs, show_progress=show_progress)
     return obj.generator.eval(), history

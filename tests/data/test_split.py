@@ -135,17 +135,6 @@ def test_save_load_local(ds, tmp_path):
     _assert_same_split(s, ZeroShotSplit.load(tmp_path / "split"))
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_save_load_s3(ds, moto_endpoint, monkeypatch):
     import boto3
 

@@ -256,17 +256,6 @@ def test_read_is_fast(tmp_path):
     assert elapsed < 2.0, f"reading 60k lines took {elapsed:.2f}s"
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3_bucket(moto_endpoint, monkeypatch):
     import boto3

@@ -109,7 +109,9 @@ def test_generator_shapes_masking_and_round_trip(tmp_path):
     z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
     # untrained, the generator returns the item's own (centred) embedding
     zc = torch.nn.functional.normalize(z - z.mean(-1, keepdim=True), dim=-1)
-    torch.testing.assert_close(gen(z, torch.randn(5, 3, 16), torch.zeros(5, 3, dtype=torch.long)), zc)
+    torch.testing.assert_close(
+        gen(z, torch.randn(5, 3, 16), torch.zeros(5, 3, dtype=torch.long)), zc
+    )
     with torch.no_grad():  # as if trained: residual branches active
         gen.attn.out_proj.weight.normal_(std=0.3)
         gen.ff[3].weight.normal_(std=0.3)
