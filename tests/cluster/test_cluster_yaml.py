@@ -106,6 +106,6 @@ def test_rayservice_serve_config_is_a_valid_serve_config(rayservice):
     assert set(deps) == {"Ingress", "Encoder", "Generator"}
     for name in ("Encoder", "Generator"):
         auto = deps[name]["autoscaling_config"]
-        assert 1 <= auto["min_replicas"] < auto["max_replicas"]
+        assert auto["min_replicas"] >= 1 and auto["min_replicas"] < auto["max_replicas"]
     assert deps["Encoder"]["ray_actor_options"]["num_gpus"] > 0
     assert all(d["max_ongoing_requests"] >= 64 for d in deps.values())
