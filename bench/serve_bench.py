@@ -85,18 +85,11 @@ SERVE_VARIANTS: dict[str, dict] = {
         },
         "env": {},
     },
-    "tuned2t": {  # as tuned, with 2 torch threads in the Encoder
-        "args": {
-            "threads": 2,
-            "encoder_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.003},
-            "deployment_options": {
-                "Encoder": {"ray_actor_options": {"num_cpus": 1}, **_QUIET},
-                "Generator": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
-                "Ingress": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
-            },
-        },
-        "env": {},
-    },
+}
+# as tuned, with 2 torch threads in the Encoder
+SERVE_VARIANTS["tuned2t"] = {
+    **SERVE_VARIANTS["tuned"],
+    "args": {**SERVE_VARIANTS["tuned"]["args"], "threads": 2},
 }
 
 QUERY_SUBJECTS = [

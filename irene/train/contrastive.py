@@ -70,6 +70,11 @@ class TextPairBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def for_epoch(self, epoch: int) -> TextPairBatches:
+        """Reshuffle for ``epoch`` and return self (the ``epoch_batches`` callable of ``fit``)."""
+        self.set_epoch(epoch)
+        return self
+
     def __len__(self) -> int:
         return -(-len(self.queries) // self.batch_size)
 
@@ -112,10 +117,6 @@ def contrastive_finetune(
     batches = TextPairBatches(encoder, queries, docs, batch_size, weights, seed)
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr)
 
-    def epoch_batches(epoch: int):
-        batches.set_epoch(epoch)
-        return batches
-
-    history = fit(obj, epoch_batches, opt, epochs, device=encoder.device)
+    history = fit(obj, batches.for_epoch, opt, epochs, device=encoder.device)
     encoder.eval()
     return history
