@@ -6,12 +6,13 @@ with relevance >= ``threshold`` (plus each document's ``min_positives`` best-sco
 so a badly calibrated oracle still contributes its ranking) as positives weighted by the
 relevance, and fine-tune the encoder with :func:`irene.train.contrastive.contrastive_finetune`.
 
-Pair orientation and negatives: pairs are passed as (query=label text, doc=document text).
-``TextPairBatches`` groups by the doc side, so two positives of the same document in a batch
-are never each other's negatives (a document usually has several relevant shortlisted labels).
-Negatives are the other documents of the batch (in-batch negatives); shortlisted labels that
-the oracle rejected are *not* added as explicit negatives (``ContrastiveObjective`` has no
-negative column), they only stop being positives.
+Pair orientation and negatives: the document is the anchor and its label the candidate, the
+direction the model is used in (rank labels for a document). Per document, the softmax runs over
+the batch's other labels (in-batch negatives; a label that is another positive of the same
+document, or the same label as the positive, is masked out) plus up to ``hard_negatives``
+shortlisted labels the oracle *rejected* for this document: the labels the current encoder
+confuses with the right ones, exactly the errors the oracle can correct. The pseudo-label
+baseline uses the same orientation (document anchor, pseudo-query candidate) without them.
 
 A fine-tuned encoder is written as a normal bundle: every label is a "seen" item whose
 classifier is its fine-tuned text embedding (``OVAClassifiers`` with zero delta), the
@@ -46,6 +47,7 @@ class DistillConfig:
     shortlist: int = 10  # m labels per document scored by the oracle
     threshold: float = 0.5  # relevance >= threshold -> positive
     min_positives: int = 1  # plus each document's best-scored labels (0 = threshold only)
+    hard_negatives: int = 4  # oracle-rejected shortlist labels per positive pair (0 = none)
     max_docs: int = 0  # seeded subset of training documents (0 = all)
     epochs: int = 1
     batch_size: int = 32
@@ -138,16 +140,43 @@ def finetune_on_oracle(
 ) -> tuple[list[EpochStats], int]:
     """Fine-tune ``encoder`` in place on oracle-weighted positives; returns (history, n_pos)."""
     keep = oracle_training_pairs(doc_ids, label_ids, relevance, cfg.threshold, cfg.min_positives)
-    q = [labels[i] for i in label_ids[keep]]
-    d = [docs[i] for i in doc_ids[keep]]
+    anchors = [docs[i] for i in doc_ids[keep]]
+    cands = [labels[i] for i in label_ids[keep]]
     w = np.clip(relevance[keep], 1e-3, 1.0)
-    log.info("oracle distillation: %d positive pairs of %d scored", int(keep.sum()), len(keep))
+    rejected = rejected_labels(doc_ids, label_ids, keep)
+    hard = [[labels[j] for j in rejected.get(i, ())] for i in doc_ids[keep].tolist()]
+    log.info(
+        "oracle distillation: %d positive pairs of %d scored, %d rejected as hard negatives",
+        int(keep.sum()),
+        len(keep),
+        int((~keep).sum()),
+    )
     if int(keep.sum()) < 2:
         return [], int(keep.sum())
     hist = contrastive_finetune(
-        encoder, q, d, cfg.epochs, cfg.batch_size, cfg.lr, cfg.temperature, w, cfg.seed
+        encoder,
+        anchors,
+        cands,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.temperature,
+        w,
+        cfg.seed,
+        hard_negatives=hard,
+        num_hard_negatives=cfg.hard_negatives,
     )
     return hist, int(keep.sum())
+
+
+def rejected_labels(
+    doc_ids: np.ndarray, label_ids: np.ndarray, keep: np.ndarray
+) -> dict[int, list[int]]:
+    """Per document, its shortlisted labels that are not positives (in shortlist order)."""
+    out: dict[int, list[int]] = {}
+    for i, j in zip(doc_ids[~keep].tolist(), label_ids[~keep].tolist(), strict=True):
+        out.setdefault(i, []).append(j)
+    return out
 
 
 _TITLE_SEP = re.compile(r"^(.{3,120}?)(?::\s|\.\s|\s[-–|]\s)(.+)$")
@@ -184,8 +213,9 @@ def finetune_on_pseudo_labels(
     q, d = pseudo_pairs(docs, cfg)
     if len(q) < 2:
         return [], len(q)
+    # same orientation as the oracle arm: document anchor, (pseudo-)label candidate
     hist = contrastive_finetune(
-        encoder, q, d, cfg.epochs, cfg.batch_size, cfg.lr, cfg.temperature, None, cfg.seed
+        encoder, d, q, cfg.epochs, cfg.batch_size, cfg.lr, cfg.temperature, None, cfg.seed
     )
     return hist, len(q)
 

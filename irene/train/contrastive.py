@@ -1,7 +1,11 @@
-"""Contrastive fine-tuning of the text encoder (in-batch negatives, optional pair weights).
+"""Contrastive fine-tuning of the text encoder (in-batch + optional hard negatives, pair weights).
 
 Used for optional encoder fine-tuning on train pairs and by the LLM-oracle distillation
-(oracle relevance as pair weights). Runs on the shared loop in :mod:`irene.train.loop`.
+(oracle relevance as pair weights, oracle-rejected shortlist labels as hard negatives). Runs on
+the shared loop in :mod:`irene.train.loop`.
+
+Orientation: row ``i`` is an *anchor* text (``q``) whose positive is candidate ``i`` (``d``); the
+softmax runs over candidates: the batch's other candidates plus the row's own hard negatives.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ from torch import nn
 from irene.model.encoder import TextEncoder
 from irene.train.loop import EpochStats, fit
 
+MASKED = -1e4  # logit of a column that must not act as a negative
+
 
 class ContrastiveObjective(nn.Module):
-    """InfoNCE over a batch of (query, document) pairs; row i's positive is column i.
+    """InfoNCE over a batch of (anchor, candidate) pairs; row i's positive is column i.
 
-    Batch keys: q_input_ids, q_attention_mask, d_input_ids, d_attention_mask (B, T) and
-    optionally ``weight`` (B,) per-pair weights (e.g. oracle relevance) and ``group`` (B,)
-    document ids so duplicate documents in a batch are not used as each other's negatives.
+    Batch keys: q_input_ids, q_attention_mask, d_input_ids, d_attention_mask (B, T).
+    Optional: ``weight`` (B,) per-pair weights (e.g. oracle relevance); ``q_group`` /
+    ``d_group`` (B,) ids of the anchor / candidate texts: column j is not a negative of row i
+    when pair j shares row i's anchor (another positive of it) or its candidate (a duplicate of
+    the positive); ``n_input_ids``, ``n_attention_mask`` (B, H, T) and ``n_valid`` (B, H) bool:
+    up to H hard-negative candidates per row, appended to that row's logits.
     """
 
     def __init__(self, encoder: TextEncoder, temperature: float = 0.05) -> None:
@@ -35,10 +44,14 @@ class ContrastiveObjective(nn.Module):
         d = self.encoder(batch["d_input_ids"], batch["d_attention_mask"])  # (B, d)
         logits = q @ d.T / self.temperature  # (B, B)
         B = logits.shape[0]
-        eye = torch.eye(B, dtype=torch.bool, device=logits.device)
-        if "group" in batch:
-            same = batch["group"].view(-1, 1) == batch["group"].view(1, -1)  # (B, B)
-            logits = logits.masked_fill(same & ~eye, -1e4)
+        same = torch.zeros(B, B, dtype=torch.bool, device=logits.device)
+        for key in ("q_group", "d_group"):
+            if key in batch:
+                same |= batch[key].view(-1, 1) == batch[key].view(1, -1)  # (B, B)
+        same &= ~torch.eye(B, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same, MASKED)
+        if "n_input_ids" in batch:
+            logits = torch.cat([logits, self._hard_negative_logits(q, batch)], dim=1)  # (B, B+H)
         loss = F.cross_entropy(
             logits, torch.arange(B, device=logits.device), reduction="none"
         )  # (B,)
@@ -47,9 +60,22 @@ class ContrastiveObjective(nn.Module):
             return (loss * w).sum() / w.sum().clamp(min=1e-6)
         return loss.mean()
 
+    def _hard_negative_logits(self, q: torch.Tensor, batch: dict[str, torch.Tensor]):
+        valid = batch["n_valid"].bool()  # (B, H)
+        B, H = valid.shape
+        n = q.new_zeros(B, H, q.shape[1])  # (B, H, d)
+        if valid.any():  # encode only the real negatives, not the padding
+            n[valid] = self.encoder(batch["n_input_ids"][valid], batch["n_attention_mask"][valid])
+        n_logits = torch.einsum("bd,bhd->bh", q, n) / self.temperature  # (B, H)
+        return n_logits.masked_fill(~valid, MASKED)
+
 
 class TextPairBatches:
-    """Shuffled, tokenised batches of (query, document) text pairs."""
+    """Shuffled, tokenised batches of (anchor, candidate) text pairs.
+
+    ``hard_negatives[i]`` (optional) lists candidate texts that are wrong for anchor ``i``;
+    each epoch up to ``num_hard_negatives`` of them are sampled per row.
+    """
 
     def __init__(
         self,
@@ -59,12 +85,22 @@ class TextPairBatches:
         batch_size: int,
         weights: Sequence[float] | None = None,
         seed: int = 0,
+        hard_negatives: Sequence[Sequence[str]] | None = None,
+        num_hard_negatives: int = 0,
     ) -> None:
-        if len(queries) != len(docs) or (weights is not None and len(weights) != len(docs)):
-            raise ValueError("queries, docs (and weights) must have the same length")
+        n = len(queries)
+        if len(docs) != n or any(
+            x is not None and len(x) != n for x in (weights, hard_negatives)
+        ):
+            raise ValueError("queries, docs (and weights, hard_negatives) must have one length")
         self.encoder, self.queries, self.docs = encoder, list(queries), list(docs)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
-        _, self.groups = np.unique(self.docs, return_inverse=True)
+        _, self.q_groups = np.unique(self.queries, return_inverse=True)
+        _, self.d_groups = np.unique(self.docs, return_inverse=True)
+        self.hard = None
+        if hard_negatives is not None and num_hard_negatives > 0:
+            self.hard = [list(h) for h in hard_negatives]
+        self.num_hard = num_hard_negatives
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,9 +115,8 @@ class TextPairBatches:
         return -(-len(self.queries) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        perm = np.random.default_rng(self.seed * 100_003 + self.epoch).permutation(
-            len(self.queries)
-        )
+        rng = np.random.default_rng(self.seed * 100_003 + self.epoch)
+        perm = rng.permutation(len(self.queries))
         for s in range(0, len(perm), self.batch_size):
             idx = perm[s : s + self.batch_size]
             if len(idx) < 2:
@@ -93,11 +128,31 @@ class TextPairBatches:
                 "q_attention_mask": q["attention_mask"],
                 "d_input_ids": d["input_ids"],
                 "d_attention_mask": d["attention_mask"],
-                "group": torch.from_numpy(self.groups[idx]),
+                "q_group": torch.from_numpy(self.q_groups[idx]),
+                "d_group": torch.from_numpy(self.d_groups[idx]),
             }
             if self.weights is not None:
                 batch["weight"] = torch.from_numpy(self.weights[idx])
+            if self.hard is not None:
+                batch.update(self._hard_negative_columns(idx, rng))
             yield batch
+
+    def _hard_negative_columns(self, idx: np.ndarray, rng: np.random.Generator):
+        H = self.num_hard
+        texts, valid = [], np.zeros((len(idx), H), dtype=bool)  # (B, H)
+        for r, i in enumerate(idx):
+            pool = self.hard[i]
+            pick = rng.permutation(len(pool))[:H] if len(pool) > H else range(len(pool))
+            chosen = [pool[j] for j in pick]
+            valid[r, : len(chosen)] = True
+            texts += chosen + [""] * (H - len(chosen))
+        n = self.encoder.tokenize(texts)  # (B*H, T)
+        T = n["input_ids"].shape[1]
+        return {
+            "n_input_ids": n["input_ids"].view(len(idx), H, T),
+            "n_attention_mask": n["attention_mask"].view(len(idx), H, T),
+            "n_valid": torch.from_numpy(valid),
+        }
 
 
 def contrastive_finetune(
@@ -110,11 +165,15 @@ def contrastive_finetune(
     temperature: float = 0.05,
     weights: Sequence[float] | None = None,
     seed: int = 0,
+    hard_negatives: Sequence[Sequence[str]] | None = None,
+    num_hard_negatives: int = 0,
 ) -> list[EpochStats]:
     """Fine-tune ``encoder`` in place on positive pairs ``(queries[i], docs[i])``."""
     torch.manual_seed(seed)
     obj = ContrastiveObjective(encoder, temperature)
-    batches = TextPairBatches(encoder, queries, docs, batch_size, weights, seed)
+    batches = TextPairBatches(
+        encoder, queries, docs, batch_size, weights, seed, hard_negatives, num_hard_negatives
+    )
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr)
 
     history = fit(obj, batches.for_epoch, opt, epochs, device=encoder.device)

@@ -17,6 +17,7 @@ from irene.oracle.distill import (
     PseudoLabelConfig,
     oracle_training_pairs,
     pseudo_pairs,
+    rejected_labels,
     sample_docs,
 )
 from irene.oracle.ezxmc import EZXMC_ARMS, EzxmcConfig, run_ezxmc
@@ -52,6 +53,13 @@ def test_oracle_training_pairs_threshold_and_min_positives():
     assert oracle_training_pairs(doc, lab, rel, 0.5, 0).tolist() == [1, 1, 0, 0, 0, 0]
     # min_positives=1 adds each document's best label (doc 1 -> label 8, doc 2 -> label 9)
     assert oracle_training_pairs(doc, lab, rel, 0.5, 1).tolist() == [1, 1, 0, 0, 1, 1]
+
+
+def test_rejected_labels_are_the_non_positive_shortlist():
+    doc = np.array([0, 0, 0, 1, 1, 2])
+    lab = np.array([5, 6, 7, 5, 8, 9])
+    keep = np.array([1, 0, 0, 1, 1, 1], dtype=bool)
+    assert rejected_labels(doc, lab, keep) == {0: [6, 7]}
 
 
 def test_pseudo_pairs_title_and_spans():
