@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 WORDNET := /usr/share/wordnet/data.noun
 DATA ?= data/wordnet
 RUNS ?= runs
+DEMO ?= $(RUNS)/demo
 SEED ?= 0
+PORT ?= 8000
 export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+export RAY_TMPDIR ?= /tmp/irene-ray
 
 .PHONY: venv wordnet-base data demo benchmark test test-slow lint clean
 
@@ -34,7 +37,17 @@ $(DATA)/Y.txt: | venv wordnet-base
 benchmark: data
 	$(VENV)/bin/irene benchmark $(DATA) --out $(RUNS)/benchmark --seed $(SEED)
 
-demo: benchmark
+# The whole product on one machine: WordNet -> Ray pipelines (Ray Data + Ray Train DDP) -> bundle
+# -> Ray Serve on 127.0.0.1 -> novel items ingested and zero-shot queries run over HTTP -> metrics
+# (checked against the bundle's in-process evaluation) -> shutdown. Training is skipped when the
+# bundle is already built (`rm -rf $(DEMO)` to retrain).
+demo: $(DEMO)/bundle/manifest.json
+	$(PY) -m pipelines.demo $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
+		--out $(DEMO) --port $(PORT)
+
+$(DEMO)/bundle/manifest.json: $(DATA)/Y.txt
+	$(VENV)/bin/irene train $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
+		--set train.split.seed=$(SEED)
 
 test: venv wordnet-base
 	$(PY) -m pytest -q -ra

@@ -210,6 +210,16 @@ def rank(
     return np.pad(pred, ((0, 0), (0, k - pred.shape[1])), constant_values=-1)
 
 
+def zero_shot_task(ds: XCDataset, split: ZeroShotSplit, mask: sp.csr_matrix | None = None):
+    """The zero-shot evaluation task: test queries ``split.zero_rows`` (those with a novel
+    positive) rank the novel items only. Returns (filter mask (n_zero, L), targets Y_zero
+    (n_zero, L) with filtered pairs removed); ``mask`` is the full test filter if at hand."""
+    if mask is None:
+        mask = filter_mask(ds.filter_test, len(ds.tst_X), ds.num_labels)  # (n_tst, L)
+    zero_mask = mask[split.zero_rows]
+    return zero_mask, remove_pairs(split.Y_tst_zero, zero_mask)
+
+
 def evaluate_arms(
     prep: Prepared, trained: Trained, novel_vecs: dict[str, np.ndarray], cfg: BenchmarkConfig
 ) -> dict:
@@ -220,9 +230,7 @@ def evaluate_arms(
     mask = filter_mask(ds.filter_test, len(ds.tst_X), L)  # (n_tst, L)
     novel_mask = np.zeros(L, dtype=bool)
     novel_mask[split.novel] = True
-    # zero-shot: queries with a novel positive, ranked among novel items only
-    zero_mask = mask[split.zero_rows]
-    Y_zero = remove_pairs(split.Y_tst_zero, zero_mask)
+    zero_mask, Y_zero = zero_shot_task(ds, split, mask)
     zero_q = prep.tst_emb[split.zero_rows]
     # full: every test query with a positive, ranked among all items
     Y_full = remove_pairs(split.Y_tst_full, mask)

@@ -147,6 +147,13 @@ def save_bundle(
     return manifest
 
 
+def read_manifest(uri: str) -> dict:
+    """A bundle's ``manifest.json`` (config hash, files, metrics of its build) without loading it."""
+    if not io.exists(io.join(uri, "manifest.json")):
+        raise BundleError(f"no bundle at {uri}: manifest.json not found")
+    return json.loads(io.read_text(io.join(uri, "manifest.json")))
+
+
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
     """Load a bundle from a local directory or s3:// prefix (checksums verified)."""
     if not io.exists(io.join(uri, "manifest.json")):

@@ -143,6 +143,15 @@ class EncodeBatch:
         return {"i": batch["i"], "emb": emb}
 
 
+def auto_encode_actors(use_gpu: bool) -> int:
+    """One encoder actor per GPU of the cluster, else per CPU (each actor runs 1 torch thread:
+    Ray sets OMP_NUM_THREADS to the actor's num_cpus, so a single actor would use one core)."""
+    import ray
+
+    res = ray.cluster_resources()
+    return max(1, int(res.get("GPU" if use_gpu else "CPU", 1)))
+
+
 def encode_texts(texts: list[str], cfg: PipelineConfig, use_gpu: bool) -> np.ndarray:
     """(n, d) embeddings of ``texts`` with Ray Data ``map_batches`` on an encoder actor pool."""
     import pyarrow as pa
@@ -158,12 +167,14 @@ def encode_texts(texts: list[str], cfg: PipelineConfig, use_gpu: bool) -> np.nda
     ]
     enc = to_dict(cfg.train.encoder)
     enc["device"] = "cuda" if use_gpu else "cpu"
+    actors = cfg.encode_actors or auto_encode_actors(use_gpu)
+    log.info("encoding %d texts with %d encoder actor(s)", n, actors)
     ds = ray.data.from_arrow(tables).map_batches(
         EncodeBatch,
         fn_constructor_kwargs={"encoder": enc, "batch_size": cfg.encode_batch_size},
         batch_size=cfg.encode_batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.encode_actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
     )

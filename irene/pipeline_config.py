@@ -36,7 +36,7 @@ class PipelineConfig:
     max_failures: int = 1  # worker failures recovered from the latest checkpoint
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
     keep_checkpoints: int = 0  # checkpoints kept in storage; 0 = all
-    encode_actors: int = 1  # encoder actor pool size in `prepare`
+    encode_actors: int = 0  # encoder actor pool size in `prepare`; 0 = one per GPU, else per CPU
     encode_batch_size: int = 256
     pairs_per_file: int = 50_000  # rows per Parquet file of the pair table
     shuffle_buffer: int = 4096  # Ray Data local shuffle buffer (rows) per worker; 0 = off
@@ -67,10 +67,10 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     """Check values (not locations); raises :class:`ConfigError`."""
     if cfg.use_gpu not in USE_GPU_VALUES:
         raise ConfigError(f"'use_gpu' must be one of {USE_GPU_VALUES}, got {cfg.use_gpu!r}")
-    for name in ("num_workers", "checkpoint_every", "encode_actors", "encode_batch_size"):
+    for name in ("num_workers", "checkpoint_every", "encode_batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"'{name}' must be >= 1, got {getattr(cfg, name)}")
-    for name in ("max_failures", "keep_checkpoints", "shuffle_buffer"):
+    for name in ("max_failures", "keep_checkpoints", "shuffle_buffer", "encode_actors"):
         if getattr(cfg, name) < 0 and not (name == "max_failures" and cfg.max_failures == -1):
             raise ConfigError(f"'{name}' must be >= 0, got {getattr(cfg, name)}")
     if cfg.pairs_per_file < 1:

@@ -8,8 +8,9 @@
 Stages: shortlist the top-m labels of every training document with the current encoder, score
 the pairs with the oracle as a Ray Data stage (``map_batches`` over an actor pool of
 ``oracle_actors`` :class:`OracleScorer` replicas, each with its own model or HTTP client and a
-shared on-disk cache), fine-tune the encoder on oracle-weighted positives
-(:func:`irene.oracle.distill.distill`), write a bundle the Serve app loads unchanged
+shared on-disk cache), fine-tune the encoder on oracle-weighted positives with the oracle-rejected
+shortlist labels as hard negatives, on Ray Train DDP workers running the one training loop
+(:func:`irene.train.ray_train.fit_contrastive`; checkpoints under ``OUT_DIR/ray_results``), write a bundle the Serve app loads unchanged
 (``OUT_DIR/bundle``) plus ``OUT_DIR/oracle_scores.parquet`` and ``OUT_DIR/summary.json``.
 
 Why not ``ray.data.llm``: the installed Ray ships ``ray.data.llm`` (vLLM/SGLang engine
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -119,6 +121,36 @@ def ray_scorer(
     return scorer
 
 
+def ray_finetuner(cfg, storage: str):
+    """A ``distill`` finetuner that runs the contrastive loop on Ray Train DDP workers
+    (``irene.train.ray_train.fit_contrastive``) and loads the result into the encoder."""
+    from irene.config import to_dict
+    from irene.train.loop import EpochStats
+    from irene.train.ray_train import TrainerSettings, fit_contrastive, sub_state
+
+    def finetune(encoder, anchors, candidates, weights, hard, dcfg):
+        params = {
+            k: getattr(dcfg, k) for k in ("epochs", "batch_size", "lr", "temperature", "seed")
+        }
+        params["num_hard_negatives"] = dcfg.hard_negatives
+        digest = hashlib.sha256(
+            json.dumps([to_dict(dcfg), len(anchors), anchors[:50], candidates[:50]]).encode()
+        ).hexdigest()[:10]
+        settings = TrainerSettings(
+            num_workers=cfg.train_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=dict(cfg.resources_per_worker),
+            storage=storage,
+            run_name=f"irene-contrastive-{digest}",
+        )
+        run = fit_contrastive(anchors, candidates, weights, hard, encoder, params, settings)
+        encoder.load_state_dict(sub_state(run.state["model"], "encoder"))
+        encoder.eval()
+        return [EpochStats(h["epoch"], h["loss"], h["pairs"], h["seconds"]) for h in run.history]
+
+    return finetune
+
+
 def run(
     data_dir: str,
     out_dir: str,
@@ -153,7 +185,8 @@ def run(
     else:
         oracle = oracle_factory() if oracle_factory is not None else make_oracle(cfg.oracle)
         scorer = in_process_scorer(oracle, cfg.oracle.batch_size)
-    res = distill(encoder, docs, ds.Y, scorer, cfg.distill)
+    finetune = ray_finetuner(cfg, io.join(out_dir, "ray_results")) if cfg.use_ray else None
+    res = distill(encoder, docs, ds.Y, scorer, cfg.distill, finetune)
     io.makedirs(out_dir)
     scores = pd.DataFrame(
         {

@@ -44,8 +44,9 @@ def build_app(args: dict[str, Any] | None = None):
 
     cfg = resolve_args(args)
     opts = cfg.deployment_options
+    index = {"name": cfg.index.name, "namespace": cfg.index.namespace}
     encoder = Encoder.options(**opts.get("Encoder", {})).bind(
-        cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device
+        cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device, index
     )
     generator = Generator.options(**opts.get("Generator", {})).bind(
         cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads

@@ -4,7 +4,13 @@ Request flow::
 
     POST /v1/items  -> Ingress -> Encoder.encode (batched) -> Generator.generate (batched)
                             -> index actor .add (returns after the write-ahead log write)
-    POST /v1/query  -> Ingress -> Encoder.encode (batched) -> index actor .search
+    POST /v1/query  -> Ingress -> Encoder.search (batched: one encode + one index actor
+                                   .search call for all concurrent queries)
+
+Queries take one Serve hop: the Encoder micro-batches the concurrent query texts, encodes them
+together and sends the whole batch to the index actor in one call (measured in
+``bench/serve_bench.py``: an Ingress that awaited the Encoder and then the index per request
+paid two RPCs per query and one index call per query).
 
 The index is the named, detached actor of ``irene.index.actor`` (shared by every Ingress
 replica and surviving redeploys of the app). On start an Ingress replica seeds an *empty*
@@ -100,6 +106,7 @@ class Encoder:
         batch: dict | None = None,
         threads: int | None = None,
         device: str = "auto",
+        index: dict | None = None,
     ) -> None:
         from irene.bundle import load_bundle
 
@@ -107,8 +114,40 @@ class Encoder:
         self._encoder = loaded.encoder
         self.dim = loaded.dim
         self._pool = _compute_pool(_replica_threads(threads))
-        _configure_batch(self._encode_batch, BatchSettings(**(batch or {})))
+        settings = BatchSettings(**(batch or {}))
+        _configure_batch(self._encode_batch, settings)
+        _configure_batch(self._search_batch, settings)
+        self._index_name = index or {}  # {"name", "namespace"} of the index actor
+        self._index = None
         log.info("Encoder ready: bundle %s, dim %d", bundle, self.dim)
+
+    def _index_actor(self):
+        """The named index actor (created by the Ingress; looked up on first use)."""
+        if self._index is None:
+            import ray
+
+            self._index = ray.get_actor(
+                self._index_name["name"], namespace=self._index_name["namespace"]
+            )
+        return self._index
+
+    async def search(self, texts: list, k: int) -> list:
+        """Top-``k`` ``[(id, score), ...]`` per text: encoded and searched in one batch with
+        the other concurrent queries of this replica."""
+        return await self._search_batch((list(texts), int(k)))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _search_batch(self, requests: list) -> list:
+        flat = [t for texts, _ in requests for t in texts]
+        k = max(kk for _, kk in requests)
+        loop = asyncio.get_running_loop()
+        q = await loop.run_in_executor(self._pool, self._encoder.encode, flat)  # (N, d)
+        hits = await self._index_actor().search.remote(q, k)  # N lists of (id, score)
+        out, start = [], 0
+        for texts, kk in requests:
+            out.append([row[:kk] for row in hits[start : start + len(texts)]])
+            start += len(texts)
+        return out
 
     async def encode(self, texts: list) -> np.ndarray:
         """(n, d) float32 L2-normalised embeddings of ``texts``."""
@@ -382,8 +421,7 @@ class Ingress:
     @api.post("/v1/query", response_model=QueryResponse, dependencies=[Depends(require_read)])
     async def query(self, req: QueryRequest) -> JSONResponse:
         texts, k = check_query(req, self.limits)
-        q = await self._timed("encode", self._encoder.encode.remote(texts))  # (m, d)
-        hits = await self._timed("index_search", self._index.search.remote(q, k))
+        hits = await self._timed("encode_search", self._encoder.search.remote(texts, k))
         self.metrics.queries.inc(len(texts))
         results = [[{"id": i, "score": s} for i, s in row] for row in hits]
         return JSONResponse({"results": results})

@@ -44,7 +44,7 @@ class ReplicaMetrics:
         )
         self.stage = Histogram(
             "irene_stage_duration_seconds",
-            "Latency of one pipeline stage (encode, generate, index_add, index_search)",
+            "Latency of one pipeline stage (encode, generate, index_add, encode_search)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

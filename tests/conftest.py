@@ -15,7 +15,7 @@ import pytest
 MOTO_BUCKET = "irene-test"  # created by the moto_s3 fixture
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,7 +58,7 @@ def moto_s3():
     exe = Path(sys.executable).with_name("moto_server")
     if not exe.exists():
         pytest.fail(f"moto_server not found next to {sys.executable}; install moto[server]")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [str(exe), "-p", str(port), "-H", "127.0.0.1"],

@@ -129,6 +129,37 @@ def oracle_training_pairs(
     return keep
 
 
+# (encoder, anchors, candidates, weights (P,), hard negatives per pair, cfg) -> history; fine-tunes
+# the encoder in place. In-process: ``in_process_finetune``; on Ray Train: the pipeline's.
+Finetuner = Callable[
+    [TextEncoder, list[str], list[str], np.ndarray, list[list[str]], "DistillConfig"],
+    list[EpochStats],
+]
+
+
+def in_process_finetune(
+    encoder: TextEncoder,
+    anchors: list[str],
+    candidates: list[str],
+    weights: np.ndarray,
+    hard: list[list[str]],
+    cfg: DistillConfig,
+) -> list[EpochStats]:
+    return contrastive_finetune(
+        encoder,
+        anchors,
+        candidates,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.temperature,
+        weights,
+        cfg.seed,
+        hard_negatives=hard,
+        num_hard_negatives=cfg.hard_negatives,
+    )
+
+
 def finetune_on_oracle(
     encoder: TextEncoder,
     docs: Sequence[str],
@@ -137,6 +168,7 @@ def finetune_on_oracle(
     label_ids: np.ndarray,
     relevance: np.ndarray,
     cfg: DistillConfig,
+    finetune: Finetuner | None = None,
 ) -> tuple[list[EpochStats], int]:
     """Fine-tune ``encoder`` in place on oracle-weighted positives; returns (history, n_pos)."""
     keep = oracle_training_pairs(doc_ids, label_ids, relevance, cfg.threshold, cfg.min_positives)
@@ -153,19 +185,7 @@ def finetune_on_oracle(
     )
     if int(keep.sum()) < 2:
         return [], int(keep.sum())
-    hist = contrastive_finetune(
-        encoder,
-        anchors,
-        cands,
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        cfg.temperature,
-        w,
-        cfg.seed,
-        hard_negatives=hard,
-        num_hard_negatives=cfg.hard_negatives,
-    )
+    hist = (finetune or in_process_finetune)(encoder, anchors, cands, w, hard, cfg)
     return hist, int(keep.sum())
 
 
@@ -260,9 +280,12 @@ class OracleDistillConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    use_ray: bool = False  # score pairs as a Ray Data stage (pipeline CLI: on by default)
+    use_ray: bool = False  # Ray Data scoring + Ray Train fine-tuning (pipeline CLI: on)
     oracle_actors: int = 1  # Ray Data actor-pool size (oracle replicas)
     actor_cpus: float = 1.0  # CPUs reserved per oracle actor
+    train_workers: int = 2  # Ray Train DDP workers of the fine-tuning
+    resources_per_worker: dict = field(default_factory=lambda: {"CPU": 0.5})
+    use_gpu: str = "auto"  # auto | true | false
 
 
 @dataclass
@@ -283,11 +306,13 @@ def distill(
     labels: Sequence[str],
     scorer: Callable[[list[tuple[str, str]]], tuple[np.ndarray, dict]],
     cfg: DistillConfig,
+    finetune: Finetuner | None = None,
 ) -> DistillResult:
     """Shortlist -> oracle scores -> oracle-weighted contrastive fine-tuning (in place).
 
     ``scorer(pairs)`` returns ``(relevance (P,), oracle stats dict)``: in-process
-    (:func:`in_process_scorer`) or the Ray Data stage of ``pipelines.oracle_distill``.
+    (:func:`in_process_scorer`) or the Ray Data stage of ``pipelines.oracle_distill``;
+    ``finetune`` runs the fine-tuning (in-process by default; Ray Train in the pipeline).
     """
     secs = {}
     t0 = time.perf_counter()
@@ -304,7 +329,9 @@ def distill(
     relevance, stats = scorer(pairs)
     secs["oracle_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    hist, n_pos = finetune_on_oracle(encoder, docs, labels, doc_ids, label_ids, relevance, cfg)
+    hist, n_pos = finetune_on_oracle(
+        encoder, docs, labels, doc_ids, label_ids, relevance, cfg, finetune
+    )
     secs["finetune_s"] = round(time.perf_counter() - t0, 3)
     return DistillResult(doc_ids, label_ids, sl_scores, relevance, n_pos, hist, stats, secs)
 

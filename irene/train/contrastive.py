@@ -70,8 +70,52 @@ class ContrastiveObjective(nn.Module):
         return n_logits.masked_fill(~valid, MASKED)
 
 
+def collate_text_pairs(
+    encoder: TextEncoder,
+    anchors: Sequence[str],
+    candidates: Sequence[str],
+    weights: np.ndarray | None = None,
+    hard_negatives: Sequence[Sequence[str]] | None = None,
+    num_hard_negatives: int = 0,
+    rng: np.random.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One tokenised ``ContrastiveObjective`` batch from B text pairs.
+
+    Group ids come from text equality within the batch (all the objective's masking needs);
+    up to ``num_hard_negatives`` of ``hard_negatives[i]`` are sampled for row i.
+    """
+    q = encoder.tokenize(list(anchors))
+    d = encoder.tokenize(list(candidates))
+    batch = {
+        "q_input_ids": q["input_ids"],
+        "q_attention_mask": q["attention_mask"],
+        "d_input_ids": d["input_ids"],
+        "d_attention_mask": d["attention_mask"],
+        "q_group": torch.from_numpy(np.unique(list(anchors), return_inverse=True)[1]),
+        "d_group": torch.from_numpy(np.unique(list(candidates), return_inverse=True)[1]),
+    }
+    if weights is not None:
+        batch["weight"] = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    if hard_negatives is not None and num_hard_negatives > 0:
+        rng = rng or np.random.default_rng(0)
+        H, B = num_hard_negatives, len(anchors)
+        texts, valid = [], np.zeros((B, H), dtype=bool)  # (B, H)
+        for r, pool in enumerate(hard_negatives):
+            pool = list(pool)
+            pick = rng.permutation(len(pool))[:H] if len(pool) > H else range(len(pool))
+            chosen = [pool[j] for j in pick]
+            valid[r, : len(chosen)] = True
+            texts += chosen + [""] * (H - len(chosen))
+        n = encoder.tokenize(texts)  # (B*H, T)
+        T = n["input_ids"].shape[1]
+        batch["n_input_ids"] = n["input_ids"].view(B, H, T)
+        batch["n_attention_mask"] = n["attention_mask"].view(B, H, T)
+        batch["n_valid"] = torch.from_numpy(valid)
+    return batch
+
+
 class TextPairBatches:
-    """Shuffled, tokenised batches of (anchor, candidate) text pairs.
+    """Shuffled, tokenised batches of (anchor, candidate) text pairs (in-process training).
 
     ``hard_negatives[i]`` (optional) lists candidate texts that are wrong for anchor ``i``;
     each epoch up to ``num_hard_negatives`` of them are sampled per row.
@@ -89,17 +133,11 @@ class TextPairBatches:
         num_hard_negatives: int = 0,
     ) -> None:
         n = len(queries)
-        if len(docs) != n or any(
-            x is not None and len(x) != n for x in (weights, hard_negatives)
-        ):
+        if len(docs) != n or any(x is not None and len(x) != n for x in (weights, hard_negatives)):
             raise ValueError("queries, docs (and weights, hard_negatives) must have one length")
         self.encoder, self.queries, self.docs = encoder, list(queries), list(docs)
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
-        _, self.q_groups = np.unique(self.queries, return_inverse=True)
-        _, self.d_groups = np.unique(self.docs, return_inverse=True)
-        self.hard = None
-        if hard_negatives is not None and num_hard_negatives > 0:
-            self.hard = [list(h) for h in hard_negatives]
+        self.hard = None if hard_negatives is None else [list(h) for h in hard_negatives]
         self.num_hard = num_hard_negatives
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
 
@@ -121,38 +159,15 @@ class TextPairBatches:
             idx = perm[s : s + self.batch_size]
             if len(idx) < 2:
                 continue
-            q = self.encoder.tokenize([self.queries[i] for i in idx])
-            d = self.encoder.tokenize([self.docs[i] for i in idx])
-            batch = {
-                "q_input_ids": q["input_ids"],
-                "q_attention_mask": q["attention_mask"],
-                "d_input_ids": d["input_ids"],
-                "d_attention_mask": d["attention_mask"],
-                "q_group": torch.from_numpy(self.q_groups[idx]),
-                "d_group": torch.from_numpy(self.d_groups[idx]),
-            }
-            if self.weights is not None:
-                batch["weight"] = torch.from_numpy(self.weights[idx])
-            if self.hard is not None:
-                batch.update(self._hard_negative_columns(idx, rng))
-            yield batch
-
-    def _hard_negative_columns(self, idx: np.ndarray, rng: np.random.Generator):
-        H = self.num_hard
-        texts, valid = [], np.zeros((len(idx), H), dtype=bool)  # (B, H)
-        for r, i in enumerate(idx):
-            pool = self.hard[i]
-            pick = rng.permutation(len(pool))[:H] if len(pool) > H else range(len(pool))
-            chosen = [pool[j] for j in pick]
-            valid[r, : len(chosen)] = True
-            texts += chosen + [""] * (H - len(chosen))
-        n = self.encoder.tokenize(texts)  # (B*H, T)
-        T = n["input_ids"].shape[1]
-        return {
-            "n_input_ids": n["input_ids"].view(len(idx), H, T),
-            "n_attention_mask": n["attention_mask"].view(len(idx), H, T),
-            "n_valid": torch.from_numpy(valid),
-        }
+            yield collate_text_pairs(
+                self.encoder,
+                [self.queries[i] for i in idx],
+                [self.docs[i] for i in idx],
+                None if self.weights is None else self.weights[idx],
+                None if self.hard is None else [self.hard[i] for i in idx],
+                self.num_hard,
+                rng,
+            )
 
 
 def contrastive_finetune(

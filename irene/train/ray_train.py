@@ -108,6 +108,62 @@ def train_generator_per_worker(config: dict[str, Any]) -> None:
     _train(obj, lambda m: generator_optimizer(m, cfg), cfg.epochs, cfg.batch_size, cfg.seed, config)
 
 
+def train_contrastive_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker function of contrastive encoder fine-tuning (oracle distillation).
+
+    The shard holds text rows ``anchor``, ``candidate``, ``weight`` and ``hard`` (a list of
+    hard-negative candidate texts); each worker tokenises its own batches.
+    """
+    import numpy as np
+    import ray
+    import ray.train
+
+    from irene.config import EncoderConfig
+    from irene.model.encoder import TextEncoder
+    from irene.train.contrastive import ContrastiveObjective, collate_text_pairs
+
+    _worker_setup(config)
+    c = config["contrastive"]
+    enc_cfg = from_dict(EncoderConfig, {**config["encoder"], "device": "cpu"})
+    encoder = TextEncoder.from_config(enc_cfg)  # prepare_model moves it to the device
+    if config.get("encoder_state") is not None:  # the driver's current weights
+        encoder.load_state_dict(ray.get(config["encoder_state"]))
+    torch.manual_seed(c["seed"])
+    obj = ContrastiveObjective(encoder, c["temperature"])
+    rank = ray.train.get_context().get_world_rank()
+
+    def make_batches(shard, per_worker_batch: int, epoch: int, shuffle: int | None):
+        rng = np.random.default_rng(c["seed"] * 100_003 + epoch * 101 + rank)
+        for b in shard.iter_batches(
+            batch_size=per_worker_batch,
+            batch_format="pandas",
+            local_shuffle_buffer_size=shuffle,
+            local_shuffle_seed=None if shuffle is None else c["seed"] * 100_003 + epoch + 1,
+        ):
+            if len(b) < 2:  # equal shards: every rank skips the same step
+                continue
+            yield collate_text_pairs(
+                encoder,
+                b["anchor"].tolist(),
+                b["candidate"].tolist(),
+                b["weight"].to_numpy(),
+                [list(h) for h in b["hard"]],
+                c["num_hard_negatives"],
+                rng,
+            )
+
+    _train(
+        obj,
+        lambda m: torch.optim.AdamW(m.parameters(), lr=c["lr"]),
+        c["epochs"],
+        c["batch_size"],
+        c["seed"],
+        config,
+        make_batches=make_batches,
+        ddp_kwargs={"find_unused_parameters": True},  # e.g. the HF pooler is never used
+    )
+
+
 WORKER_FNS: dict[str, Callable[[dict[str, Any]], None]] = {
     "classifiers": train_classifiers_per_worker,
     "generator": train_generator_per_worker,
@@ -135,7 +191,12 @@ def _train(
     batch_size: int,
     seed: int,
     config: dict[str, Any],
+    make_batches: Callable[[Any, int, int, int | None], Any] | None = None,
+    ddp_kwargs: dict[str, Any] | None = None,
 ) -> None:
+    """DDP-wrap ``obj``, restore a checkpoint if any, and run the one loop over this worker's
+    shard. ``make_batches(shard, per_worker_batch, epoch, shuffle_buffer)`` turns the shard into
+    an epoch's batches (default: the numeric pair table as torch tensors)."""
     import ray.train
     import ray.train.torch
 
@@ -143,7 +204,7 @@ def _train(
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(
-        obj, parallel_strategy_kwargs={"broadcast_buffers": False}
+        obj, parallel_strategy_kwargs={"broadcast_buffers": False, **(ddp_kwargs or {})}
     )
     optimizer = make_optimizer(model)
     start_epoch, history = 0, []
@@ -166,6 +227,8 @@ def _train(
     fault = FaultInjection(**config["fault"]) if config.get("fault") else None
 
     def epoch_batches(epoch: int):
+        if make_batches is not None:
+            return make_batches(shard, per_worker_batch, epoch, shuffle)
         return shard.iter_torch_batches(
             batch_size=per_worker_batch,
             dtypes=BATCH_DTYPES,
@@ -293,16 +356,8 @@ def fit_stage(
     A run with the name of an earlier, interrupted one (same storage) resumes from its latest
     checkpoint. ``run_name`` defaults to ``cfg.name_for(stage)``.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     if stage not in WORKER_FNS:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-    run_name = run_name or cfg.name_for(stage)
-    use_gpu = resolve_use_gpu(cfg.use_gpu)
-    resources = dict(cfg.resources_per_worker)
-    if use_gpu:
-        resources.setdefault("GPU", 1)
     loop_config = {
         "stage": stage,
         "work_dir": cfg.work_dir,
@@ -312,28 +367,68 @@ def fit_stage(
         "env": worker_env(cfg),
         "fault": None if fault is None else to_dict(fault),
     }
-    trainer = TorchTrainer(
+    return run_trainer(
         WORKER_FNS[stage],
+        loop_config,
+        pairs_dataset(cfg.work_dir),
+        TrainerSettings(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=dict(cfg.resources_per_worker),
+            storage=cfg.storage(),
+            run_name=run_name or cfg.name_for(stage),
+            max_failures=cfg.max_failures,
+            keep_checkpoints=cfg.keep_checkpoints,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Where and how a TorchTrainer runs (the scaling/run config shared by every stage)."""
+
+    num_workers: int
+    use_gpu: str  # auto | true | false
+    resources_per_worker: dict
+    storage: str  # RunConfig storage, local dir or s3://
+    run_name: str
+    max_failures: int = 1
+    keep_checkpoints: int = 0  # 0 = all
+
+
+def run_trainer(worker_fn, loop_config: dict[str, Any], dataset, s: TrainerSettings) -> StageRun:
+    """Run ``worker_fn`` on ``s.num_workers`` DDP workers fed by ``dataset``; returns the final
+    checkpoint's state. A run with the name of an interrupted one (same storage) resumes."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = resolve_use_gpu(s.use_gpu)
+    resources = dict(s.resources_per_worker)
+    if use_gpu:
+        resources.setdefault("GPU", 1)
+    trainer = TorchTrainer(
+        worker_fn,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=s.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=run_name,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints or None),
-            **storage_args(cfg.storage()),
+            name=s.run_name,
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=s.keep_checkpoints or None),
+            **storage_args(s.storage),
         ),
-        datasets={"train": pairs_dataset(cfg.work_dir)},
+        datasets={"train": dataset},
     )
+    stage = loop_config.get("stage")
     log.info(
         "training %s: %d workers (gpu=%s, %s each), storage %s, run %s",
         stage,
-        cfg.num_workers,
+        s.num_workers,
         use_gpu,
         resources,
-        cfg.storage(),
-        run_name,
+        s.storage,
+        s.run_name,
     )
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -342,4 +437,50 @@ def fit_stage(
         raise RuntimeError(f"training stage {stage} finished without a checkpoint")
     state = load_checkpoint_state(result.checkpoint)
     kept = [dict(m) for _, m in (result.best_checkpoints or [])]
-    return StageRun(run_name, state, list(state["history"]), kept, seconds)
+    return StageRun(s.run_name, state, list(state["history"]), kept, seconds)
+
+
+def fit_contrastive(
+    anchors: list[str],
+    candidates: list[str],
+    weights,
+    hard_negatives: list[list[str]],
+    encoder,
+    params: dict[str, Any],
+    settings: TrainerSettings,
+    shuffle_buffer: int = 1024,
+) -> StageRun:
+    """Contrastive fine-tuning of ``encoder`` (a ``TextEncoder``, its weights shipped through
+    the object store) on Ray Train workers running ``train_contrastive_per_worker``.
+
+    ``params``: epochs, batch_size (global), lr, temperature, seed, num_hard_negatives. The
+    fine-tuned weights are ``sub_state(run.state["model"], "encoder")``.
+    """
+    import numpy as np
+    import pandas as pd
+    import ray
+    import ray.data
+
+    order = np.random.default_rng(params["seed"]).permutation(len(anchors))
+    df = pd.DataFrame(
+        {
+            "anchor": [anchors[i] for i in order],
+            "candidate": [candidates[i] for i in order],
+            "weight": np.asarray(weights, dtype=np.float32)[order],
+            "hard": [list(hard_negatives[i]) for i in order],
+        }
+    )
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    loop_config = {
+        "stage": "contrastive",
+        "encoder": to_dict(encoder.cfg),
+        "encoder_state": ray.put(state),
+        "contrastive": params,
+        "checkpoint_every": 1,
+        "shuffle_buffer": shuffle_buffer,
+        "env": {},
+        "fault": None,
+    }
+    return run_trainer(
+        train_contrastive_per_worker, loop_config, ray.data.from_pandas(df), settings
+    )

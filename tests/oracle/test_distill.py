@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from irene.bundle import load_bundle
 from irene.config import EncoderConfig, GeneratorConfig, TrainConfig
-from irene.data.xc import write_xc
+from irene.data.xc import read_xc, write_xc
 from irene.model.encoder import TextEncoder
 from irene.oracle.distill import (
     DistillConfig,
@@ -136,3 +137,45 @@ def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
     # the fine-tuned arms really changed the encoder (their rankings differ from the base)
     base = res["arms"]["encoder"]["ezxmc"]
     assert any(res["arms"]["llm_oracle"]["ezxmc"][k] != base[k] for k in ("P@5", "nDCG@5", "R@10"))
+
+
+def test_pipeline_on_ray_scores_with_ray_data_and_fine_tunes_with_ray_train(
+    ray_local, tiny, tmp_path
+):
+    """use_ray: oracle actors score the shortlist, 2 DDP workers fine-tune; the fine-tuned
+    encoder ranks the oracle's positives above the labels it rejected (the hard negatives)
+    by a wider margin than the base encoder."""
+    import dataclasses
+
+    import pandas as pd
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(fakes)
+    data, cfg = tiny
+    cfg = dataclasses.replace(
+        cfg,
+        use_ray=True,
+        actor_cpus=0.5,
+        train_workers=2,
+        distill=dataclasses.replace(cfg.distill, epochs=3, hard_negatives=3),
+    )
+    out = tmp_path / "run"
+    enc = TextEncoder.from_config(cfg.train.encoder)
+    base = copy.deepcopy(enc)
+    summary = run(data, str(out), cfg, oracle_factory=KeywordOracle, encoder=enc)
+    assert [h["epoch"] for h in summary["finetune"]] == [0, 1, 2]
+    assert all(h["pairs"] > 0 for h in summary["finetune"])
+    assert any(p.name.startswith("irene-contrastive-") for p in (out / "ray_results").iterdir())
+
+    scores = pd.read_parquet(out / "oracle_scores.parquet")
+    ds = read_xc(data)
+    docs = [ds.trn_X[i] for i in scores["doc_row"]]
+    labels = [ds.Y[i] for i in scores["label"]]
+    pos = scores["relevance"].to_numpy() >= cfg.distill.threshold
+
+    def margin(e):
+        sim = (e.encode(docs) * e.encode(labels)).sum(1)  # (P,)
+        return float(sim[pos].mean() - sim[~pos].mean())
+
+    assert pos.any() and (~pos).any()
+    assert margin(enc) > margin(base) + 0.05

@@ -8,14 +8,16 @@ import uuid
 from typer.testing import CliRunner
 
 import pipelines.build_bundle
+import pipelines.demo
 import pipelines.prepare
 import pipelines.train_classifiers
 import pipelines.train_generator
 from irene import io
 from irene.bundle import load_bundle
 from irene.cli import app
+from irene.data.split import ZeroShotSplit
 from irene.train import artifacts
-from tests.conftest import MOTO_BUCKET
+from tests.conftest import MOTO_BUCKET, free_port
 from tests.pipelines.common import check_bundle_scores, tiny_config, write_config, write_inputs
 
 
@@ -51,6 +53,21 @@ def test_irene_train_local_bundle(ray_local, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     _check_manifest(manifest)
     check_bundle_scores(str(out), n_seen=manifest["num_seen_items"])
+
+    # the rest of `make demo`: serve the bundle, ingest the novel items and run the zero-shot
+    # queries over HTTP; the metrics must equal build_bundle's in-process evaluation
+    demo_out = tmp_path / "demo"
+    argv = [data, "--bundle", str(out), "--work-dir", str(work), "--out", str(demo_out)]
+    assert pipelines.demo.main([*argv, "--port", str(free_port())]) == 0
+    report = json.loads((demo_out / "http_metrics.json").read_text())
+    split = ZeroShotSplit.load(str(work / artifacts.SPLIT_DIR))
+    assert report["ingest"]["items"] == len(split.novel) > 0
+    assert report["query"]["queries"] == len(split.zero_rows) > 0
+    assert (
+        report["zero_shot_in_process"] == manifest["metrics"]["eval"]["arms"]["irene"]["zero_shot"]
+    )
+    assert report["max_abs_diff"] <= 0.1
+    assert report["zero_shot_http"]["P@1"] > 0  # the tiny data is learnable: not an empty ranking
 
 
 def test_pipeline_drivers_on_s3(ray_local, moto_s3, tmp_path):

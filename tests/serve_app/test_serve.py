@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
 from tests.helpers import make_tiny_bundle, tiny_item_text
 
 N_SEEN = 30
@@ -65,12 +65,6 @@ class Served:
         return emb, self.bundle.synthesize(emb)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ray_local, tmp_path_factory):
     from ray import serve
@@ -83,7 +77,7 @@ def served(ray_local, tmp_path_factory):
     index_dir = tmp / "index"
     index_name = f"irene-test-{uuid.uuid4().hex[:8]}"
     old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
-    port = _free_port()
+    port = free_port()
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     args = {
         "bundle": bundle_dir,
@@ -405,6 +399,7 @@ def test_metrics(served):
     assert value("irene_http_request_duration_seconds_count", route="/v1/query") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode") >= 1
     assert value("irene_stage_duration_seconds_count", stage="index_add") >= 1
+    assert value("irene_stage_duration_seconds_count", stage="encode_search") >= 1
     assert value("irene_items_ingested_total") >= 1
     assert value("irene_index_items") == count
     assert value("irene_ingest_rate_items_per_second") > 0
