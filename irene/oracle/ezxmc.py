@@ -8,6 +8,8 @@ labels by cosine between the test query and the label text embeddings of its own
     encoder        the base encoder, untouched
     pseudo_labels  fine-tuned on document-derived pseudo pairs (title / random spans)
     llm_oracle     fine-tuned on oracle-judged shortlists (irene.oracle.distill)
+    gold_oracle    optional diagnostic (``gold_oracle: true``): the llm_oracle path with the
+                   training labels as the judge -- an upper bound, not a zero-shot method
 
 Both fine-tuned arms start from the same base encoder and use the same
 ``contrastive_finetune`` loop; the oracle's cost (calls, seconds, tokens, pairs/s) is reported.
@@ -46,6 +48,7 @@ EZXMC_ARMS = ("encoder", "pseudo_labels", "llm_oracle")
 @dataclass(frozen=True)
 class EzxmcConfig:
     distill: OracleDistillConfig = field(default_factory=lambda: OracleDistillConfig(use_ray=False))
+    gold_oracle: bool = False  # add the diagnostic gold_oracle arm (judge = training labels)
     eval_batch: int = 2048
     psp_a: float = 0.55
     psp_b: float = 1.5
@@ -103,6 +106,24 @@ def run_ezxmc(
         "epochs": [h.as_dict() for h in res.history],
     }
     arms["llm_oracle"] = {"ezxmc": timer("eval_llm_oracle_s", evaluate_encoder, enc, ds, cfg)}
+
+    if cfg.gold_oracle:  # the same path with a perfect judge: the ceiling of distillation
+        from irene.oracle.gold import GoldOracle
+
+        gold = GoldOracle(
+            (ds.trn_X[i], ds.Y[j])
+            for i in rows.tolist()
+            for j in ds.trn_X_Y.indices[ds.trn_X_Y.indptr[i] : ds.trn_X_Y.indptr[i + 1]].tolist()
+        )
+        enc = copy.deepcopy(base)
+        g = timer(
+            "train_gold_oracle_s", distill, enc, docs, ds.Y, in_process_scorer(gold), dc.distill
+        )
+        training["gold_oracle"] = {
+            "positives": g.n_positives,
+            "epochs": [h.as_dict() for h in g.history],
+        }
+        arms["gold_oracle"] = {"ezxmc": timer("eval_gold_oracle_s", evaluate_encoder, enc, ds, cfg)}
 
     timer.t["total_s"] = round(time.perf_counter() - t_start, 3)
     timer.t["peak_rss_mb"] = peak_memory_mb()

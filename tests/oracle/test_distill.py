@@ -74,6 +74,14 @@ def test_pseudo_pairs_title_and_spans():
         assert 2 <= len(qq.split()) <= 3 and qq in dd
 
 
+def test_gold_oracle_answers_from_known_pairs():
+    from irene.oracle.gold import GoldOracle
+
+    g = GoldOracle([("doc a", "label x")])
+    assert g.score([("doc a", "label x"), ("doc a", "label y")]).tolist() == [1.0, 0.0]
+    assert g.stats.pairs == 2
+
+
 def test_sample_docs():
     assert sample_docs(10, 0, 0).tolist() == list(range(10))
     s = sample_docs(100, 7, 3)
@@ -121,9 +129,17 @@ def test_ray_data_stage_matches_in_process(ray_local):
 def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
     data, cfg = tiny
     res = run_ezxmc(
-        data, str(tmp_path / "ez"), EzxmcConfig(distill=cfg), oracle_factory=KeywordOracle
+        data,
+        str(tmp_path / "ez"),
+        EzxmcConfig(distill=cfg, gold_oracle=True),
+        oracle_factory=KeywordOracle,
     )
-    assert list(res["arms"]) == list(EZXMC_ARMS)
+    assert list(res["arms"]) == [*EZXMC_ARMS, "gold_oracle"]
+    # the gold judge's positives are the true (document, label) pairs in the shortlists, plus
+    # each document's best-scored label (min_positives=1) when none of its labels made the list
+    ds = read_xc(data)
+    docs = sample_docs(len(ds.trn_X), cfg.distill.max_docs, cfg.distill.seed)
+    assert res["training"]["gold_oracle"]["positives"] >= len(docs)
     for arm in EZXMC_ARMS:
         m = res["arms"][arm]["ezxmc"]
         assert 0 <= m["P@1"] <= 100 and m["n_eval"] == 40
