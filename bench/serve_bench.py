@@ -91,6 +91,12 @@ SERVE_VARIANTS["tuned2t"] = {
     **SERVE_VARIANTS["tuned"],
     "args": {**SERVE_VARIANTS["tuned"]["args"], "threads": 2},
 }
+# as tuned, plus Ray Serve's throughput-optimized mode (direct ingress: the Ingress replica
+# serves HTTP itself, no proxy hop; gRPC between deployments; user code on the replica's loop)
+SERVE_VARIANTS["throughput"] = {
+    **SERVE_VARIANTS["tuned"],
+    "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 QUERY_SUBJECTS = [
     "a small dog",

@@ -102,6 +102,9 @@ def run_ezxmc(
         "positives": res.n_positives,
         "relevance_mean": float(res.relevance.mean()) if len(res.relevance) else None,
         "oracle_vs_shortlist_spearman": _spearman(res.relevance, res.shortlist_scores),
+        # evaluation-only diagnostics (training labels are never used to train this arm): how
+        # well the judge and the encoder separate true from false shortlisted pairs
+        **_judge_quality(ds, rows, res),
         "seconds": res.seconds,
         "epochs": [h.as_dict() for h in res.history],
     }
@@ -154,6 +157,33 @@ def _scorer(dc: OracleDistillConfig, oracle_factory):
 
     oracle = oracle_factory() if oracle_factory is not None else make_oracle(dc.oracle)
     return in_process_scorer(oracle, dc.oracle.batch_size)
+
+
+def _judge_quality(ds: XCDataset, rows: np.ndarray, res) -> dict:
+    Y = ds.trn_X_Y.tocsr()
+    truth = np.asarray(Y[rows[res.doc_ids], res.label_ids]).reshape(-1) != 0  # (P,)
+    return {
+        "shortlist_true_pair_share": round(float(truth.mean()), 4) if len(truth) else None,
+        "oracle_auc_vs_training_labels": _auc(res.relevance, truth),
+        "encoder_auc_vs_training_labels": _auc(res.shortlist_scores, truth),
+    }
+
+
+def _auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
+    """ROC AUC (Mann-Whitney, ties averaged); None without both classes."""
+    pos, n = int(truth.sum()), len(truth)
+    if pos == 0 or pos == n:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.arange(1, n + 1)
+    s_sorted = scores[order]  # average the ranks of tied scores
+    _, first, counts = np.unique(s_sorted, return_index=True, return_counts=True)
+    for f, c in zip(first, counts, strict=True):
+        if c > 1:
+            ranks[order[f : f + c]] = f + (c + 1) / 2
+    auc = (ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (n - pos))
+    return round(float(auc), 4)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:

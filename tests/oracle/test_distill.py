@@ -195,3 +195,15 @@ def test_pipeline_on_ray_scores_with_ray_data_and_fine_tunes_with_ray_train(
 
     assert pos.any() and (~pos).any()
     assert margin(enc) > margin(base) + 0.05
+
+
+def test_auc_matches_pairwise_definition():
+    from irene.oracle.ezxmc import _auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(np.float32)  # many ties
+    truth = rng.random(60) < 0.4
+    pos, neg = scores[truth], scores[~truth]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert _auc(scores, truth) == round(float(pairwise), 4)
+    assert _auc(scores, np.zeros(60, bool)) is None
