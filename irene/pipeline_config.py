@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,21 @@ def load_pipeline_config(
             raise ConfigError(f"config {path} must be a YAML mapping")
     data = apply_overrides(data, list(overrides or []))
     data.update({k: v for k, v in values.items() if v is not None})
-    return validate(from_dict(PipelineConfig, _normalise(data)))
+    return validate(absolute_paths(from_dict(PipelineConfig, _normalise(data))))
+
+
+PATH_FIELDS = ("data", "work_dir", "bundle", "storage_path")
+
+
+def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """Local paths made absolute against the driver's working directory: Ray Train workers
+    and Ray Data actors run in other directories (s3:// URIs are left alone)."""
+    changes = {
+        f: os.path.abspath(os.path.expanduser(getattr(cfg, f)))
+        for f in PATH_FIELDS
+        if getattr(cfg, f) and not io.is_s3(getattr(cfg, f))
+    }
+    return dataclasses.replace(cfg, **changes)
 
 
 def replace(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:

@@ -31,8 +31,10 @@ import shutil
 import sys
 import time
 import uuid
+from pathlib import Path
 
 log = logging.getLogger("irene.demo")
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_app/configs/local.yaml"
 
 
 def serve_config(path: str) -> tuple[dict, dict]:
@@ -64,7 +66,7 @@ def run(
     bundle: str,
     work_dir: str,
     out_dir: str,
-    config_path: str = "serve_app/configs/local.yaml",
+    config_path: str = str(DEFAULT_SERVE_CONFIG),
     port: int = 8000,
     tolerance: float = 0.1,
     concurrency: int = 4,
@@ -85,7 +87,8 @@ def run(
 
     ds = read_xc(data_dir)
     split = ZeroShotSplit.load(io.join(work_dir, artifacts.SPLIT_DIR))
-    expected = read_manifest(bundle)["metrics"]["eval"]["arms"]["irene"]["zero_shot"]
+    all_arms = read_manifest(bundle)["metrics"]["eval"]["arms"]
+    expected = all_arms["irene"]["zero_shot"]
     zero_mask, Y_zero = zero_shot_task(ds, split)
     k = max(EVAL_KS)
     k_req = k + int(np.diff(zero_mask.indptr).max(initial=0))
@@ -157,6 +160,9 @@ def run(
     report.update(
         zero_shot_http=got,
         zero_shot_in_process=expected,
+        in_process_arms={
+            a: {"zero_shot": m["zero_shot"], "full": m["full"]} for a, m in all_arms.items()
+        },
         diff=diffs,
         max_abs_diff=max(abs(d) for d in diffs.values()),
         tolerance=tolerance,
@@ -176,6 +182,14 @@ def table(report: dict) -> str:
     for m in REPORT_METRICS:
         h, p = report["zero_shot_http"][m], report["zero_shot_in_process"][m]
         lines.append(f"{m:<8} {h:8.2f} {p:8.2f} {h - p:+8.3f}")
+    lines += ["", "in-process evaluation of every arm on the same split (bundle manifest)"]
+    lines.append(f"{'arm':<20} {'zero P@1':>9} {'zero R@10':>10} {'full P@1':>9} {'full R@10':>10}")
+    for arm, m in report["in_process_arms"].items():
+        z, f = m["zero_shot"], m["full"]
+        lines.append(
+            f"{arm:<20} {z['P@1']:9.2f} {z['R@10']:10.2f} {f['P@1']:9.2f} {f['R@10']:10.2f}"
+        )
+    lines.append("")
     ing, q = report["ingest"], report["query"]
     lines.append(
         f"ingest: {ing['items']} novel items at {ing['items_per_s']} items/s; "
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--work-dir", required=True, help="the training run's artifacts (the split)")
     p.add_argument("--out", default="runs/demo", help="index + http_metrics.json go here")
-    p.add_argument("--serve-config", default="serve_app/configs/local.yaml")
+    p.add_argument("--serve-config", default=str(DEFAULT_SERVE_CONFIG))
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--tolerance", type=float, default=0.1, help="max |HTTP - in-process| points")
     p.add_argument("--concurrency", type=int, default=4, help="parallel HTTP requests")

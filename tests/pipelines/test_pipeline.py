@@ -33,17 +33,19 @@ def _check_manifest(manifest: dict, epochs: int = 2) -> None:
     assert 0.0 <= irene["zero_shot"]["P@1"] <= 100.0 and 0.0 <= irene["full"]["nDCG@5"] <= 100.0
 
 
-def test_irene_train_local_bundle(ray_local, tmp_path):
-    """`irene train DATA --bundle OUT`: the whole chain (2 DDP workers) to a local directory."""
-    data, enc = write_inputs(tmp_path)
-    cfg = tiny_config(enc, "", "", "")
+def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
+    """`irene train DATA --bundle OUT`: the whole chain (2 DDP workers) to a local directory,
+    given as paths relative to the driver's directory (workers run elsewhere), then the demo's
+    serve + HTTP half on the result."""
+    write_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(str(tmp_path / "enc"), "", "", "")
     for key in ("data", "work_dir", "bundle"):
         del cfg[key]
     cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
-    out, work = tmp_path / "bundle", tmp_path / "work"
+    data, out, work = "data", tmp_path / "bundle", tmp_path / "work"
     res = CliRunner().invoke(
-        app,
-        ["train", data, "--bundle", str(out), "--config", cfg_path, "--work-dir", str(work)],
+        app, ["train", data, "--bundle", "bundle", "--config", cfg_path, "--work-dir", "work"]
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output[res.output.index("{") :])["bundle"] == str(out)
@@ -57,7 +59,7 @@ def test_irene_train_local_bundle(ray_local, tmp_path):
     # the rest of `make demo`: serve the bundle, ingest the novel items and run the zero-shot
     # queries over HTTP; the metrics must equal build_bundle's in-process evaluation
     demo_out = tmp_path / "demo"
-    argv = [data, "--bundle", str(out), "--work-dir", str(work), "--out", str(demo_out)]
+    argv = [data, "--bundle", "bundle", "--work-dir", "work", "--out", "demo"]
     assert pipelines.demo.main([*argv, "--port", str(free_port())]) == 0
     report = json.loads((demo_out / "http_metrics.json").read_text())
     split = ZeroShotSplit.load(str(work / artifacts.SPLIT_DIR))
