@@ -182,10 +182,22 @@ def ensure_bundle(args) -> str:
     if args.bundle:
         return args.bundle
     path = os.path.join(args.out, f"bundle-minilm-{args.n_seen}")
-    if args.rebuild_bundle or not os.path.exists(os.path.join(path, "manifest.json")):
+    if args.rebuild_bundle or not _loads(path):
         shutil.rmtree(path, ignore_errors=True)
         build_bundle(path, args.n_seen)
     return path
+
+
+def _loads(path: str) -> bool:
+    """Whether a cached bundle exists and still loads with this code (else rebuild it)."""
+    from irene.bundle import load_bundle
+
+    try:
+        load_bundle(path, device="cpu")
+    except Exception as e:  # missing, or written by an older format/config
+        print(f"rebuilding the bench bundle at {path}: {type(e).__name__}: {e}", flush=True)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- stats

@@ -60,6 +60,7 @@ log = logging.getLogger("irene.serve")
 
 MAX_ONGOING_REQUESTS = 128  # Serve's default of 5 caps throughput far below what we can do
 PROBE_TIMEOUT_S = 5.0
+SEED_CHUNK_BYTES = 2 << 20
 S3_ENV = io.S3_ENV_VARS
 
 
@@ -350,7 +351,9 @@ class Ingress:
         if await self._index.count.remote() > 0:
             return
         t0 = time.perf_counter()
-        chunk = self.args.index.seed_chunk
+        # Serve's gRPC transport (RAY_SERVE_USE_GRPC_BY_DEFAULT, on in throughput-optimized
+        # mode) caps a message at 4 MiB: keep each chunk of float32 vectors under 2 MiB
+        chunk = max(1, min(self.args.index.seed_chunk, SEED_CHUNK_BYTES // (4 * self.dim)))
         for start in range(0, num_seen, chunk):
             ids, vecs = await self._generator.seen.remote(start, start + chunk)
             await self._index.add.remote(ids, vecs)
