@@ -64,7 +64,7 @@ SERVE_VARIANTS: dict[str, dict] = {
     "repo": {  # the repo's settings (MAX_ONGOING_REQUESTS, local.yaml batch/threads)
         "args": {
             "threads": 1,
-            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.002},
+            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
             "deployment_options": {
                 "Encoder": {"ray_actor_options": {"num_cpus": 0.5}},
                 "Generator": {"ray_actor_options": {"num_cpus": 0.25}},
@@ -76,7 +76,7 @@ SERVE_VARIANTS: dict[str, dict] = {
     "tuned": {  # 1 torch/faiss thread per replica, no access logs, 1 CPU for the Encoder
         "args": {
             "threads": 1,
-            "encoder_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.003},
+            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
             "deployment_options": {
                 "Encoder": {"ray_actor_options": {"num_cpus": 1}, **_QUIET},
                 "Generator": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
@@ -92,10 +92,12 @@ SERVE_VARIANTS["tuned2t"] = {
     "args": {**SERVE_VARIANTS["tuned"]["args"], "threads": 2},
 }
 # as tuned, plus Ray Serve's throughput-optimized mode (direct ingress: the Ingress replica
-# serves HTTP itself, no proxy hop; gRPC between deployments; user code on the replica's loop)
+# serves HTTP itself on its own port, and the load goes there -- no proxy hop; gRPC between
+# deployments; user code on the replica's event loop)
 SERVE_VARIANTS["throughput"] = {
     **SERVE_VARIANTS["tuned"],
     "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "direct_ingress": True,
 }
 
 QUERY_SUBJECTS = [
@@ -497,6 +499,10 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
     index_name = f"bench-index-{uuid.uuid4().hex[:8]}"
     namespace = "irene-serve-bench"
     env_keys = {"RAY_AUTH_MODE": "disabled", **spec["env"]}
+    direct_port = _free_port() if spec.get("direct_ingress") else None
+    if direct_port:  # the (single) Ingress replica listens here
+        env_keys["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
+        env_keys["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 100)
     old_env = {k: os.environ.get(k) for k in env_keys}
     old_bundle = os.environ.pop("IRENE_BUNDLE", None)
     os.environ.update(env_keys)
@@ -527,9 +533,9 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
         t0 = time.perf_counter()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(app_args), name="irene", route_prefix="/")
-        _wait_http(f"http://127.0.0.1:{port}/readyz", 300)
+        url = f"http://127.0.0.1:{direct_port or port}"
+        _wait_http(f"{url}/readyz", 300)
         startup = time.perf_counter() - t0
-        url = f"http://127.0.0.1:{port}"
         res = asyncio.run(http_query_suite(url, args, queries))
         ing = asyncio.run(http_ingest(url, args, items, f"{variant}-{uuid.uuid4().hex[:6]}"))
     finally:

@@ -37,6 +37,7 @@ from ray import serve
 
 from irene import io
 from serve_app.auth import AuthError, TokenAuth
+from serve_app.batching import Coalescer
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from serve_app.schemas import (
@@ -97,9 +98,16 @@ def _configure_batch(method, settings: BatchSettings) -> None:
 
 
 # --------------------------------------------------------------------------- Encoder
+# @serve.batch collects what is queued *now* (wait 0 by default) and may run many batches at once;
+# the Coalescer behind it merges them into one compute call per free compute slot (see
+# serve_app/batching.py for the measurement that motivated it).
+SERVE_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0, "max_concurrent_batches": 64}
+
+
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class Encoder:
-    """The bundle's text encoder; concurrent calls are micro-batched with ``@serve.batch``."""
+    """The bundle's text encoder; concurrent calls are micro-batched (``@serve.batch`` +
+    :class:`Coalescer`). ``search`` also runs the index query for the whole batch."""
 
     def __init__(
         self,
@@ -118,6 +126,8 @@ class Encoder:
         settings = BatchSettings(**(batch or {}))
         _configure_batch(self._encode_batch, settings)
         _configure_batch(self._search_batch, settings)
+        self._texts = Coalescer(self._encode_rows, settings.max_batch_size)
+        self._queries = Coalescer(self._encode_and_search, settings.max_batch_size)
         self._index_name = index or {}  # {"name", "namespace"} of the index actor
         self._index = None
         log.info("Encoder ready: bundle %s, dim %d", bundle, self.dim)
@@ -132,34 +142,48 @@ class Encoder:
             )
         return self._index
 
+    def batch_stats(self) -> dict:
+        """Mean items per compute call so far, for encode (ingest) and search (queries)."""
+        return {"encode": self._texts.stats(), "search": self._queries.stats()}
+
+    # ----------------------------------------------------------------- compute (one at a time)
+    async def _encode_rows(self, texts: list) -> list:
+        loop = asyncio.get_running_loop()
+        emb = await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
+        return list(emb)
+
+    async def _encode_and_search(self, items: list) -> list:
+        """items: (text, k) pairs -> one [(id, score), ...] list each."""
+        loop = asyncio.get_running_loop()
+        texts = [t for t, _ in items]
+        q = await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
+        hits = await self._index_actor().search.remote(q, max(k for _, k in items))
+        return [row[:k] for row, (_, k) in zip(hits, items, strict=True)]
+
+    # ----------------------------------------------------------------- API
+    async def encode(self, texts: list) -> np.ndarray:
+        """(n, d) float32 L2-normalised embeddings of ``texts``."""
+        return await self._encode_batch(list(texts))
+
     async def search(self, texts: list, k: int) -> list:
         """Top-``k`` ``[(id, score), ...]`` per text: encoded and searched in one batch with
         the other concurrent queries of this replica."""
         return await self._search_batch((list(texts), int(k)))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(**SERVE_BATCH)
+    async def _encode_batch(self, requests: list) -> list:
+        rows = await self._texts.submit([t for texts in requests for t in texts])
+        emb = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)  # (N, d)
+        return _split(emb, [len(texts) for texts in requests])
+
+    @serve.batch(**SERVE_BATCH)
     async def _search_batch(self, requests: list) -> list:
-        flat = [t for texts, _ in requests for t in texts]
-        k = max(kk for _, kk in requests)
-        loop = asyncio.get_running_loop()
-        q = await loop.run_in_executor(self._pool, self._encoder.encode, flat)  # (N, d)
-        hits = await self._index_actor().search.remote(q, k)  # N lists of (id, score)
+        hits = await self._queries.submit([(t, k) for texts, k in requests for t in texts])
         out, start = [], 0
-        for texts, kk in requests:
-            out.append([row[:kk] for row in hits[start : start + len(texts)]])
+        for texts, _ in requests:
+            out.append(hits[start : start + len(texts)])
             start += len(texts)
         return out
-
-    async def encode(self, texts: list) -> np.ndarray:
-        """(n, d) float32 L2-normalised embeddings of ``texts``."""
-        return await self._encode_batch(list(texts))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _encode_batch(self, requests: list) -> list:
-        flat = [t for texts in requests for t in texts]
-        loop = asyncio.get_running_loop()
-        emb = await loop.run_in_executor(self._pool, self._encoder.encode, flat)  # (N, d)
-        return _split(emb, [len(texts) for texts in requests])
 
 
 # --------------------------------------------------------------------------- Generator
@@ -176,7 +200,9 @@ class Generator:
         self._uri = bundle
         self._seen = loaded.seen_classifiers()  # (S, d)
         self._pool = _compute_pool(_replica_threads(threads))
-        _configure_batch(self._generate_batch, BatchSettings(**(batch or {})))
+        settings = BatchSettings(**(batch or {}))
+        _configure_batch(self._generate_batch, settings)
+        self._rows = Coalescer(self._synthesize_rows, settings.max_batch_size)
         log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
 
     def info(self) -> dict:
@@ -193,15 +219,19 @@ class Generator:
         """(ids, classifiers (n, d)) of seen items ``start:stop`` -- the index seed."""
         return self._bundle.item_ids[start:stop], self._seen[start:stop]
 
+    async def _synthesize_rows(self, rows: list) -> list:
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
+        return list(out)  # (N, d) rows
+
     async def generate(self, item_emb: np.ndarray) -> np.ndarray:
         """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
         return await self._generate_batch(np.asarray(item_emb, dtype=np.float32))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(**SERVE_BATCH)
     async def _generate_batch(self, requests: list) -> list:
-        emb = np.concatenate(requests, axis=0)  # (N, d)
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._pool, self._bundle.synthesize, emb)  # (N, d)
+        rows = await self._rows.submit([r for emb in requests for r in emb])
+        out = np.stack(rows) if rows else np.zeros((0, self._bundle.dim), np.float32)
         return _split(out, [len(r) for r in requests])
 
 

@@ -51,10 +51,13 @@ class AuthSettings(_Frozen):
 
 
 class BatchSettings(_Frozen):
-    """``@serve.batch`` knobs; one batched call = one request's list of texts/vectors."""
+    """Micro-batching knobs: ``@serve.batch`` (requests per batch, wait) and the compute-level
+    Coalescer behind it (texts/vectors per compute call; see serve_app/batching.py)."""
 
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0.0)
+    max_batch_size: int = Field(32, ge=1, description="requests per @serve.batch; items per call")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0.0, description="extra wait for a batch to fill (0: the Coalescer batches)"
+    )
 
 
 class IndexSettings(_Frozen):

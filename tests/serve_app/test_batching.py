@@ -1,0 +1,92 @@
+"""The compute-level Coalescer behind @serve.batch: merging, order, limits, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.batching import Coalescer
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_submissions_made_while_busy_are_merged_into_one_call():
+    calls: list[list] = []
+
+    async def main():
+        release = asyncio.Event()
+
+        async def process(items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                await release.wait()  # the first call is "computing"
+            return [x * 10 for x in items]
+
+        c = Coalescer(process, max_items=100)
+        first = asyncio.create_task(c.submit([1]))
+        await asyncio.sleep(0)  # first call starts and blocks
+        rest = [asyncio.create_task(c.submit([i, i + 1])) for i in (2, 4, 6)]
+        await asyncio.sleep(0)
+        release.set()
+        return await first, [await r for r in rest], c.stats()
+
+    first, rest, stats = _run(main())
+    assert first == [10]
+    assert rest == [[20, 30], [40, 50], [60, 70]]  # each caller gets its own rows, in order
+    assert calls == [[1], [2, 3, 4, 5, 6, 7]]  # three waiting submissions -> one call
+    assert stats == {"calls": 2, "mean_items": 3.5}
+
+
+def test_max_items_splits_but_never_splits_a_submission():
+    calls: list[int] = []
+
+    async def main():
+        async def process(items):
+            calls.append(len(items))
+            await asyncio.sleep(0)
+            return items
+
+        c = Coalescer(process, max_items=3)
+        subs = [[1, 2], [3, 4], [5], [6, 7, 8, 9]]  # the last is larger than max_items
+        return await asyncio.gather(*[c.submit(s) for s in subs])
+
+    out = _run(main())
+    assert out == [[1, 2], [3, 4], [5], [6, 7, 8, 9]]
+    assert calls == [2, 3, 4]  # [1,2] alone (started at once); [3,4]+[5]; [6..9] whole
+
+
+def test_a_failing_call_fails_only_its_callers_and_the_coalescer_keeps_serving():
+    async def main():
+        async def process(items):
+            await asyncio.sleep(0)
+            if "bad" in items:
+                raise ValueError("boom")
+            return [s.upper() for s in items]
+
+        c = Coalescer(process, max_items=1)
+        res = await asyncio.gather(
+            c.submit(["a"]), c.submit(["bad"]), c.submit(["c"]), return_exceptions=True
+        )
+        return res, await c.submit(["d"])
+
+    res, later = _run(main())
+    assert res[0] == ["A"] and isinstance(res[1], ValueError) and res[2] == ["C"]
+    assert later == ["D"]
+
+
+def test_wrong_result_count_is_an_error_and_empty_submit_is_free():
+    async def main():
+        async def process(items):
+            return items[:-1]
+
+        c = Coalescer(process, max_items=8)
+        with pytest.raises(RuntimeError, match="results for"):
+            await c.submit([1, 2])
+        return await c.submit([])
+
+    assert _run(main()) == []
+    with pytest.raises(ValueError):
+        Coalescer(lambda items: items, max_items=0)
