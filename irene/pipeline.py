@@ -159,10 +159,11 @@ def encode_texts(texts: list[str], cfg: PipelineConfig, use_gpu: bool) -> np.nda
 
     n = len(texts)
     chunk = cfg.encode_batch_size * 4
+    # length-sorted globally (rows keep their index "i"), so each actor batch pads to similar
+    # lengths, as TextEncoder.encode does in-process; sorting only within a batch pads far more
+    order = np.argsort([-len(t) for t in texts], kind="stable").astype(np.int64)
     tables = [
-        pa.table(
-            {"i": np.arange(s, min(s + chunk, n), dtype=np.int64), "text": texts[s : s + chunk]}
-        )
+        pa.table({"i": order[s : s + chunk], "text": [texts[i] for i in order[s : s + chunk]]})
         for s in range(0, n, chunk)
     ]
     enc = to_dict(cfg.train.encoder)
