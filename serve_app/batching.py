@@ -32,7 +32,8 @@ class Coalescer:
         self.items = 0  # items processed so far
 
     async def submit(self, items: list) -> list:
-        """Results for ``items`` (one per item, in order), computed with other callers' items."""
+        """Results for ``items`` (one per item, in order; a slice of what ``process`` returned,
+        e.g. rows of an array), computed with other callers' items."""
         if not items:
             return []
         fut = asyncio.get_running_loop().create_future()

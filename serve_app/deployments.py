@@ -147,10 +147,9 @@ class Encoder:
         return {"encode": self._texts.stats(), "search": self._queries.stats()}
 
     # ----------------------------------------------------------------- compute (one at a time)
-    async def _encode_rows(self, texts: list) -> list:
+    async def _encode_rows(self, texts: list) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        emb = await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
-        return list(emb)
+        return await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
 
     async def _encode_and_search(self, items: list) -> list:
         """items: (text, k) pairs -> one [(id, score), ...] list each."""
@@ -172,9 +171,8 @@ class Encoder:
 
     @serve.batch(**SERVE_BATCH)
     async def _encode_batch(self, requests: list) -> list:
-        rows = await self._texts.submit([t for texts in requests for t in texts])
-        emb = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)  # (N, d)
-        return _split(emb, [len(texts) for texts in requests])
+        emb = await self._texts.submit([t for texts in requests for t in texts])  # (N, d)
+        return _split(np.asarray(emb, np.float32).reshape(-1, self.dim), [len(t) for t in requests])
 
     @serve.batch(**SERVE_BATCH)
     async def _search_batch(self, requests: list) -> list:
@@ -219,10 +217,9 @@ class Generator:
         """(ids, classifiers (n, d)) of seen items ``start:stop`` -- the index seed."""
         return self._bundle.item_ids[start:stop], self._seen[start:stop]
 
-    async def _synthesize_rows(self, rows: list) -> list:
+    async def _synthesize_rows(self, rows: list) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
-        return list(out)  # (N, d) rows
+        return await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
 
     async def generate(self, item_emb: np.ndarray) -> np.ndarray:
         """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
@@ -230,8 +227,8 @@ class Generator:
 
     @serve.batch(**SERVE_BATCH)
     async def _generate_batch(self, requests: list) -> list:
-        rows = await self._rows.submit([r for emb in requests for r in emb])
-        out = np.stack(rows) if rows else np.zeros((0, self._bundle.dim), np.float32)
+        out = await self._rows.submit([r for emb in requests for r in emb])  # (N, d)
+        out = np.asarray(out, np.float32).reshape(-1, self._bundle.dim)
         return _split(out, [len(r) for r in requests])
 
 

@@ -171,17 +171,12 @@ def _judge_quality(ds: XCDataset, rows: np.ndarray, res) -> dict:
 
 def _auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
     """ROC AUC (Mann-Whitney, ties averaged); None without both classes."""
+    from scipy.stats import rankdata
+
     pos, n = int(truth.sum()), len(truth)
     if pos == 0 or pos == n:
         return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.arange(1, n + 1)
-    s_sorted = scores[order]  # average the ranks of tied scores
-    _, first, counts = np.unique(s_sorted, return_index=True, return_counts=True)
-    for f, c in zip(first, counts, strict=True):
-        if c > 1:
-            ranks[order[f : f + c]] = f + (c + 1) / 2
+    ranks = rankdata(scores)  # average ranks of ties
     auc = (ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (n - pos))
     return round(float(auc), 4)
 
