@@ -52,7 +52,7 @@ $(DEMO)/bundle/manifest.json: $(DATA)/Y.txt
 test: venv wordnet-base
 	$(PY) -m pytest -q -ra
 
-# everything, including tests marked `slow` (none are at the moment; `make test` skips them)
+# everything, including tests marked `slow` (`make test` skips them)
 test-slow: venv wordnet-base
 	$(PY) -m pytest -q -ra -m "slow or not slow"
 

@@ -4,8 +4,10 @@
 
 Systems measured (one after another, each warmed up first, so they never share the CPU):
 
-(a) ``serve``: our composed Ray Serve app over HTTP (Ingress -> Encoder -> index actor),
-    one run per ``--variants`` entry (settings in ``SERVE_VARIANTS``);
+(a) ``serve``: our composed Ray Serve app over HTTP (Ingress [-> Encoder] -> index actor),
+    one run per ``--variants`` entry (settings in ``SERVE_VARIANTS``; the ``colocated*``
+    ones run the encoder inside the Ingress, ``colocated2`` two Ingress replicas behind
+    Serve's HAProxy);
 (b) ``inprocess``: the same pipeline with no HTTP: bundle encoder ``encode`` + the same
     sharded FAISS index ``search`` (1 client: a loop; 16 clients: 16 threads);
 (c) ``plain``: a single-process FastAPI/uvicorn service (``bench/plain_service.py``, a
@@ -28,7 +30,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 K = 10
 N_SHARDS = 4
 
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 # Serve app settings tried (build_app args overrides + env vars for the Ray processes).
 # "defaults": Serve's own deployment defaults (max_ongoing_requests=5, 1 CPU per replica,
 # threads left to torch); the others are tuning attempts, see the report.
@@ -61,14 +70,14 @@ SERVE_VARIANTS: dict[str, dict] = {
         },
         "env": {},
     },
-    "repo": {  # the repo's settings (MAX_ONGOING_REQUESTS, local.yaml batch/threads)
+    "repo": {  # serve_app/configs/local.yaml's settings, started without the env switches
         "args": {
             "threads": 1,
             "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
+            "encoder_placement": "ingress",
             "deployment_options": {
-                "Encoder": {"ray_actor_options": {"num_cpus": 0.5}},
                 "Generator": {"ray_actor_options": {"num_cpus": 0.25}},
-                "Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+                "Ingress": {"ray_actor_options": {"num_cpus": 0.5}},
             },
         },
         "env": {},
@@ -98,6 +107,43 @@ SERVE_VARIANTS["throughput"] = {
     **SERVE_VARIANTS["tuned"],
     "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     "direct_ingress": True,
+}
+
+# as throughput, with the encoder inside the Ingress replica (encoder_placement: ingress):
+# HTTP -> Ingress (encode) -> index actor, no Serve hop
+SERVE_VARIANTS["colocated"] = {
+    **SERVE_VARIANTS["throughput"],
+    "args": _merge(
+        SERVE_VARIANTS["tuned"]["args"],
+        {
+            "encoder_placement": "ingress",
+            "deployment_options": {"Ingress": {"ray_actor_options": {"num_cpus": 1}}},
+        },
+    ),
+}
+# as colocated, with 2 torch threads in the Ingress's compute thread
+SERVE_VARIANTS["colocated2t"] = {
+    **SERVE_VARIANTS["colocated"],
+    "args": {**SERVE_VARIANTS["colocated"]["args"], "threads": 2},
+}
+# as colocated, with 2 Ingress replicas behind Serve's HAProxy load balancer (the load goes to
+# the HAProxy port; each replica runs 1 torch thread)
+SERVE_VARIANTS["colocated2"] = {
+    "args": _merge(
+        SERVE_VARIANTS["colocated"]["args"],
+        {
+            "deployment_options": {
+                "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
+            }
+        },
+    ),
+    "env": {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # HAProxy's per-request log lines are parsed in Python for Serve's ingress metrics
+        # (measured: ~0.3 core at 230 QPS); the Ingress replicas export their own /metrics
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    },
 }
 
 QUERY_SUBJECTS = [
@@ -420,9 +466,9 @@ def bench_encoder(bundle, queries: list[str], duration_s: float) -> dict:
 
 # --------------------------------------------------------------------------- (c) plain
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from irene.net import free_local_port
+
+    return free_local_port()
 
 
 def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
@@ -481,13 +527,6 @@ def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- (a) Serve
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: list[str]) -> dict:
     import ray
     from ray import serve
@@ -628,7 +667,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants",
         default="defaults,tuned",
-        help=f"comma-separated Serve settings to run, of {sorted(SERVE_VARIANTS)}",
+        help=f"comma-separated Serve settings to run, of {sorted(SERVE_VARIANTS)} "
+        "(list one twice to run it twice)",
     )
     p.add_argument("--systems", default="inprocess,plain,serve")
     p.add_argument("--clients", type=int, default=16)
@@ -687,10 +727,14 @@ def main(argv=None) -> None:
     if "serve" in systems:
         report["serve"] = {}
         for v in args.variants.split(","):
-            report["serve"][v] = bench_serve(bundle, args, v, queries, items)
-            report["loadavg"][f"after_serve_{v}"] = loadavg()
-            res = report["serve"][v]
-            print(f"serve {v}:", json.dumps(res["query"]), json.dumps(res["ingest"]), flush=True)
+            name, n = v, 1
+            while name in report["serve"]:  # a variant listed again: another run of it
+                n += 1
+                name = f"{v} ({n})"
+            report["serve"][name] = bench_serve(bundle, args, v, queries, items)
+            report["loadavg"][f"after_serve_{name}"] = loadavg()
+            res = report["serve"][name]
+            print(f"serve {name}:", json.dumps(res["query"]), json.dumps(res["ingest"]), flush=True)
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     table = markdown(report, args.clients)
     report["table"] = table

@@ -154,32 +154,47 @@ def read_manifest(uri: str) -> dict:
     return json.loads(io.read_text(io.join(uri, "manifest.json")))
 
 
-def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
-    """Load a bundle from a local directory or s3:// prefix (checksums verified)."""
+def _local_copy(uri: str, verify: bool, subdir: str | None = None) -> tuple[str, dict]:
+    """(local directory, manifest) of a bundle; an s3:// bundle is copied to a temp dir first
+    (only ``subdir`` of it when given). Checksums of the files used are verified."""
     if not io.exists(io.join(uri, "manifest.json")):
         raise BundleError(f"no bundle at {uri}: manifest.json not found")
-    if io.is_s3(uri):
-        tmp = tempfile.mkdtemp(prefix="irene-bundle-")
-        io.copy_tree(uri, tmp)
-        local = tmp
-    else:
-        local = str(uri)
-    with open(os.path.join(local, "manifest.json")) as f:
-        manifest = json.load(f)
+    manifest = json.loads(io.read_text(io.join(uri, "manifest.json")))
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"unsupported bundle format at {uri}: {manifest.get('format')} v{manifest.get('format_version')}"
         )
+    local = str(uri)
+    if io.is_s3(uri):
+        local = tempfile.mkdtemp(prefix="irene-bundle-")
+        if subdir is None:
+            io.copy_tree(uri, local)
+        else:
+            io.copy_tree(io.join(uri, subdir), os.path.join(local, subdir))
     if verify:
         for rel, digest in manifest["files"].items():
+            if subdir is not None and not rel.startswith(subdir + "/"):
+                continue
             path = os.path.join(local, rel)
             if not os.path.exists(path) or _sha256(path) != digest:
                 raise BundleError(f"bundle file {rel} is missing or corrupt (sha256 mismatch)")
+    return local, manifest
+
+
+def load_encoder(uri: str, device: str = "auto", verify: bool = True) -> TextEncoder:
+    """Only the text encoder of a bundle (local or s3://; for processes that only encode)."""
+    local, _ = _local_copy(uri, verify, subdir="encoder")
+    return TextEncoder.load(os.path.join(local, "encoder"), device=device)
+
+
+def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
+    """Load a bundle from a local directory or s3:// prefix (checksums verified)."""
+    local, manifest = _local_copy(uri, verify)
     with open(os.path.join(local, "config.yaml")) as f:
         config = from_dict(TrainConfig, yaml.safe_load(f))
     with open(os.path.join(local, "items.json")) as f:
         item_ids = json.load(f)
-    bundle = Bundle(
+    return Bundle(
         encoder=TextEncoder.load(os.path.join(local, "encoder"), device=device),
         classifiers=OVAClassifiers.load(os.path.join(local, "classifiers")).eval(),
         generator=IreneGenerator.load(os.path.join(local, "generator")),
@@ -188,4 +203,3 @@ def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
         config=config,
         manifest=manifest,
     )
-    return bundle

@@ -39,15 +39,18 @@ def resolve_args(
 
 
 def build_app(args: dict[str, Any] | None = None):
-    """The Serve ``Application``: Ingress(Encoder, Generator) + the shared index actor."""
+    """The Serve ``Application``: Ingress(Encoder, Generator) + the shared index actor
+    (Ingress(None, Generator) when the encoder runs in the Ingress)."""
     from serve_app.deployments import Encoder, Generator, Ingress
 
     cfg = resolve_args(args)
     opts = cfg.deployment_options
     index = {"name": cfg.index.name, "namespace": cfg.index.namespace}
-    encoder = Encoder.options(**opts.get("Encoder", {})).bind(
-        cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device, index
-    )
+    encoder = None  # encoder_placement "ingress": each Ingress replica runs the encoder
+    if cfg.encoder_placement == "deployment":
+        encoder = Encoder.options(**opts.get("Encoder", {})).bind(
+            cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device, index
+        )
     generator = Generator.options(**opts.get("Generator", {})).bind(
         cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads
     )

@@ -7,6 +7,10 @@ Request flow::
     POST /v1/query  -> Ingress -> Encoder.search (batched: one encode + one index actor
                                    .search call for all concurrent queries)
 
+With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
+(:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
+hop at all, only the batched index actor call -- the fastest placement on CPU-only machines.
+
 Queries take one Serve hop: the Encoder micro-batches the concurrent query texts, encodes them
 together and sends the whole batch to the index actor in one call (measured in
 ``bench/serve_bench.py``: an Ingress that awaited the Encoder and then the index per request
@@ -24,7 +28,6 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,7 @@ from ray import serve
 from irene import io
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.batching import Coalescer
+from serve_app.encoding import BatchedEncoder, compute_pool, replica_threads
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from serve_app.schemas import (
@@ -66,27 +70,6 @@ S3_ENV = io.S3_ENV_VARS
 
 
 # --------------------------------------------------------------------------- helpers
-def _replica_threads(requested: int | None) -> int:
-    """Threads for torch/faiss: as asked, else the CPUs Ray assigned this replica (>= 1)."""
-    if requested:
-        return requested
-    if os.environ.get("IRENE_NUM_THREADS"):
-        return int(os.environ["IRENE_NUM_THREADS"])
-    import ray
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    return max(1, int(cpus))
-
-
-def _compute_pool(threads: int) -> ThreadPoolExecutor:
-    """One compute thread; torch/faiss thread counts are set *in* that thread."""
-    from irene.device import set_threads
-
-    return ThreadPoolExecutor(
-        1, thread_name_prefix="irene-compute", initializer=set_threads, initargs=(threads,)
-    )
-
-
 def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """Split (sum(sizes), d) rows back into one array per request."""
     return np.split(rows, np.cumsum(sizes)[:-1])
@@ -106,8 +89,9 @@ SERVE_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0, "max_concurren
 
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class Encoder:
-    """The bundle's text encoder; concurrent calls are micro-batched (``@serve.batch`` +
-    :class:`Coalescer`). ``search`` also runs the index query for the whole batch."""
+    """The bundle's text encoder as its own deployment (``encoder_placement: deployment``);
+    concurrent calls are micro-batched (``@serve.batch`` + :class:`BatchedEncoder`).
+    ``search`` also runs the index query for the whole batch."""
 
     def __init__(
         self,
@@ -117,20 +101,15 @@ class Encoder:
         device: str = "auto",
         index: dict | None = None,
     ) -> None:
-        from irene.bundle import load_bundle
-
-        loaded = load_bundle(bundle, device=device)
-        self._encoder = loaded.encoder
-        self.dim = loaded.dim
-        self._pool = _compute_pool(_replica_threads(threads))
         settings = BatchSettings(**(batch or {}))
         _configure_batch(self._encode_batch, settings)
         _configure_batch(self._search_batch, settings)
-        self._texts = Coalescer(self._encode_rows, settings.max_batch_size)
-        self._queries = Coalescer(self._encode_and_search, settings.max_batch_size)
         self._index_name = index or {}  # {"name", "namespace"} of the index actor
         self._index = None
-        log.info("Encoder ready: bundle %s, dim %d", bundle, self.dim)
+        self._model = BatchedEncoder(
+            bundle, settings.max_batch_size, threads, device, index=self._index_actor
+        )
+        self.dim = self._model.dim
 
     def _index_actor(self):
         """The named index actor (created by the Ingress; looked up on first use)."""
@@ -144,22 +123,8 @@ class Encoder:
 
     def batch_stats(self) -> dict:
         """Mean items per compute call so far, for encode (ingest) and search (queries)."""
-        return {"encode": self._texts.stats(), "search": self._queries.stats()}
+        return self._model.stats()
 
-    # ----------------------------------------------------------------- compute (one at a time)
-    async def _encode_rows(self, texts: list) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
-
-    async def _encode_and_search(self, items: list) -> list:
-        """items: (text, k) pairs -> one [(id, score), ...] list each."""
-        loop = asyncio.get_running_loop()
-        texts = [t for t, _ in items]
-        q = await loop.run_in_executor(self._pool, self._encoder.encode, texts)  # (N, d)
-        hits = await self._index_actor().search.remote(q, max(k for _, k in items))
-        return [row[:k] for row, (_, k) in zip(hits, items, strict=True)]
-
-    # ----------------------------------------------------------------- API
     async def encode(self, texts: list) -> np.ndarray:
         """(n, d) float32 L2-normalised embeddings of ``texts``."""
         return await self._encode_batch(list(texts))
@@ -171,12 +136,12 @@ class Encoder:
 
     @serve.batch(**SERVE_BATCH)
     async def _encode_batch(self, requests: list) -> list:
-        emb = await self._texts.submit([t for texts in requests for t in texts])  # (N, d)
-        return _split(np.asarray(emb, np.float32).reshape(-1, self.dim), [len(t) for t in requests])
+        emb = await self._model.encode([t for texts in requests for t in texts])  # (N, d)
+        return _split(emb, [len(t) for t in requests])
 
     @serve.batch(**SERVE_BATCH)
     async def _search_batch(self, requests: list) -> list:
-        hits = await self._queries.submit([(t, k) for texts, k in requests for t in texts])
+        hits = await self._model.search_pairs([(t, k) for texts, k in requests for t in texts])
         out, start = [], 0
         for texts, _ in requests:
             out.append(hits[start : start + len(texts)])
@@ -197,7 +162,7 @@ class Generator:
         self._bundle = loaded
         self._uri = bundle
         self._seen = loaded.seen_classifiers()  # (S, d)
-        self._pool = _compute_pool(_replica_threads(threads))
+        self._pool = compute_pool(replica_threads(threads))
         settings = BatchSettings(**(batch or {}))
         _configure_batch(self._generate_batch, settings)
         self._rows = Coalescer(self._synthesize_rows, settings.max_batch_size)
@@ -252,11 +217,13 @@ def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
     return creds.credentials if creds is not None else None
 
 
-def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+# async, not def: FastAPI runs a sync dependency in a worker thread (a thread hop per request;
+# it was a quarter of the Ingress event loop's busy time under load, measured with py-spy)
+async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     _replica().auth.check(_token(creds), write=True)
 
 
-def require_read(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_read(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     _replica().auth.check(_token(creds), write=False)
 
 
@@ -319,6 +286,8 @@ class Ingress:
     """HTTP front: validation, auth, metrics; composes Encoder, Generator and the index."""
 
     async def __init__(self, encoder, generator, args: dict) -> None:
+        """``encoder``: a handle to the ``Encoder`` deployment, or None to encode in this
+        replica (``encoder_placement: ingress``)."""
         self.args = AppArgs(**args)
         self.limits = self.args.limits
         self.body_limit = self.limits.max_body_bytes
@@ -330,6 +299,16 @@ class Ingress:
         self.bundle_info = info
         self.dim = info["dim"]
         self._index = self._index_actor()
+        self._local = None  # BatchedEncoder of this replica (encoder_placement: ingress)
+        if encoder is None:
+            self._local = BatchedEncoder(
+                self.args.bundle,
+                self.args.encoder_batch.max_batch_size,
+                self.args.threads,
+                self.args.device,
+                index=lambda: self._index,
+                observe=self.metrics.observe_stage,
+            )
         await self._check_index()
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
@@ -392,7 +371,19 @@ class Ingress:
         try:
             return await awaitable
         finally:
-            self.metrics.stage.labels(stage).observe(time.perf_counter() - t0)
+            self.metrics.observe_stage(stage, time.perf_counter() - t0)
+
+    def _encode(self, texts: list):
+        """Awaitable (n, d) embeddings, from this replica's encoder or the Encoder's."""
+        if self._local is not None:
+            return self._local.encode(texts)
+        return self._encoder.encode.remote(texts)
+
+    def _search(self, texts: list, k: int):
+        """Awaitable top-k hits per text (encode + index search, batched)."""
+        if self._local is not None:
+            return self._local.search(texts, k)
+        return self._encoder.search.remote(texts, k)
 
     async def _existing(self, ids: list) -> list:
         """Whether each id is in the index now (for created/updated statuses).
@@ -417,7 +408,7 @@ class Ingress:
         ids = [it.id for it in req.items]
         texts = [it.text for it in req.items]
         existed = asyncio.ensure_future(self._existing(ids))
-        emb = await self._timed("encode", self._encoder.encode.remote(texts))
+        emb = await self._timed("encode", self._encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
         before = await existed
         seq = await self._timed("index_add", self._index.add.remote(ids, clf))
@@ -451,7 +442,7 @@ class Ingress:
     @api.post("/v1/query", response_model=QueryResponse, dependencies=[Depends(require_read)])
     async def query(self, req: QueryRequest) -> JSONResponse:
         texts, k = check_query(req, self.limits)
-        hits = await self._timed("encode_search", self._encoder.search.remote(texts, k))
+        hits = await self._timed("encode_search", self._search(texts, k))
         self.metrics.queries.inc(len(texts))
         results = [[{"id": i, "score": s} for i, s in row] for row in hits]
         return JSONResponse({"results": results})

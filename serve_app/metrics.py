@@ -44,7 +44,8 @@ class ReplicaMetrics:
         )
         self.stage = Histogram(
             "irene_stage_duration_seconds",
-            "Latency of one pipeline stage (encode, generate, index_add, encode_search)",
+            "Latency of one pipeline stage (per request: encode, generate, index_add, encode_search; "
+            "per micro-batch: batch_encode, batch_index_search)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -64,6 +65,9 @@ class ReplicaMetrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)
 
     def observe_ingest(self, n: int) -> None:
         self.ingested.inc(n)

@@ -87,6 +87,11 @@ class AppArgs(_Frozen):
     generator_batch: BatchSettings = Field(default_factory=BatchSettings)
     threads: int | None = Field(None, ge=1, description="torch/faiss threads per replica")
     device: str = Field("auto", description="auto | cpu | cuda for the encoder")
+    encoder_placement: Literal["deployment", "ingress"] = Field(
+        "deployment",
+        description="where the text encoder runs: its own Encoder deployment (scaled on its own, "
+        "e.g. on GPU nodes) or inside each Ingress replica (no Serve hop; fastest on CPU)",
+    )
     seed_index: bool = Field(True, description="add the seen items when the index is empty")
     deployment_options: dict[Literal["Encoder", "Generator", "Ingress"], dict] = Field(
         default_factory=dict,

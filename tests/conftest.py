@@ -16,9 +16,9 @@ MOTO_BUCKET = "irene-test"  # created by the moto_s3 fixture
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from irene.net import free_local_port
+
+    return free_local_port()
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from irene.bundle import BundleError, load_bundle
+from irene.bundle import BundleError, load_bundle, load_encoder
 from tests.helpers import make_tiny_bundle, tiny_item_text
 
 
@@ -41,3 +41,34 @@ def test_bundle_rejects_unknown_format(tmp_path):
     json.dump(m, open(os.path.join(path, "manifest.json"), "w"))
     with pytest.raises(BundleError, match="unsupported"):
         load_bundle(path)
+
+
+def test_load_encoder_reads_only_the_encoder(tmp_path):
+    path = make_tiny_bundle(str(tmp_path / "b"), n_seen=5)
+    texts = [tiny_item_text(1), "w7 w9"]
+    expected = load_bundle(path).embed(texts)
+    # the other parts may be missing or corrupt: an encoder-only process never reads them
+    os.remove(os.path.join(path, "generator", "generator.safetensors"))
+    np.testing.assert_allclose(load_encoder(path).encode(texts), expected, atol=1e-6)
+    with open(os.path.join(path, "encoder", "model.safetensors"), "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"xyz")
+    with pytest.raises(BundleError, match="encoder/model.safetensors"):
+        load_encoder(path)
+
+
+def test_load_encoder_from_s3_copies_only_the_encoder(moto_s3, tmp_path, monkeypatch):
+    from irene import io
+    from tests.conftest import MOTO_BUCKET
+
+    path = make_tiny_bundle(str(tmp_path / "b"), n_seen=5)
+    uri = f"s3://{MOTO_BUCKET}/bundles/enc-only"
+    io.copy_tree(path, uri)
+    copied: list[tuple[str, str]] = []
+    real_copy = io.copy_tree
+    monkeypatch.setattr(io, "copy_tree", lambda s, d: (copied.append((s, d)), real_copy(s, d)))
+    texts = [tiny_item_text(2)]
+    np.testing.assert_allclose(
+        load_encoder(uri).encode(texts), load_bundle(path).embed(texts), atol=1e-6
+    )
+    assert [s for s, _ in copied] == [f"{uri}/encoder"]

@@ -61,6 +61,18 @@ def test_search_matches_brute_force_across_shards():
     assert len(shards_hit) > 1
 
 
+@pytest.mark.parametrize("min_work", [0, 10**12])  # 0: shards on threads; huge: one by one
+def test_parallel_and_serial_shard_search_agree(monkeypatch, min_work):
+    index, ids, x = _filled()
+    monkeypatch.setattr(sharded_mod, "PARALLEL_MIN_WORK", min_work)
+    q = _unit(np.random.default_rng(3), 7)
+    res = index.search(q, 5)
+    assert (index._pool is not None) == (min_work == 0)  # the thread pool is made on first use
+    s = q @ x.T  # (7, 300)
+    for qi, row in enumerate(res):
+        assert [r[0] for r in row] == [ids[j] for j in np.argsort(-s[qi])[:5]]
+
+
 def test_upsert_delete_get():
     index, ids, x = _filled(n=50, n_shards=3)
     new = _unit(np.random.default_rng(1), 2)

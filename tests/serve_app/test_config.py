@@ -34,7 +34,9 @@ def test_local_yaml_is_a_valid_serve_config():
     args = resolve_args(app["args"], environ={})
     assert args.bundle.endswith("runs/bundle") and Path(args.bundle).is_absolute()
     deps = {d["name"]: d for d in app["deployments"]}
-    for name in ("Encoder", "Generator"):
+    # the encoder runs in the Ingress here, so there is no Encoder deployment to configure
+    assert args.encoder_placement == "ingress" and set(deps) == {"Ingress", "Generator"}
+    for name in ("Ingress", "Generator"):
         auto = deps[name]["autoscaling_config"]
         assert auto["min_replicas"] == 1 and 2 <= auto["max_replicas"] <= 4
         assert 0 < deps[name]["ray_actor_options"]["num_cpus"] < 1

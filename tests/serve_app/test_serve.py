@@ -38,6 +38,7 @@ class Served:
     bundle: object  # the same bundle loaded in-process, for expected vectors and scores
     index_dir: Path
     start_count: int
+    placement: str  # AppArgs.encoder_placement of this app
 
     def count(self) -> int:
         r = self.client.get("/readyz")
@@ -65,8 +66,9 @@ class Served:
         return emb, self.bundle.synthesize(emb)
 
 
-@pytest.fixture(scope="module")
-def served(ray_local, tmp_path_factory):
+# every test runs against both placements of the encoder: its own deployment, and in the Ingress
+@pytest.fixture(scope="module", params=["deployment", "ingress"])
+def served(ray_local, tmp_path_factory, request):
     from ray import serve
 
     from irene.bundle import load_bundle
@@ -86,6 +88,7 @@ def served(ray_local, tmp_path_factory):
         "limits": LIMITS,
         "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
         "threads": 1,
+        "encoder_placement": request.param,
         "deployment_options": {"Encoder": small, "Generator": small, "Ingress": small},
     }
     serve.shutdown()  # a Serve instance left over would ignore our http_options
@@ -97,7 +100,7 @@ def served(ray_local, tmp_path_factory):
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "app did not become ready"
             time.sleep(0.2)
-        served = Served(client, load_bundle(bundle_dir), index_dir, 0)
+        served = Served(client, load_bundle(bundle_dir), index_dir, 0, request.param)
         served.start_count = served.count()
         yield served
     finally:
@@ -122,6 +125,31 @@ def test_index_is_seeded_with_the_seen_items(served):
     np.testing.assert_allclose(
         served.vector("seen-7"), served.bundle.seen_classifiers()[7], atol=ATOL
     )
+
+
+def test_encoder_runs_where_configured(served):
+    from ray import serve
+
+    deployments = set(serve.status().applications["irene"].deployments)
+    if served.placement == "deployment":
+        assert deployments == {"Ingress", "Encoder", "Generator"}
+    else:  # the Ingress replicas encode themselves
+        assert deployments == {"Ingress", "Generator"}
+
+
+def test_concurrent_queries_match_one_by_one(served):
+    """Micro-batched answers (many queries in one encode + index call) are the same as
+    answers to the same queries sent one at a time, and as the in-process scores."""
+    texts = [tiny_item_text(i) for i in range(200, 216)]
+    one_by_one = [served.query(t, k=3) for t in texts]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda t: served.query(t, k=3), texts))
+    for a, b in zip(one_by_one, together, strict=True):
+        assert [h["id"] for h in a] == [h["id"] for h in b]
+        np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=ATOL)
+    emb, _ = served.expected(texts[:1])
+    top = one_by_one[0][0]
+    np.testing.assert_allclose(top["score"], float(emb[0] @ served.vector(top["id"])), atol=ATOL)
 
 
 def test_health_ready_docs(served):
@@ -398,6 +426,9 @@ def test_metrics(served):
     assert value("irene_http_requests_total", route="/v1/query", status="200") >= 1
     assert value("irene_http_request_duration_seconds_count", route="/v1/query") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode") >= 1
+    if served.placement == "ingress":  # this replica's micro-batches are timed too
+        assert value("irene_stage_duration_seconds_count", stage="batch_encode") >= 2
+        assert value("irene_stage_duration_seconds_count", stage="batch_index_search") >= 1
     assert value("irene_stage_duration_seconds_count", stage="index_add") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode_search") >= 1
     assert value("irene_items_ingested_total") >= 1
