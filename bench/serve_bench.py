@@ -141,7 +141,7 @@ SERVE_VARIANTS["colocated2"] = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         # HAProxy's per-request log lines are parsed in Python for Serve's ingress metrics
-        # (measured: ~0.3 core at 230 QPS); the Ingress replicas export their own /metrics
+        # (measured: 0.3 CPU-s per 10 s at 230 QPS); the Ingress replicas export their own /metrics
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     },
 }
