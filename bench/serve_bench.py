@@ -7,7 +7,7 @@ Systems measured (one after another, each warmed up first, so they never share t
 (a) ``serve``: our composed Ray Serve app over HTTP (Ingress [-> Encoder] -> index actor),
     one run per ``--variants`` entry (settings in ``SERVE_VARIANTS``; the ``colocated*``
     ones run the encoder inside the Ingress, ``colocated2`` two Ingress replicas behind
-    Serve's HAProxy);
+    Serve's HAProxy, ``fast`` is serve_app/configs/local.yaml in the README's fast mode);
 (b) ``inprocess``: the same pipeline with no HTTP: bundle encoder ``encode`` + the same
     sharded FAISS index ``search`` (1 client: a loop; 16 clients: 16 threads);
 (c) ``plain``: a single-process FastAPI/uvicorn service (``bench/plain_service.py``, a
@@ -144,6 +144,30 @@ SERVE_VARIANTS["colocated2"] = {
         # (measured: 0.3 CPU-s per 10 s at 230 QPS); the Ingress replicas export their own /metrics
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     },
+}
+
+# serve_app/configs/local.yaml as it is (Ingress autoscaling 1-2 replicas) in the fast mode the
+# README gives (throughput-optimized Serve + HAProxy): what `serve run` users get
+SERVE_VARIANTS["fast"] = {
+    "args": _merge(
+        SERVE_VARIANTS["repo"]["args"],
+        {
+            "deployment_options": {
+                "Ingress": {
+                    "autoscaling_config": {
+                        "min_replicas": 1,
+                        "initial_replicas": 1,
+                        "max_replicas": 2,
+                        "target_ongoing_requests": 8,
+                        "upscale_delay_s": 5,
+                        "downscale_delay_s": 60,
+                    },
+                    **_QUIET,
+                },
+            },
+        },
+    ),
+    "env": SERVE_VARIANTS["colocated2"]["env"],
 }
 
 QUERY_SUBJECTS = [
@@ -576,6 +600,9 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
         _wait_http(f"{url}/readyz", 300)
         startup = time.perf_counter() - t0
         res = asyncio.run(http_query_suite(url, args, queries))
+        # replicas running after the query phases (autoscaled variants)
+        status = serve.status().applications["irene"].deployments
+        replicas = {name: dict(d.replica_states) for name, d in status.items()}
         ing = asyncio.run(http_ingest(url, args, items, f"{variant}-{uuid.uuid4().hex[:6]}"))
     finally:
         try:
@@ -598,6 +625,7 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
     return {
         "settings": spec,
         "startup_s": round(startup, 1),
+        "replicas_after_queries": replicas,
         "query": res,
         "ingest": ing,
     }
@@ -678,7 +706,12 @@ def parse_args(argv=None):
         default=1,
         help="torch/faiss threads of in-process and plain (1: OpenMP teams thrash on busy cores)",
     )
-    p.add_argument("--warmup-s", type=float, default=3.0)
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=20.0,
+        help="load before measuring, per system (steady state: see the README)",
+    )
     p.add_argument("--duration-1-s", type=float, default=6.0, help="1-client query phase")
     p.add_argument("--duration-n-s", type=float, default=10.0, help="N-client query phase")
     p.add_argument("--duration-ingest-s", type=float, default=6.0)
@@ -734,7 +767,13 @@ def main(argv=None) -> None:
             report["serve"][name] = bench_serve(bundle, args, v, queries, items)
             report["loadavg"][f"after_serve_{name}"] = loadavg()
             res = report["serve"][name]
-            print(f"serve {name}:", json.dumps(res["query"]), json.dumps(res["ingest"]), flush=True)
+            print(
+                f"serve {name}:",
+                json.dumps(res["query"]),
+                json.dumps(res["ingest"]),
+                json.dumps(res["replicas_after_queries"]),
+                flush=True,
+            )
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     table = markdown(report, args.clients)
     report["table"] = table
