@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from irene.net import free_local_port
+from pipelines.demo import DEFAULT_SERVE_CONFIG, serve_config
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,7 +149,7 @@ SERVE_VARIANTS["colocated2"] = {
     },
 }
 
-# serve_app/configs/local.yaml as it is (Ingress autoscaling 1-2 replicas) in the fast mode the
+# serve_app/configs/local.yaml's Ingress autoscaling (read from the file) in the fast mode the
 # README gives (throughput-optimized Serve + HAProxy): what `serve run` users get
 SERVE_VARIANTS["fast"] = {
     "args": _merge(
@@ -154,14 +157,9 @@ SERVE_VARIANTS["fast"] = {
         {
             "deployment_options": {
                 "Ingress": {
-                    "autoscaling_config": {
-                        "min_replicas": 1,
-                        "initial_replicas": 1,
-                        "max_replicas": 2,
-                        "target_ongoing_requests": 8,
-                        "upscale_delay_s": 5,
-                        "downscale_delay_s": 60,
-                    },
+                    "autoscaling_config": serve_config(DEFAULT_SERVE_CONFIG)[1]["Ingress"][
+                        "autoscaling_config"
+                    ],
                     **_QUIET,
                 },
             },
@@ -489,12 +487,6 @@ def bench_encoder(bundle, queries: list[str], duration_s: float) -> dict:
 
 
 # --------------------------------------------------------------------------- (c) plain
-def _free_port() -> int:
-    from irene.net import free_local_port
-
-    return free_local_port()
-
-
 def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
     import httpx
 
@@ -512,7 +504,7 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None)
 
 
 def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
-    port = _free_port()
+    port = free_local_port()
     cmd = [
         sys.executable,
         str(REPO / "bench" / "plain_service.py"),
@@ -562,14 +554,14 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
     index_name = f"bench-index-{uuid.uuid4().hex[:8]}"
     namespace = "irene-serve-bench"
     env_keys = {"RAY_AUTH_MODE": "disabled", **spec["env"]}
-    direct_port = _free_port() if spec.get("direct_ingress") else None
+    direct_port = free_local_port() if spec.get("direct_ingress") else None
     if direct_port:  # the (single) Ingress replica listens here
         env_keys["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_port)
         env_keys["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_port + 100)
     old_env = {k: os.environ.get(k) for k in env_keys}
     old_bundle = os.environ.pop("IRENE_BUNDLE", None)
     os.environ.update(env_keys)
-    port = _free_port()
+    port = free_local_port()
     base = {
         "bundle": bundle_uri,
         "index_uri": os.path.join(tmp, "index"),
@@ -742,9 +734,9 @@ def main(argv=None) -> None:
     }
     bundle = ensure_bundle(args)
     report["bundle"] = bundle
-    from irene.bundle import load_bundle
+    from irene.bundle import read_manifest
 
-    manifest = load_bundle(bundle, device="cpu").manifest
+    manifest = read_manifest(bundle)
     report["note"] = manifest.get("metrics", {}).get("note", "")
     queries = query_texts()
     items = item_texts(2048, offset=args.n_seen)

@@ -157,9 +157,7 @@ def read_manifest(uri: str) -> dict:
 def _local_copy(uri: str, verify: bool, subdir: str | None = None) -> tuple[str, dict]:
     """(local directory, manifest) of a bundle; an s3:// bundle is copied to a temp dir first
     (only ``subdir`` of it when given). Checksums of the files used are verified."""
-    if not io.exists(io.join(uri, "manifest.json")):
-        raise BundleError(f"no bundle at {uri}: manifest.json not found")
-    manifest = json.loads(io.read_text(io.join(uri, "manifest.json")))
+    manifest = read_manifest(uri)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"unsupported bundle format at {uri}: {manifest.get('format')} v{manifest.get('format_version')}"

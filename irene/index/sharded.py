@@ -218,7 +218,7 @@ class ShardedIndex:
         if k < 1:
             raise ValueError("k must be >= 1")
         with self._lock.read():
-            per_shard = len(self._str_of) * len(q) / self.n_shards  # vectors x queries per shard
+            per_shard = self.count * len(q) / self.n_shards  # vectors x queries per shard
             if self.n_shards == 1 or self._search_threads == 1 or per_shard < PARALLEL_MIN_WORK:
                 parts = [s.search(q, k) for s in self._shards]
             else:
