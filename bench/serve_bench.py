@@ -168,6 +168,12 @@ SERVE_VARIANTS["fast"] = {
     "env": SERVE_VARIANTS["colocated2"]["env"],
 }
 
+# as fast, with queries sent to the index actor (no read replica in the Ingress replicas)
+SERVE_VARIANTS["fast-actor"] = {
+    **SERVE_VARIANTS["fast"],
+    "args": _merge(SERVE_VARIANTS["fast"]["args"], {"index": {"read_replica": False}}),
+}
+
 QUERY_SUBJECTS = [
     "a small dog",
     "a wooden chair",

@@ -104,10 +104,15 @@ class Encoder:
         settings = BatchSettings(**(batch or {}))
         _configure_batch(self._encode_batch, settings)
         _configure_batch(self._search_batch, settings)
-        self._index_name = index or {}  # {"name", "namespace"} of the index actor
+        self._index_name = index or {}  # {"name", "namespace", "read_replica"}
         self._index = None
         self._model = BatchedEncoder(
-            bundle, settings.max_batch_size, threads, device, index=self._index_actor
+            bundle,
+            settings.max_batch_size,
+            threads,
+            device,
+            index=self._index_actor,
+            read_replica=bool(self._index_name.get("read_replica")),
         )
         self.dim = self._model.dim
 
@@ -308,12 +313,15 @@ class Ingress:
                 self.args.device,
                 index=lambda: self._index,
                 observe=self.metrics.observe_stage,
+                read_replica=self.args.index.read_replica,
             )
         await self._check_index()
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
         if self.args.seed_index:
             await self._seed_if_empty(info["num_seen"])
+        if self._local is not None:
+            self._local.start_replica()  # after seeding: one state transfer, not one per chunk
 
     # ----------------------------------------------------------------- setup
     def _index_actor(self):
@@ -334,6 +342,7 @@ class Ingress:
             max_concurrency=s.max_concurrency,
             num_cpus=s.num_cpus,
             snapshot_every=s.snapshot_every,
+            lease_s=s.lease_s,
             env_vars=env,
         )
 

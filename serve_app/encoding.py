@@ -10,8 +10,15 @@ Used in two places (same code, two placements, ``AppArgs.encoder_placement``):
 
 Concurrent calls are merged by a :class:`~serve_app.batching.Coalescer` (one compute call at a
 time, everything queued meanwhile joins the next). ``search`` encodes all concurrent queries
-in one call and sends them to the index actor in one ``search`` call; that call is not part of
-the batch's compute slot, so the next batch encodes while this one's index call is in flight.
+in one call and searches them together:
+
+- with a read replica (``index.read_replica``, the default): in this process's copy of the
+  index (:class:`irene.index.feed.ReadReplica`), in the same compute call -- no Ray call per
+  query. A background task long-polls the index actor's change feed and applies the changes
+  in the compute thread, so they are ordered with the searches. While the copy is not fresh
+  (starting, or the actor unreachable for a lease) the batch goes to the actor as below;
+- else (or as that fallback): in one ``search`` call to the index actor, not part of the
+  batch's compute slot, so the next batch encodes while this one's index call is in flight.
 """
 
 import asyncio
@@ -24,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from irene.index.feed import ReadReplica
 from serve_app.batching import Coalescer
 
 log = logging.getLogger("irene.serve")
@@ -55,7 +63,9 @@ class BatchedEncoder:
 
     ``index`` returns the index actor handle (looked up lazily: the actor may not exist yet
     when this object is built); ``observe(stage, seconds)`` receives the time of each batched
-    compute call (``batch_encode``) and index call (``batch_index_search``).
+    encode (``batch_encode``), read replica search (``batch_replica_search``) and index actor
+    call (``batch_index_search``). ``read_replica``: keep a copy of the index
+    (started by :meth:`start_replica`, or by the first search).
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class BatchedEncoder:
         device: str = "auto",
         index: Callable[[], Any] | None = None,
         observe: Callable[[str, float], None] | None = None,
+        read_replica: bool = False,
     ) -> None:
         from irene.bundle import load_encoder
 
@@ -76,6 +87,8 @@ class BatchedEncoder:
         self._observe = observe or (lambda stage, seconds: None)
         self._texts = Coalescer(self._encode_rows, max_batch)
         self._queries = Coalescer(self._encode_then_search, max_batch)
+        self.replica = ReadReplica() if read_replica else None
+        self._follower: asyncio.Task | None = None
         log.info("encoder loaded: bundle %s, dim %d", bundle, self.dim)
 
     async def _encode_rows(self, texts: list) -> np.ndarray:
@@ -92,9 +105,69 @@ class BatchedEncoder:
         so the next batch's encode overlaps this batch's index round trip."""
         if self._index is None:
             raise RuntimeError("BatchedEncoder.search needs an index")
-        q = await self._encode_rows([t for t, _ in items])  # (N, d)
-        call = asyncio.ensure_future(self._index_search(q, max(k for _, k in items)))
+        k_max = max(k for _, k in items)
+        if self.replica is None:
+            q = await self._encode_rows([t for t, _ in items])  # (N, d)
+        else:
+            self.start_replica()
+            loop = asyncio.get_running_loop()
+            q, hits, encode_s, search_s = await loop.run_in_executor(
+                self._pool, self._encode_search_local, [t for t, _ in items], k_max
+            )
+            self._observe("batch_encode", encode_s)
+            if hits is not None:
+                self._observe("batch_replica_search", search_s)
+                done = loop.create_future()
+                done.set_result(hits)
+                return [(done, row, k) for row, (_, k) in enumerate(items)]
+        call = asyncio.ensure_future(self._index_search(q, k_max))
         return [(call, row, k) for row, (_, k) in enumerate(items)]
+
+    def _encode_search_local(self, texts: list, k: int) -> tuple:
+        """In the compute thread: embeddings (N, d), the read replica's hits (None when the
+        copy may be stale), and the seconds each took."""
+        t0 = time.perf_counter()
+        q = np.asarray(self._encoder.encode(texts), np.float32)  # (N, d)
+        t1 = time.perf_counter()
+        hits = self.replica.search(q, k)
+        return q, hits, t1 - t0, time.perf_counter() - t1
+
+    # ----------------------------------------------------------------- read replica
+    def start_replica(self) -> None:
+        """Start following the index actor's change feed (idempotent; needs a running loop)."""
+        if self.replica is not None and (self._follower is None or self._follower.done()):
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        from irene.index.actor import FEED_GROUP
+
+        loop = asyncio.get_running_loop()
+        rep = self.replica
+        failures = 0
+        while True:
+            try:
+                timeout = rep.poll_timeout_s()
+                ch = await (
+                    self._index()
+                    .poll.options(concurrency_group=FEED_GROUP)
+                    .remote(*rep.poll_args(), timeout)
+                )
+                if ch.state is not None or ch.records or ch.epoch != rep.epoch:
+                    await loop.run_in_executor(self._pool, rep.apply, ch)
+                else:
+                    rep.apply(ch)  # a heartbeat: lease and seq only
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # actor restarting or gone: queries go to the actor meanwhile
+                rep.lost_contact()
+                failures += 1
+                log.warning("read replica %s: poll failed (%s); retrying", rep.name, e)
+                await asyncio.sleep(min(2.0, 0.1 * failures))
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
 
     async def _index_search(self, q: np.ndarray, k: int) -> list:
         t0 = time.perf_counter()

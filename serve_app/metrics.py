@@ -45,7 +45,8 @@ class ReplicaMetrics:
         self.stage = Histogram(
             "irene_stage_duration_seconds",
             "Latency of one pipeline stage (per request: encode, generate, index_add, encode_search; "
-            "per micro-batch: batch_encode, batch_index_search)",
+            "per micro-batch: batch_encode, batch_replica_search (answered by this replica's "
+            "copy of the index), batch_index_search (answered by the index actor))",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

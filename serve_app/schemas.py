@@ -71,6 +71,15 @@ class IndexSettings(_Frozen):
     max_concurrency: int = Field(8, ge=2)
     snapshot_every: int = Field(1000, ge=0)
     seed_chunk: int = Field(4096, ge=1, description="seen items per log record when seeding")
+    read_replica: bool = Field(
+        True,
+        description="each replica that answers queries keeps a copy of the index, kept current "
+        "by the actor's change feed (no Ray call per query; one index copy in memory per "
+        "replica; writes wait until every copy has them): see irene.index.feed",
+    )
+    lease_s: float = Field(
+        1.5, gt=0.0, description="a read replica answers from its copy only while in contact"
+    )
 
 
 class AppArgs(_Frozen):

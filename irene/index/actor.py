@@ -6,6 +6,10 @@ restores itself in ``__init__`` (newest valid snapshot + log replay), so when Ra
 after a crash (``max_restarts``) it comes back with every acknowledged batch. With
 ``max_concurrency > 1`` it is a threaded actor: searches run while a batch is being logged.
 
+Read replicas (``irene.index.feed``) long-poll ``poll`` in the ``"feed"`` concurrency group
+(its own threads, so polls never starve writes or searches); ``add``/``delete`` return only
+once every replica has applied the batch or been expelled.
+
 Ray is imported lazily, so ``irene.index`` stays importable without it.
 """
 
@@ -18,10 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from irene.index.feed import ChangeFeed, Changes
 from irene.index.log import DurableIndex
 from irene.index.shard import IndexSpec
 
 log = logging.getLogger(__name__)
+
+FEED_GROUP = "feed"  # the actor's concurrency group for read replicas' long polls
 
 
 class IndexActor:
@@ -35,6 +42,7 @@ class IndexActor:
         spec: IndexSpec | dict | None = None,
         snapshot_every: int = 1000,
         keep_snapshots: int = 2,
+        lease_s: float = 1.5,
     ) -> None:
         t0 = time.perf_counter()
         self.uri = uri
@@ -48,13 +56,24 @@ class IndexActor:
         )
         self._restore_s = time.perf_counter() - t0
         self._started = time.time()
+        self._feed = ChangeFeed(self._index.export_state, self._index.last_seq, lease_s)
+        self._index.add_listener(self._feed.publish)
 
     def add(self, ids: Sequence[str], vecs) -> int:
-        """Upsert a batch (durable on return); returns its log sequence number."""
-        return self._index.add(list(ids), np.asarray(vecs, dtype=np.float32))
+        """Upsert a batch (durable, and applied by every read replica, on return); returns its
+        log sequence number."""
+        seq = self._index.add(list(ids), np.asarray(vecs, dtype=np.float32))
+        self._feed.wait_followers(seq)
+        return seq
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
-        return self._index.delete(list(ids))
+        present = self._index.delete(list(ids))
+        self._feed.wait_followers(self._index.last_seq)
+        return present
+
+    def poll(self, follower: str, epoch: str | None, since: int, timeout_s: float) -> Changes:
+        """A read replica's long poll (``ChangeFeed.poll``); call it in the "feed" group."""
+        return self._feed.poll(follower, epoch, since, timeout_s)
 
     def get(self, id_: str) -> np.ndarray | None:
         return self._index.get(id_)
@@ -81,6 +100,7 @@ class IndexActor:
             "restore_s": self._restore_s,
             "started_at": self._started,
             "pid": os.getpid(),
+            "feed": self._feed.stats(),
         }
 
     def ping(self) -> str:
@@ -104,13 +124,17 @@ def get_or_create_index_actor(
     num_cpus: float = 1.0,
     snapshot_every: int = 1000,
     keep_snapshots: int = 2,
+    lease_s: float = 1.5,
+    feed_concurrency: int = 64,
     env_vars: dict[str, str] | None = None,
 ):
     """Return the named detached ``IndexActor`` handle, creating it if it does not exist.
 
     ``max_task_retries`` re-sends calls that were in flight when the actor died; that is safe
     because ``add`` is an idempotent upsert. ``env_vars`` (e.g. the S3 endpoint/credentials)
-    are set in the actor's process via its runtime environment. A detached actor outlives
+    are set in the actor's process via its runtime environment. ``lease_s``: read replicas'
+    lease (``irene.index.feed``); ``feed_concurrency``: threads for their long polls (one
+    per replica). A detached actor outlives
     the driver: stop it with ``ray.kill(handle)``.
     """
     import ray
@@ -131,7 +155,7 @@ def get_or_create_index_actor(
         options["runtime_env"] = {"env_vars": dict(env_vars)}
     spec_dict = IndexSpec.from_dict(spec).to_dict()
     return (
-        ray.remote(IndexActor)
+        ray.remote(concurrency_groups={FEED_GROUP: feed_concurrency})(IndexActor)
         .options(**options)
-        .remote(uri, dim, n_shards, spec_dict, snapshot_every, keep_snapshots)
+        .remote(uri, dim, n_shards, spec_dict, snapshot_every, keep_snapshots, lease_s)
     )

@@ -63,7 +63,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -562,6 +562,7 @@ class DurableIndex:
         self._write_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._closed = False
+        self._listeners: list[Callable[[LogRecord], None]] = []
 
     @classmethod
     def open(
@@ -642,7 +643,7 @@ class DurableIndex:
                     "log gap in %s: records %d..%d are missing", store.uri, last + 1, rec.seq - 1
                 )
                 report.gaps.append((last + 1, rec.seq - 1))
-            _apply(index, rec)
+            apply_record(index, rec)
             report.replayed_records += 1
             last = rec.seq
         report.last_seq = last
@@ -670,8 +671,10 @@ class DurableIndex:
             ids, x = self.index.prepare_upsert(ids, vecs)
             if not ids:
                 return self._last_seq
-            self._commit(LogRecord(self._last_seq + 1, "upsert", ids, x))
+            rec = LogRecord(self._last_seq + 1, "upsert", ids, x)
+            self._commit(rec)
             self.index.add(ids, x)
+            self._publish(rec)
             seq = self._last_seq
         self._maybe_snapshot()
         return seq
@@ -689,11 +692,27 @@ class DurableIndex:
                 seen.add(s)
             doomed = [s for s, p in zip(ids, present, strict=True) if p]
             if doomed:
-                self._commit(LogRecord(self._last_seq + 1, "delete", doomed))
+                rec = LogRecord(self._last_seq + 1, "delete", doomed)
+                self._commit(rec)
                 self.index.delete(doomed)
+                self._publish(rec)
         if doomed:
             self._maybe_snapshot()
         return present
+
+    def add_listener(self, fn: Callable[[LogRecord], None]) -> None:
+        """Call ``fn(record)`` for every committed record, in seq order, once it is durable
+        and applied in memory (under the write lock: ``fn`` must be quick and not write)."""
+        self._listeners.append(fn)
+
+    def _publish(self, rec: LogRecord) -> None:
+        for fn in self._listeners:
+            fn(rec)
+
+    def export_state(self) -> tuple[int, dict]:
+        """``(seq, ShardedIndex.state_dict())``: the whole state as of ``seq``, consistently."""
+        with self._write_lock:
+            return self._last_seq, self.index.state_dict()
 
     # ----------------------------------------------------------------- reads
     def get(self, id_: str) -> np.ndarray | None:
@@ -765,7 +784,8 @@ class DurableIndex:
         self.close()
 
 
-def _apply(index: ShardedIndex, rec: LogRecord) -> None:
+def apply_record(index: ShardedIndex, rec: LogRecord) -> None:
+    """Apply one logged batch to an in-memory index (replay, read replicas)."""
     if rec.op == "upsert":
         index.add(rec.ids, rec.vectors)
     else:

@@ -309,7 +309,13 @@ class ShardedIndex:
         cls, data: bytes, spec: IndexSpec | None = None, search_threads: int | None = None
     ) -> ShardedIndex:
         """Rebuild from ``to_bytes``; ``spec`` may change search knobs but not the kind."""
-        state = cls.state_from_bytes(data)
+        return cls.from_state(cls.state_from_bytes(data), spec, search_threads)
+
+    @classmethod
+    def from_state(
+        cls, state: dict, spec: IndexSpec | None = None, search_threads: int | None = None
+    ) -> ShardedIndex:
+        """Rebuild from ``state_dict``; ``spec`` may change search knobs but not the kind."""
         saved = IndexSpec.from_dict(state["spec"])
         if spec is not None and spec.kind != saved.kind:
             raise ValueError(f"index was built as {saved.kind!r}, not {spec.kind!r}")

@@ -12,7 +12,8 @@ import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-from irene.index.actor import IndexActor, get_or_create_index_actor
+from irene.index.actor import FEED_GROUP, IndexActor, get_or_create_index_actor
+from irene.index.feed import ReadReplica
 
 DIM = 8
 NAMESPACE = "irene-tests"
@@ -46,20 +47,33 @@ def test_plain_actor_class(tmp_path):
     again.close()
 
 
-def _call(ray, fn, *args, deadline: float, timeout: float = 30.0):
-    """Call an actor method, retrying while the actor is dead/restarting, until ``deadline``."""
+def _ray_actor_errors() -> tuple[type[BaseException], ...]:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+    return (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError)
+
+
+def _call(ray, fn, *args, deadline: float, timeout: float = 30.0):
+    """Call an actor method, retrying while the actor is dead/restarting, until ``deadline``."""
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             return ray.get(
                 fn.remote(*args), timeout=min(timeout, max(deadline - time.monotonic(), 1))
             )
-        except (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError) as e:
+        except _ray_actor_errors() as e:
             last = e
             time.sleep(0.2)
     raise TimeoutError(f"actor call did not succeed before the deadline: {last!r}")
+
+
+def _poll(ray, actor, rep: ReadReplica, lock: threading.Lock) -> None:
+    """One long poll of the actor's change feed, applied to ``rep``."""
+    ch = ray.get(
+        actor.poll.options(concurrency_group=FEED_GROUP).remote(*rep.poll_args(), 0.2), timeout=30
+    )
+    with lock:
+        rep.apply(ch)
 
 
 def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
@@ -86,6 +100,8 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
         acked: list[int] = []
         errors: list[BaseException] = []
         stop = threading.Event()
+        copy, copy_lock = ReadReplica(), threading.Lock()  # a read replica following the actor
+        served_by_copy = [0]
 
         def ingest():
             try:
@@ -93,9 +109,24 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
                 while not stop.is_set() and time.monotonic() < deadline:
                     _call(ray, actor.add, *_batch(b), deadline=deadline)
                     acked.append(b)  # acknowledged: must survive the crash
+                    with copy_lock:  # ... and be in the read replica whenever it may answer
+                        if copy.fresh():
+                            assert f"b{b}-0" in copy.index, f"acked b{b} missing from the copy"
+                            served_by_copy[0] += 1
                     b += 1
             except BaseException as e:  # noqa: BLE001 -- surfaced by the assertion below
                 errors.append(e)
+
+        def follower():
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    _poll(ray, actor, copy, copy_lock)
+                except _ray_actor_errors():
+                    copy.lost_contact()
+                    time.sleep(0.1)
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+                    return
 
         def searcher():
             try:
@@ -104,7 +135,7 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
 
-        threads = [threading.Thread(target=ingest), threading.Thread(target=searcher)]
+        threads = [threading.Thread(target=f) for f in (ingest, searcher, follower)]
         for t in threads:
             t.start()
         while len(acked) < 10 and time.monotonic() < deadline and not errors:
@@ -144,6 +175,13 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
         queries = np.concatenate([_batch(b)[1][:1] for b in sample])
         results = _call(ray, actor.search, queries, 1, deadline=deadline)
         assert [r[0][0] for r in results] == [f"b{b}-0" for b in sample]
+
+        # the read replica caught up with the restarted actor (new epoch: whole state) and
+        # answers the same
+        assert served_by_copy[0] > 0, "the read replica never answered"
+        _poll(ray, actor, copy, copy_lock)
+        assert copy.epoch == final["feed"]["epoch"] and copy.seq == final["last_seq"]
+        assert copy.index.count == final["count"] and copy.search(queries, 1) == results
     finally:
         ray.kill(actor)
 

@@ -39,6 +39,7 @@ class Served:
     index_dir: Path
     start_count: int
     placement: str  # AppArgs.encoder_placement of this app
+    read_replica: bool  # AppArgs.index.read_replica of this app
 
     def count(self) -> int:
         r = self.client.get("/readyz")
@@ -66,8 +67,13 @@ class Served:
         return emb, self.bundle.synthesize(emb)
 
 
-# every test runs against both placements of the encoder: its own deployment, and in the Ingress
-@pytest.fixture(scope="module", params=["deployment", "ingress"])
+# every test runs against both placements of the encoder (its own deployment, and in the
+# Ingress) and both query paths (index actor calls, a read replica in the encoding replica)
+@pytest.fixture(
+    scope="module",
+    params=[("deployment", False), ("ingress", True)],
+    ids=["deployment-actor-reads", "ingress-read-replica"],
+)
 def served(ray_local, tmp_path_factory, request):
     from ray import serve
 
@@ -81,14 +87,21 @@ def served(ray_local, tmp_path_factory, request):
     old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
     port = free_port()
     small = {"ray_actor_options": {"num_cpus": 0.1}}
+    placement, read_replica = request.param
     args = {
         "bundle": bundle_dir,
         "index_uri": str(index_dir),
-        "index": {"name": index_name, "namespace": NAMESPACE, "n_shards": 3, "num_cpus": 0.1},
+        "index": {
+            "name": index_name,
+            "namespace": NAMESPACE,
+            "n_shards": 3,
+            "num_cpus": 0.1,
+            "read_replica": read_replica,
+        },
         "limits": LIMITS,
         "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
         "threads": 1,
-        "encoder_placement": request.param,
+        "encoder_placement": placement,
         "deployment_options": {"Encoder": small, "Generator": small, "Ingress": small},
     }
     serve.shutdown()  # a Serve instance left over would ignore our http_options
@@ -100,7 +113,7 @@ def served(ray_local, tmp_path_factory, request):
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "app did not become ready"
             time.sleep(0.2)
-        served = Served(client, load_bundle(bundle_dir), index_dir, 0, request.param)
+        served = Served(client, load_bundle(bundle_dir), index_dir, 0, placement, read_replica)
         served.start_count = served.count()
         yield served
     finally:
@@ -427,10 +440,49 @@ def test_metrics(served):
     assert value("irene_http_request_duration_seconds_count", route="/v1/query") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode") >= 1
     if served.placement == "ingress":  # this replica's micro-batches are timed too
-        assert value("irene_stage_duration_seconds_count", stage="batch_encode") >= 2
+        assert value("irene_stage_duration_seconds_count", stage="batch_encode") >= 1
+    if served.read_replica:  # queries are answered from the replica's copy of the index
+        assert value("irene_stage_duration_seconds_count", stage="batch_replica_search") >= 1
+    elif served.placement == "ingress":
         assert value("irene_stage_duration_seconds_count", stage="batch_index_search") >= 1
     assert value("irene_stage_duration_seconds_count", stage="index_add") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode_search") >= 1
     assert value("irene_items_ingested_total") >= 1
     assert value("irene_index_items") == count
     assert value("irene_ingest_rate_items_per_second") > 0
+
+
+def _stage_counts(served) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(served.client.get("/metrics").text):
+        for s in fam.samples:
+            if s.name == "irene_stage_duration_seconds_count":
+                out[s.labels["stage"]] = s.value
+    return out
+
+
+def test_read_replica_answers_right_after_an_ingest(served):
+    """The query right after an acknowledged ingest is answered by the replica's own copy of
+    the index (no index actor call) and finds the new item: the write waited for the copy."""
+    if not served.read_replica:  # read_replica off: the copy never answers
+        text = tiny_item_text(399)
+        assert served.ingest([("fresh-actor", text)]).status_code == 200
+        assert served.query(text, 1)[0]["id"] == "fresh-actor"
+        assert "batch_replica_search" not in _stage_counts(served)
+        return
+    deadline = time.monotonic() + 30
+    while _stage_counts(served).get("batch_replica_search", 0) == 0:  # copy loaded
+        assert time.monotonic() < deadline, "the read replica never answered"
+        served.query("warm up", 1)
+        time.sleep(0.1)
+    for i in range(3):
+        text = tiny_item_text(400 + i)
+        before = _stage_counts(served)
+        assert served.ingest([(f"fresh-{i}", text)]).status_code == 200
+        hits = served.query(text, 1)
+        after = _stage_counts(served)
+        assert hits[0]["id"] == f"fresh-{i}"
+        assert after["batch_replica_search"] == before["batch_replica_search"] + 1
+        assert after.get("batch_index_search", 0) == before.get("batch_index_search", 0)
