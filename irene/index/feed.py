@@ -120,7 +120,9 @@ class ChangeFeed:
                         del self._followers[name]
                         expelled.append(name)
                         self.expelled += 1
-                        log.warning("read replica %s expelled: no confirmation of seq %d", name, seq)
+                        log.warning(
+                            "read replica %s expelled: no confirmation of seq %d", name, seq
+                        )
                     else:
                         deadlines[name] = f.arrived + self.expel_after_s
                 if not deadlines:
@@ -202,7 +204,9 @@ class ReadReplica:
             if rec.seq <= self.seq:
                 continue
             if rec.seq != self.seq + 1:  # cannot happen with one poller; resync if it does
-                log.error("read replica %s: seq gap %d -> %d; resyncing", self.name, self.seq, rec.seq)
+                log.error(
+                    "read replica %s: seq gap %d -> %d; resyncing", self.name, self.seq, rec.seq
+                )
                 self.epoch, self.seq = None, -1
                 return
             apply_record(self.index, rec)
