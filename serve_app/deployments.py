@@ -130,6 +130,10 @@ class Encoder:
         """Mean items per compute call so far, for encode (ingest) and search (queries)."""
         return self._model.stats()
 
+    async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
+        if getattr(self, "_model", None) is not None:
+            await self._model.aclose()
+
     async def encode(self, texts: list) -> np.ndarray:
         """(n, d) float32 L2-normalised embeddings of ``texts``."""
         return await self._encode_batch(list(texts))
@@ -322,6 +326,10 @@ class Ingress:
             await self._seed_if_empty(info["num_seen"])
         if self._local is not None:
             self._local.start_replica()  # after seeding: one state transfer, not one per chunk
+
+    async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
+        if getattr(self, "_local", None) is not None:
+            await self._local.aclose()
 
     # ----------------------------------------------------------------- setup
     def _index_actor(self):

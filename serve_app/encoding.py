@@ -165,9 +165,16 @@ class BatchedEncoder:
                 log.warning("read replica %s: poll failed (%s); retrying", rep.name, e)
                 await asyncio.sleep(min(2.0, 0.1 * failures))
 
-    def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+    async def aclose(self) -> None:
+        """Stop following; tell the actor, so writes stop waiting for this copy."""
+        if self._follower is None:
+            return
+        self._follower.cancel()
+        self._follower = None
+        try:
+            await self._index().leave.remote(self.replica.name)
+        except Exception as e:  # the actor may be gone too; it expels us after the lease
+            log.warning("read replica %s: could not leave the feed (%s)", self.replica.name, e)
 
     async def _index_search(self, q: np.ndarray, k: int) -> list:
         t0 = time.perf_counter()

@@ -81,6 +81,10 @@ class IndexActor:
     def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
         return self._index.search(np.asarray(queries, dtype=np.float32), k)
 
+    def leave(self, follower: str) -> None:
+        """A read replica shutting down: writes stop waiting for it."""
+        self._feed.leave(follower)
+
     def count(self) -> int:
         return self._index.count
 

@@ -148,6 +148,12 @@ class ChangeFeed:
         seq, state = self._export()
         return Changes(self.epoch, seq, self.lease_s, state=state)
 
+    def leave(self, follower: str) -> None:
+        """A follower going away (e.g. a replica shutting down): writes stop waiting for it."""
+        with self._cond:
+            self._followers.pop(follower, None)
+            self._cond.notify_all()
+
     def stats(self) -> dict:
         with self._cond:
             return {

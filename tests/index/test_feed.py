@@ -125,6 +125,17 @@ def test_silent_follower_is_expelled_and_its_lease_has_expired(durable):
     _assert_same(durable, rep)
 
 
+def test_a_follower_that_leaves_is_not_waited_for(durable):
+    feed = _feed(durable, lease_s=5.0)
+    rep = ReadReplica()
+    _sync(feed, rep)
+    feed.leave(rep.name)
+    seq = durable.add(*_batch(0))
+    t0 = time.monotonic()
+    assert feed.wait_followers(seq) == [] and time.monotonic() - t0 < 1.0
+    assert feed.stats()["followers"] == 0 and feed.stats()["expelled"] == 0
+
+
 def test_new_epoch_or_far_behind_gets_the_whole_state(durable):
     feed = _feed(durable, max_rows=8)  # keeps 2 batches of 4 rows
     rep = ReadReplica()
