@@ -182,7 +182,7 @@ def _local_copy(uri: str, verify: bool, subdir: str | None = None) -> tuple[str,
 def load_encoder(uri: str, device: str = "auto", verify: bool = True) -> TextEncoder:
     """Only the text encoder of a bundle (local or s3://; for processes that only encode)."""
     local, _ = _local_copy(uri, verify, subdir="encoder")
-    return TextEncoder.load(os.path.join(local, "encoder"), device=device)
+    return TextEncoder.load(os.path.join(local, "encoder"), device=device).eval()
 
 
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
@@ -193,7 +193,7 @@ def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
     with open(os.path.join(local, "items.json")) as f:
         item_ids = json.load(f)
     return Bundle(
-        encoder=TextEncoder.load(os.path.join(local, "encoder"), device=device),
+        encoder=TextEncoder.load(os.path.join(local, "encoder"), device=device).eval(),
         classifiers=OVAClassifiers.load(os.path.join(local, "classifiers")).eval(),
         generator=IreneGenerator.load(os.path.join(local, "generator")),
         selector=Selector.load(os.path.join(local, "selector")),

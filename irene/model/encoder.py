@@ -84,7 +84,8 @@ class TextEncoder(nn.Module):
         """Encode texts to (n, d) float32, L2-normalised. Batches are length-sorted."""
         batch_size = batch_size or self.cfg.batch_size
         was_training = self.training
-        self.eval()
+        if was_training:  # eval()/train() walk every module: only when the mode changes
+            self.eval()
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
@@ -92,7 +93,8 @@ class TextEncoder(nn.Module):
             idx = order[s : s + batch_size]
             emb = self(**self.tokenize([texts[i] for i in idx]))
             out[idx] = emb.float().cpu().numpy()
-        self.train(was_training)
+        if was_training:
+            self.train()
         return out
 
     def save(self, path: str) -> None:
