@@ -15,7 +15,9 @@ applied everything up to ``s``.
 
 **Consistency: a query that starts after a write was acknowledged sees that write, on every
 replica.** The actor acknowledges a write only after :meth:`ChangeFeed.wait_followers`: every
-registered follower has confirmed it, or has been expelled. A follower is expelled when
+registered follower has confirmed it, or has been expelled (and, for ``expel_after_s`` after the
+feed starts, not before followers of a previous actor incarnation -- which this feed does not
+know -- have seen their leases run out). A follower is expelled when
 ``expel_after_s`` has passed since its latest poll *arrived* without it confirming; a follower
 answers from its copy only while the latest poll whose answer it has applied was *sent* less
 than ``lease_s`` ago, and ``lease_s < expel_after_s``. So a follower that is cut off, stuck or
@@ -79,6 +81,7 @@ class ChangeFeed:
         expel_after_s: float | None = None,
         max_rows: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        grace_s: float | None = None,
     ) -> None:
         self.expel_after_s = 2 * lease_s if expel_after_s is None else expel_after_s
         if not 0 < lease_s < self.expel_after_s:
@@ -94,6 +97,11 @@ class ChangeFeed:
         self._last = last_seq
         self._followers: dict[str, _Follower] = {}
         self.expelled = 0
+        # followers of a previous incarnation (a restarted or re-created actor) are unknown to
+        # this feed but may still be within their lease: no write is acknowledged before those
+        # leases have run out (they then poll this feed, and are waited for as usual)
+        grace = self.expel_after_s if grace_s is None else grace_s
+        self._grace_until = clock() + grace
 
     # ----------------------------------------------------------------- writer side
     def publish(self, rec: LogRecord) -> None:
@@ -125,6 +133,8 @@ class ChangeFeed:
                         )
                     else:
                         deadlines[name] = f.arrived + self.expel_after_s
+                if now < self._grace_until:
+                    deadlines[""] = self._grace_until
                 if not deadlines:
                     return expelled
                 self._cond.wait(min(deadlines.values()) - now)

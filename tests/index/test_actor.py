@@ -28,7 +28,7 @@ def _batch(b: int, n: int = 5) -> tuple[list[str], np.ndarray]:
 
 def test_plain_actor_class(tmp_path):
     uri = str(tmp_path / "index")
-    actor = IndexActor(uri, DIM, n_shards=2, spec={"kind": "flat", "use_gpu": False})
+    actor = IndexActor(uri, DIM, n_shards=2, spec={"kind": "flat", "use_gpu": False}, lease_s=0.1)
     ids, x = _batch(0)
     assert actor.add(ids, x) == 1
     assert actor.count() == 5 and actor.ping() == "pong"

@@ -29,7 +29,7 @@ def durable(tmp_path):
 
 
 def _feed(idx: DurableIndex, **kw) -> ChangeFeed:
-    feed = ChangeFeed(idx.export_state, idx.last_seq, **kw)
+    feed = ChangeFeed(idx.export_state, idx.last_seq, **{"grace_s": 0.0, **kw})
     idx.add_listener(feed.publish)
     return feed
 
@@ -136,6 +136,25 @@ def test_a_follower_that_leaves_is_not_waited_for(durable):
     assert feed.stats()["followers"] == 0 and feed.stats()["expelled"] == 0
 
 
+def test_a_new_feed_acknowledges_nothing_before_old_leases_have_run_out(durable):
+    """A restarted actor does not know the followers of its previous incarnation: its first
+    writes wait until their leases have expired (then they have polled it, or stay stale)."""
+    old_feed = _feed(durable, lease_s=0.3)
+    rep = ReadReplica()
+    _sync(old_feed, rep)
+    assert rep.fresh()
+    restarted = ChangeFeed(durable.export_state, durable.last_seq, lease_s=0.3)  # grace 0.6 s
+    durable.add_listener(restarted.publish)
+    seq = durable.add(*_batch(0))
+    t0 = time.monotonic()
+    assert restarted.wait_followers(seq) == []
+    assert time.monotonic() - t0 >= 0.5
+    assert not rep.fresh()  # the old copy lacks b0-0, and has stopped answering
+    t0 = time.monotonic()
+    restarted.wait_followers(seq)  # after the grace: no wait
+    assert time.monotonic() - t0 < 0.3
+
+
 def test_new_epoch_or_far_behind_gets_the_whole_state(durable):
     feed = _feed(durable, max_rows=8)  # keeps 2 batches of 4 rows
     rep = ReadReplica()
@@ -146,7 +165,7 @@ def test_new_epoch_or_far_behind_gets_the_whole_state(durable):
     assert ch.state is not None and rep.seq == 5
     _assert_same(durable, rep)
 
-    restarted = ChangeFeed(durable.export_state, durable.last_seq)  # e.g. the actor restarted
+    restarted = ChangeFeed(durable.export_state, durable.last_seq, grace_s=0.0)  # new actor
     ch = restarted.poll(*rep.poll_args(), 0.0)
     assert ch.state is not None and ch.epoch == restarted.epoch
     rep.apply(ch)
