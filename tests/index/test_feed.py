@@ -34,6 +34,14 @@ def _feed(idx: DurableIndex, **kw) -> ChangeFeed:
     return feed
 
 
+def _synced(idx: DurableIndex, **kw) -> tuple[ChangeFeed, ReadReplica]:
+    """A feed over ``idx`` and a follower that has loaded its state."""
+    feed = _feed(idx, **kw)
+    rep = ReadReplica()
+    _sync(feed, rep)
+    return feed, rep
+
+
 def _sync(feed: ChangeFeed, rep: ReadReplica, timeout_s: float = 0.0):
     ch = feed.poll(*rep.poll_args(), timeout_s)
     rep.apply(ch)
@@ -66,9 +74,7 @@ def test_bootstrap_then_deltas_match_the_index(durable):
 
 
 def test_poll_waits_for_the_next_record(durable):
-    feed = _feed(durable)
-    rep = ReadReplica()
-    _sync(feed, rep)
+    feed, rep = _synced(durable)
     t0 = time.monotonic()
     assert _sync(feed, rep, timeout_s=0.2).records == []  # up to date: a heartbeat
     assert time.monotonic() - t0 >= 0.19
@@ -81,9 +87,7 @@ def test_poll_waits_for_the_next_record(durable):
 
 
 def test_writes_wait_until_followers_have_applied_them(durable):
-    feed = _feed(durable)
-    rep = ReadReplica()
-    _sync(feed, rep)
+    feed, rep = _synced(durable)
     stop = threading.Event()
 
     def follow():  # a follower's poll loop
@@ -105,9 +109,7 @@ def test_writes_wait_until_followers_have_applied_them(durable):
 
 
 def test_silent_follower_is_expelled_and_its_lease_has_expired(durable):
-    feed = _feed(durable, lease_s=0.2, expel_after_s=0.4)
-    rep = ReadReplica()
-    _sync(feed, rep)
+    feed, rep = _synced(durable, lease_s=0.2, expel_after_s=0.4)
     assert rep.fresh()
     seq = durable.add(*_batch(0))  # rep never polls again
     t0 = time.monotonic()
@@ -126,9 +128,7 @@ def test_silent_follower_is_expelled_and_its_lease_has_expired(durable):
 
 
 def test_a_follower_that_leaves_is_not_waited_for(durable):
-    feed = _feed(durable, lease_s=5.0)
-    rep = ReadReplica()
-    _sync(feed, rep)
+    feed, rep = _synced(durable, lease_s=5.0)
     feed.leave(rep.name)
     seq = durable.add(*_batch(0))
     t0 = time.monotonic()
