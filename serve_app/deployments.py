@@ -3,16 +3,17 @@
 Request flow::
 
     POST /v1/items  -> Ingress -> Encoder.encode (batched) -> Generator.generate (batched)
-                            -> index actor .add (returns after the write-ahead log write)
-    POST /v1/query  -> Ingress -> Encoder.search (batched: one encode + one index actor
-                                   .search call for all concurrent queries)
+                            -> index actor .add (returns after the write-ahead log write
+                               and once every read replica has the batch)
+    POST /v1/query  -> Ingress -> Encoder.search (batched: one encode, then one search of
+                                   this replica's copy of the index, or one index actor
+                                   .search call, for all concurrent queries)
 
 With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
 (:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
-hop at all, only the batched index actor call -- the fastest placement on CPU-only machines.
-
-Queries take one Serve hop: the Encoder micro-batches the concurrent query texts, encodes them
-together and sends the whole batch to the index actor in one call (measured in
+hop at all -- the fastest placement on CPU-only machines. With ``index.read_replica`` (the
+default) the encoding replica also searches its own copy of the index (``irene.index.feed``),
+so a query makes no Ray call; without it, one index actor call per batch (measured in
 ``bench/serve_bench.py``: an Ingress that awaited the Encoder and then the index per request
 paid two RPCs per query and one index call per query).
 

@@ -106,30 +106,27 @@ class BatchedEncoder:
         if self._index is None:
             raise RuntimeError("BatchedEncoder.search needs an index")
         k_max = max(k for _, k in items)
-        if self.replica is None:
-            q = await self._encode_rows([t for t, _ in items])  # (N, d)
+        self.start_replica()
+        loop = asyncio.get_running_loop()
+        q, hits, encode_s, search_s = await loop.run_in_executor(
+            self._pool, self._encode_search_local, [t for t, _ in items], k_max
+        )
+        self._observe("batch_encode", encode_s)
+        if hits is not None:  # answered by the read replica
+            self._observe("batch_replica_search", search_s)
+            call = loop.create_future()
+            call.set_result(hits)
         else:
-            self.start_replica()
-            loop = asyncio.get_running_loop()
-            q, hits, encode_s, search_s = await loop.run_in_executor(
-                self._pool, self._encode_search_local, [t for t, _ in items], k_max
-            )
-            self._observe("batch_encode", encode_s)
-            if hits is not None:
-                self._observe("batch_replica_search", search_s)
-                done = loop.create_future()
-                done.set_result(hits)
-                return [(done, row, k) for row, (_, k) in enumerate(items)]
-        call = asyncio.ensure_future(self._index_search(q, k_max))
+            call = asyncio.ensure_future(self._index_search(q, k_max))
         return [(call, row, k) for row, (_, k) in enumerate(items)]
 
     def _encode_search_local(self, texts: list, k: int) -> tuple:
-        """In the compute thread: embeddings (N, d), the read replica's hits (None when the
-        copy may be stale), and the seconds each took."""
+        """In the compute thread: embeddings (N, d), the read replica's hits (None without a
+        replica or when the copy may be stale), and the seconds each took."""
         t0 = time.perf_counter()
         q = np.asarray(self._encoder.encode(texts), np.float32)  # (N, d)
         t1 = time.perf_counter()
-        hits = self.replica.search(q, k)
+        hits = None if self.replica is None else self.replica.search(q, k)
         return q, hits, t1 - t0, time.perf_counter() - t1
 
     # ----------------------------------------------------------------- read replica
@@ -152,10 +149,10 @@ class BatchedEncoder:
                     .poll.options(concurrency_group=FEED_GROUP)
                     .remote(*rep.poll_args(), timeout)
                 )
-                if ch.state is not None or ch.records or ch.epoch != rep.epoch:
+                if ch.state is not None or ch.records:  # ordered with searches
                     await loop.run_in_executor(self._pool, rep.apply, ch)
                 else:
-                    rep.apply(ch)  # a heartbeat: lease and seq only
+                    rep.apply(ch)  # a heartbeat: lease and freshness only
                 failures = 0
             except asyncio.CancelledError:
                 raise
