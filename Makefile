@@ -34,8 +34,9 @@ data: $(DATA)/Y.txt
 $(DATA)/Y.txt: | venv wordnet-base
 	$(VENV)/bin/irene data wordnet $(DATA) --seed $(SEED)
 
+# the five arms + the seen diagnostic on the test split, seeds 0, 1, 2 (mean and spread)
 benchmark: data
-	$(VENV)/bin/irene benchmark $(DATA) --out $(RUNS)/benchmark --seed $(SEED)
+	$(VENV)/bin/irene benchmark $(DATA) --out $(RUNS)/benchmark --seeds 0,1,2
 
 # The whole product on one machine: WordNet -> Ray pipelines (Ray Data + Ray Train DDP) -> bundle
 # -> Ray Serve on 127.0.0.1 -> novel items ingested and zero-shot queries run over HTTP -> metrics

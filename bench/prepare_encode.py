@@ -1,8 +1,8 @@
-"""Throughput of ``prepare``'s Ray Data encoding (``irene.pipeline.encode_texts``) on WordNet.
+"""Throughput of ``prepare``'s Ray Data encoding (``irene.ray.encode.encode_texts``) on WordNet.
 
     python bench/prepare_encode.py [--data data/wordnet] [--n 10000] [--save emb.npy]
 
-Encodes a seeded sample of train queries + labels with the default PipelineConfig (one encoder
+Encodes a seeded sample of train queries + labels with the default Config (one encoder
 actor per CPU) on a local Ray and prints texts/s. ``--save`` keeps the embeddings, e.g. to check
 that two versions of the code produce the same vectors.
 """
@@ -26,9 +26,9 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    from irene.config import Config
     from irene.data.xc import read_xc
-    from irene.pipeline import encode_texts
-    from irene.pipeline_config import PipelineConfig
+    from irene.ray.encode import encode_texts
 
     ds = read_xc(a.data)
     rng = np.random.default_rng(0)
@@ -38,7 +38,10 @@ def main() -> None:
     ray.init(include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="pe-"), log_to_driver=False)
     try:
         t0 = time.perf_counter()
-        emb = encode_texts(texts, PipelineConfig(), use_gpu=False)
+        cfg = Config()
+        emb = encode_texts(
+            texts, cfg.train.encoder, cfg.ray.encode_actors, cfg.ray.encode_batch_size, False
+        )
         dt = time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -1,11 +1,10 @@
-"""Generator training throughput (pairs/s): in-memory tensors vs Ray Data streaming, 1 vs N workers.
+"""Generator training throughput (pairs/s): the local executor vs the Ray executor, 1 vs N workers.
 
-Every row runs the same objective (``irene.train.stages.generator_objective``) and the same loop
-(``irene.train.loop.fit``); only the batch source and the process layout differ:
+Every row runs the same train_func (``irene.train.stages.train_generator``) through an
+executor's ``fit`` over the same item table; only the batch source and the process layout differ:
 
-    in-memory            PairBatches (torch tensors) in this process
-    ray-data stream      ray.data.read_parquet(pairs).iter_torch_batches in this process
-    TorchTrainer xN      the pipeline's train_generator_per_worker, N DDP workers, Ray Data shards
+    local            the table in memory, this process
+    ray xN           Ray Train, N DDP workers, each streaming its Ray Data shard
 
 Synthetic data: random L2-normalised embeddings (default d=384), ~``--pairs`` query-item pairs.
 Usage::
@@ -16,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -26,14 +26,12 @@ import scipy.sparse as sp
 import torch
 
 from irene import io
-from irene.config import ClassifierConfig, GeneratorConfig, TrainConfig
+from irene.config import Config, load_config, replace, to_dict
 from irene.model.classifiers import OVAClassifiers
-from irene.pipeline_config import PipelineConfig
+from irene.pipeline import ITEMS_PER_FILE, LocalExecutor
 from irene.train import artifacts
-from irene.train.loop import fit
-from irene.train.pairs import PairBatches, mine_hard_negatives
-from irene.train.ray_train import BATCH_DTYPES, fit_stage, pairs_dataset
-from irene.train.stages import generator_objective, generator_optimizer, leave_one_out_neighbours
+from irene.train.batches import item_columns
+from irene.train.stages import leave_one_out_neighbours
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -55,42 +53,20 @@ def synthetic(n_pairs: int, n_items: int, dim: int, seed: int = 0):
     return q, Y, item_emb
 
 
-def write_work_dir(work: str, q, Y, item_emb, cfg: TrainConfig, rows_per_file: int) -> PairBatches:
-    hard_neg = mine_hard_negatives(q, item_emb, cfg.classifiers.num_hard_negatives)
-    batches = PairBatches(q, Y, hard_neg, cfg.generator.batch_size, cfg.classifiers.max_positives)
-    artifacts.write_pairs(io.join(work, artifacts.PAIRS_DIR), batches.to_columns(), rows_per_file)
+def write_work_dir(work: str, q, Y, item_emb, cfg: Config) -> int:
+    """The generator stage's inputs (item table, items, neighbours, classifiers); pairs."""
+    g = cfg.train.generator
+    artifacts.write_table_parts(
+        io.join(work, artifacts.ITEM_QUERIES_DIR), item_columns(q, Y), ITEMS_PER_FILE
+    )
     artifacts.write_items(io.join(work, artifacts.ITEMS), item_emb, np.arange(len(item_emb)))
-    nbr_idx, nbr_bucket = leave_one_out_neighbours(item_emb, cfg.generator.num_neighbors)
+    nbr_idx, nbr_bucket = leave_one_out_neighbours(item_emb, g.num_neighbors)
     artifacts.write_neighbours(io.join(work, artifacts.NEIGHBOURS), nbr_idx, nbr_bucket)
     clf = OVAClassifiers(torch.from_numpy(item_emb))
     with torch.no_grad():
         clf.delta.normal_(std=0.02)
     artifacts.save_dir(io.join(work, artifacts.CLASSIFIERS_DIR), clf.save)
-    artifacts.write_json(io.join(work, artifacts.PREPARE_META), {"dim": item_emb.shape[1]})
-    return batches
-
-
-def in_process(work: str, cfg: GeneratorConfig, batches, stream: bool, threads: int) -> list:
-    torch.set_num_threads(threads)
-    _, seen_emb = artifacts.read_seen_items(work)
-    W = artifacts.load_dir(io.join(work, artifacts.CLASSIFIERS_DIR), OVAClassifiers.load)
-    nbr_idx, nbr_bucket = artifacts.read_neighbours(io.join(work, artifacts.NEIGHBOURS))
-    obj = generator_objective(seen_emb, W.weights().numpy(), nbr_idx, nbr_bucket, cfg)
-    opt = generator_optimizer(obj, cfg)
-    if stream:
-        ds = pairs_dataset(work)
-
-        def epoch_batches(e):
-            return ds.iter_torch_batches(
-                batch_size=cfg.batch_size, dtypes=BATCH_DTYPES, local_shuffle_buffer_size=4096
-            )
-    else:
-
-        def epoch_batches(e):
-            batches.set_epoch(e)
-            return batches
-
-    return [s.as_dict() for s in fit(obj, epoch_batches, opt, cfg.epochs)]
+    return int(Y.nnz)
 
 
 def summarise(name: str, history: list[dict], wall: float) -> dict:
@@ -112,42 +88,47 @@ def main() -> None:
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hard-negatives", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256, help="items per global batch")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads in-process (Ray: 1/worker)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads locally (Ray: 1/worker)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     args = p.parse_args()
 
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    train = TrainConfig(
-        classifiers=ClassifierConfig(num_hard_negatives=args.hard_negatives),
-        generator=GeneratorConfig(epochs=args.epochs, batch_size=args.batch_size, dropout=0.1),
-    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="irene-bench-") as work:
+        cfg = load_config(
+            None,
+            [
+                f"train.generator.epochs={args.epochs}",
+                f"train.generator.batch_size={args.batch_size}",
+            ],
+            work_dir=work,
+        )
         q, Y, item_emb = synthetic(args.pairs, args.items, args.dim)
-        batches = write_work_dir(work, q, Y, item_emb, train, rows_per_file=2_000)
-        print(f"{batches.num_pairs} pairs, {args.items} items, d={args.dim}, {args.epochs} epochs")
-        for name, stream in (("in-memory (PairBatches)", False), ("ray-data stream", True)):
-            t0 = time.perf_counter()
-            hist = in_process(work, train.generator, batches, stream, args.threads)
-            rows.append(summarise(f"{name}, 1 process", hist, time.perf_counter() - t0))
+        n_pairs = write_work_dir(work, q, Y, item_emb, cfg)
+        print(f"{n_pairs} pairs, {args.items} items, d={args.dim}, {args.epochs} epochs")
+        loop = {"stage": "generator", "work_dir": work, "train": to_dict(cfg.train), "seed": 0}
+        table = io.join(work, artifacts.ITEM_QUERIES_DIR)
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        run = LocalExecutor(cfg, show_progress=False).fit("generator", loop, table, "local")
+        rows.append(summarise("local, 1 process", run.history, time.perf_counter() - t0))
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        from irene.ray.executor import RayExecutor
+
         for n in args.workers:
-            cfg = PipelineConfig(
-                work_dir=work, train=train, num_workers=n, run_name=f"bench-{n}", max_failures=0
+            c = replace(
+                cfg, executor="ray", ray=dataclasses.replace(cfg.ray, num_workers=n, max_failures=0)
             )
             t0 = time.perf_counter()
-            run = fit_stage("generator", cfg)
+            run = RayExecutor(c).fit("generator", loop, table, f"bench-{n}-{time.time_ns()}")
             rows.append(
-                summarise(f"TorchTrainer x{n} + Ray Data", run.history, time.perf_counter() - t0)
+                summarise(f"ray x{n} (Ray Train + Ray Data)", run.history, time.perf_counter() - t0)
             )
-    ray.shutdown()
+        ray.shutdown()
     print()
     print(
         "| setup | epoch 0 pairs/s | steady pairs/s (epochs 1+) | pairs/epoch | last loss | wall s |"

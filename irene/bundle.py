@@ -38,7 +38,7 @@ from irene.model.synthesis import generate
 log = logging.getLogger(__name__)
 
 FORMAT = "irene-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pre-norm mean-pooling generator, the one Config's TrainConfig
 
 
 class BundleError(RuntimeError):
@@ -63,9 +63,6 @@ class Bundle:
     def seen_classifiers(self) -> np.ndarray:
         """(S, d) float32 normalised classifiers of the seen items."""
         return self.classifiers.weights().cpu().numpy()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.encode(texts)
 
     def synthesize(self, item_emb: np.ndarray, k: int | None = None) -> np.ndarray:
         """(n, d) generated classifiers for novel items from their text embeddings."""
@@ -154,24 +151,33 @@ def read_manifest(uri: str) -> dict:
     return json.loads(io.read_text(io.join(uri, "manifest.json")))
 
 
-def _local_copy(uri: str, verify: bool, subdir: str | None = None) -> tuple[str, dict]:
+def _local_copy(uri: str, verify: bool, parts: tuple[str, ...] | None = None) -> tuple[str, dict]:
     """(local directory, manifest) of a bundle; an s3:// bundle is copied to a temp dir first
-    (only ``subdir`` of it when given). Checksums of the files used are verified."""
+    (only the files/directories ``parts`` when given). Checksums of the files used are verified."""
     manifest = read_manifest(uri)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"unsupported bundle format at {uri}: {manifest.get('format')} v{manifest.get('format_version')}"
         )
     local = str(uri)
+
+    def wanted(rel: str) -> bool:
+        return parts is None or any(rel == p or rel.startswith(p + "/") for p in parts)
+
     if io.is_s3(uri):
         local = tempfile.mkdtemp(prefix="irene-bundle-")
-        if subdir is None:
+        if parts is None:
             io.copy_tree(uri, local)
         else:
-            io.copy_tree(io.join(uri, subdir), os.path.join(local, subdir))
+            for rel in manifest["files"]:
+                if wanted(rel):
+                    dst = os.path.join(local, rel)
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    with open(dst, "wb") as f:
+                        f.write(io.read_bytes(io.join(uri, rel)))
     if verify:
         for rel, digest in manifest["files"].items():
-            if subdir is not None and not rel.startswith(subdir + "/"):
+            if not wanted(rel):
                 continue
             path = os.path.join(local, rel)
             if not os.path.exists(path) or _sha256(path) != digest:
@@ -181,8 +187,18 @@ def _local_copy(uri: str, verify: bool, subdir: str | None = None) -> tuple[str,
 
 def load_encoder(uri: str, device: str = "auto", verify: bool = True) -> TextEncoder:
     """Only the text encoder of a bundle (local or s3://; for processes that only encode)."""
-    local, _ = _local_copy(uri, verify, subdir="encoder")
+    local, _ = _local_copy(uri, verify, parts=("encoder",))
     return TextEncoder.load(os.path.join(local, "encoder"), device=device).eval()
+
+
+def load_seen_classifiers(uri: str, verify: bool = True) -> tuple[list[str], np.ndarray]:
+    """(seen item ids, their classifiers (S, d) float32) of a bundle: what an index is seeded
+    with. Reads only those two parts (local or s3://)."""
+    local, _ = _local_copy(uri, verify, parts=("classifiers", "items.json"))
+    with open(os.path.join(local, "items.json")) as f:
+        ids = json.load(f)
+    clf = OVAClassifiers.load(os.path.join(local, "classifiers"))
+    return ids, clf.weights().numpy()
 
 
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:

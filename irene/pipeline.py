@@ -1,38 +1,44 @@
-"""The distributed pipeline: prepare -> train_classifiers -> train_generator -> build_bundle.
+"""The pipeline, written once: prepare -> train_classifiers -> train_generator -> build_bundle.
 
-Each stage reads and writes ``work_dir`` (local or s3://, layout in :mod:`irene.train.artifacts`)
-so it can run as its own Ray job (``pipelines/<stage>.py``); :func:`run_all` chains them for
-``irene train``. Every stage checks its inputs and the storage it writes to *before* any Ray
-worker starts (:class:`PipelineError`, exit code 2 from the drivers).
+"Local or Ray" is only the :class:`Executor` at three seams:
+
+    encode(texts, encoder)          the encoder in this process | Ray Data encoder actors
+    fit(stage, config, table, name) the stage's train_func here | the same in a TorchTrainer
+    score(pairs)                    the oracle in this process  | Ray Data oracle actors
+
+(:class:`LocalExecutor` here, ``irene.ray.executor.RayExecutor`` for Ray). Every stage reads
+and writes ``work_dir`` (local or s3://, layout in :mod:`irene.train.artifacts`), so each can
+run as its own ``ray job`` (``pipelines/<stage>.py``) and every stage checks its inputs and
+the storage it writes to *before* any work starts (:class:`PipelineError`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import faiss  # noqa: F401,I001  (before torch)
 import numpy as np
 
 from irene import io
-from irene.config import ConfigError, EncoderConfig, config_hash, from_dict, to_dict
+from irene.config import Config, ConfigError, EncoderConfig, config_hash, load_config, to_dict
 from irene.data import xc
-from irene.pipeline_config import PipelineConfig, load_pipeline_config
 from irene.train import artifacts
-from irene.train.pairs import PairBatches, mine_hard_negatives
-from irene.train.stages import leave_one_out_neighbours
 
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("prepare", "train_classifiers", "train_generator", "build_bundle")
 EXIT_CONFIG = 2  # bad config / missing input / unreachable storage
-EXIT_FAILED = 1  # the stage itself failed
 XC_FILES = (xc.TRN_X, xc.TST_X, xc.Y_TXT, xc.TRN_X_Y, xc.TST_X_Y)
+PAIRS_PER_FILE = 50_000  # rows per Parquet part of the pair tables
+ITEMS_PER_FILE = 5_000  # rows per Parquet part of the item table
 
 
 class PipelineError(RuntimeError):
@@ -40,7 +46,96 @@ class PipelineError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------
-# fail-fast checks (no Ray needed)
+# executors
+
+
+@dataclass
+class FitResult:
+    run_name: str
+    state: dict[str, Any]  # the final checkpoint (model, optimizer, epoch, history)
+    history: list[dict[str, Any]]  # per-epoch metrics, resumed epochs counted once
+    seconds: float
+    checkpoint_epochs: list[int] = field(default_factory=list)
+
+
+class Executor(Protocol):
+    name: str
+
+    def encode(self, texts: list[str], encoder: EncoderConfig) -> np.ndarray:
+        """(n, d) float32 L2-normalised embeddings."""
+
+    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str) -> FitResult:
+        """Run ``irene.train.stages.TRAIN_FUNCS[stage](config, ctx)`` over the Parquet table
+        at ``table``; ``config["seed"]`` seeds the batch order."""
+
+    def score(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
+        """(relevance (P,), oracle stats) of (document, label) pairs."""
+
+
+class LocalExecutor:
+    """Everything in this process (``irene benchmark``, tests, laptops).
+
+    Embeddings are memoised per (encoder config, text) for the executor's lifetime, so runs
+    that share one executor (``irene benchmark --seeds``: same texts, other splits) encode
+    each text once; an encoder that changes (fine-tuning) has another config: another key.
+    """
+
+    name = "local"
+
+    def __init__(self, cfg: Config, show_progress: bool = True, oracle_factory=None) -> None:
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self._oracle_factory = oracle_factory
+        self._oracle = None
+        self._encoders: dict[str, Any] = {}
+        self._memo: dict[str, dict[str, np.ndarray]] = {}
+
+    def encode(self, texts: list[str], encoder: EncoderConfig) -> np.ndarray:
+        from irene.model.encoder import TextEncoder
+
+        key = config_hash(encoder)
+        memo = self._memo.setdefault(key, {})
+        todo = list(dict.fromkeys(t for t in texts if t not in memo))  # unique, in order
+        if todo:
+            if key not in self._encoders:
+                self._encoders[key] = TextEncoder.from_config(encoder)
+            emb = self._encoders[key].encode(todo, show_progress=self.show_progress)
+            memo.update(zip(todo, emb, strict=True))
+        return np.stack([memo[t] for t in texts]).astype(np.float32, copy=False)
+
+    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str) -> FitResult:
+        from irene.train.batches import TableBatches
+        from irene.train.loop import LocalContext
+        from irene.train.stages import TRAIN_FUNCS
+
+        t0 = time.perf_counter()
+        batches = TableBatches(artifacts.read_table_parts(table), int(config.get("seed", 0)))
+        ctx = LocalContext(batches, show_progress=self.show_progress)
+        TRAIN_FUNCS[stage](config, ctx)
+        if ctx.state is None:
+            raise RuntimeError(f"training stage {stage} ended without a final state")
+        return FitResult(run_name, ctx.state, ctx.history, time.perf_counter() - t0)
+
+    def score(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
+        from irene.oracle import make_oracle
+        from irene.oracle.distill import score_pairs
+
+        if self._oracle is None:
+            self._oracle = (self._oracle_factory or (lambda: make_oracle(self.cfg.oracle)))()
+        rel = score_pairs(self._oracle, pairs, self.cfg.oracle.batch_size)
+        return rel, self._oracle.stats.as_dict()
+
+
+def make_executor(cfg: Config, **kwargs: Any) -> Executor:
+    if cfg.executor == "ray":
+        from irene.ray.executor import RayExecutor
+
+        return RayExecutor(cfg, **kwargs)
+    return LocalExecutor(cfg, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# fail-fast checks
 
 
 def check_data(data: str) -> None:
@@ -78,147 +173,114 @@ def check_inputs(work_dir: str, names: list[str], produced_by: str) -> None:
         )
 
 
-def preflight(stage: str, cfg: PipelineConfig) -> None:
-    """Every check a stage needs before it starts Ray work."""
+PREPARED = [
+    artifacts.PREPARE_META,
+    artifacts.PAIRS_DIR,
+    artifacts.ITEM_QUERIES_DIR,
+    artifacts.ITEMS,
+    artifacts.SPLIT_DIR,
+]
+STAGE_TABLES = {"classifiers": artifacts.PAIRS_DIR, "generator": artifacts.ITEM_QUERIES_DIR}
+
+
+def preflight(stage: str, cfg: Config) -> None:
+    """Every check a stage needs before it starts work."""
+    ray_storage = cfg.executor == "ray"
     if stage == "prepare":
         check_data(cfg.data)
         check_writable(cfg.work_dir, "work_dir")
-        return
-    if stage in ("train_classifiers", "train_generator"):
-        needs = [artifacts.PREPARE_META, artifacts.PAIRS_DIR, artifacts.ITEMS]
-        check_inputs(cfg.work_dir, needs, "pipelines.prepare")
+    elif stage in ("train_classifiers", "train_generator"):
+        check_inputs(cfg.work_dir, PREPARED, "pipelines.prepare")
         if stage == "train_generator":
-            needs = [artifacts.CLASSIFIERS_DIR, artifacts.NEIGHBOURS]
-            check_inputs(cfg.work_dir, needs, "pipelines.train_classifiers")
+            check_inputs(cfg.work_dir, [artifacts.CLASSIFIERS_DIR], "pipelines.train_classifiers")
         check_writable(cfg.work_dir, "work_dir")
-        check_writable(cfg.storage(), "storage_path")
-        return
-    if stage == "build_bundle":
-        needs = [artifacts.PREPARE_META, artifacts.ITEMS, artifacts.SPLIT_DIR]
-        check_inputs(cfg.work_dir, needs, "pipelines.prepare")
+        if ray_storage:
+            check_writable(cfg.storage(), "storage_path")
+    elif stage == "build_bundle":
+        check_inputs(cfg.work_dir, PREPARED, "pipelines.prepare")
         check_inputs(cfg.work_dir, [artifacts.CLASSIFIERS_DIR], "pipelines.train_classifiers")
         check_inputs(cfg.work_dir, [artifacts.GENERATOR_DIR], "pipelines.train_generator")
         if cfg.evaluate:
             check_data(cfg.data)
-        check_writable(cfg.bundle, "bundle")
-        return
-    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGE_NAMES}")
+        if cfg.bundle:
+            check_writable(cfg.bundle, "bundle")
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGE_NAMES}")
 
 
-def preflight_all(cfg: PipelineConfig) -> None:
-    """Checks for the whole chain (``irene train``): data, work_dir, storage, bundle."""
+def preflight_all(cfg: Config) -> None:
+    """Checks for the whole chain: data, work_dir, storage, bundle."""
     check_data(cfg.data)
     check_writable(cfg.work_dir, "work_dir")
-    check_writable(cfg.storage(), "storage_path")
-    check_writable(cfg.bundle, "bundle")
-
-
-# ----------------------------------------------------------------------------------------------
-# Ray
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or the job's cluster), or start a local Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address or None)
+    if cfg.executor == "ray":
+        check_writable(cfg.storage(), "storage_path")
+    if cfg.bundle:
+        check_writable(cfg.bundle, "bundle")
 
 
 # ----------------------------------------------------------------------------------------------
 # prepare
 
 
-class EncodeBatch:
-    """Ray Data UDF (one encoder per actor): {"i", "text"} -> {"i", "emb" (B, d)}."""
+def dataset_and_split(cfg: Config):
+    """(dataset, zero-shot split, {"trn": rows, "tst": rows} into the original train queries
+    or None): the real test split, or with ``train.split.validation_fraction`` > 0 the
+    validation dataset (training side only) and its own split."""
+    from irene.data.split import validation_dataset, zero_shot_split
 
-    def __init__(self, encoder: dict[str, Any], batch_size: int) -> None:
-        from irene.model.encoder import TextEncoder
-
-        self.encoder = TextEncoder.from_config(from_dict(EncoderConfig, encoder))
-        self.batch_size = batch_size
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        emb = self.encoder.encode([str(t) for t in batch["text"]], batch_size=self.batch_size)
-        return {"i": batch["i"], "emb": emb}
-
-
-def auto_encode_actors(use_gpu: bool) -> int:
-    """One encoder actor per GPU of the cluster, else per CPU (each actor runs 1 torch thread:
-    Ray sets OMP_NUM_THREADS to the actor's num_cpus, so a single actor would use one core)."""
-    import ray
-
-    res = ray.cluster_resources()
-    return max(1, int(res.get("GPU" if use_gpu else "CPU", 1)))
+    s = cfg.train.split
+    ds = xc.read_xc(cfg.data)
+    split = zero_shot_split(ds, s.novel_fraction, s.seed)
+    if s.validation_fraction <= 0:
+        return ds, split
+    val = validation_dataset(ds, split, s.validation_fraction, s.seed)
+    return val.ds, zero_shot_split(val.ds, s.novel_fraction, s.seed)
 
 
-def encode_texts(texts: list[str], cfg: PipelineConfig, use_gpu: bool) -> np.ndarray:
-    """(n, d) embeddings of ``texts`` with Ray Data ``map_batches`` on an encoder actor pool."""
-    import pyarrow as pa
-    import ray.data
-
-    n = len(texts)
-    chunk = cfg.encode_batch_size * 4
-    # length-sorted globally (rows keep their index "i"), so each actor batch pads to similar
-    # lengths, as TextEncoder.encode does in-process; sorting only within a batch pads far more
-    order = np.argsort([-len(t) for t in texts], kind="stable").astype(np.int64)
-    tables = [
-        pa.table({"i": order[s : s + chunk], "text": [texts[i] for i in order[s : s + chunk]]})
-        for s in range(0, n, chunk)
-    ]
-    enc = to_dict(cfg.train.encoder)
-    enc["device"] = "cuda" if use_gpu else "cpu"
-    actors = cfg.encode_actors or auto_encode_actors(use_gpu)
-    log.info("encoding %d texts with %d encoder actor(s)", n, actors)
-    ds = ray.data.from_arrow(tables).map_batches(
-        EncodeBatch,
-        fn_constructor_kwargs={"encoder": enc, "batch_size": cfg.encode_batch_size},
-        batch_size=cfg.encode_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1,
-        num_gpus=1 if use_gpu else 0,
-    )
-    out: np.ndarray | None = None
-    seen = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        if out is None:
-            out = np.empty((n, batch["emb"].shape[1]), dtype=np.float32)
-        out[batch["i"]] = batch["emb"]
-        seen += len(batch["i"])
-    if out is None or seen != n:
-        raise RuntimeError(f"encoding returned {seen} of {n} embeddings")
-    return out
+def encoder_config(cfg: Config) -> EncoderConfig:
+    """The encoder every stage after ``prepare`` uses: the fine-tuned one when it exists."""
+    enc = cfg.train.encoder
+    if cfg.train.finetune.enabled:
+        return dataclasses.replace(enc, model=io.join(cfg.work_dir, artifacts.ENCODER_DIR))
+    return enc
 
 
-def prepare(cfg: PipelineConfig) -> dict[str, Any]:
-    """Split, encode (Ray Data), mine negatives, write the pair table and neighbour table."""
-    from irene.data.split import zero_shot_split
-    from irene.train.ray_train import resolve_use_gpu
+def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
+    """Split, [fine-tune the encoder], encode, mine negatives, write the pair table and the
+    leave-one-out neighbour table."""
+    from irene.train.batches import item_columns, mine_hard_negatives, pair_columns
+    from irene.train.stages import leave_one_out_neighbours
 
     preflight("prepare", cfg)
     t0 = time.perf_counter()
-    tc = cfg.train
-    ds = xc.read_xc(cfg.data)
-    split = zero_shot_split(ds, tc.split.novel_fraction, tc.split.seed)
-    split.save(io.join(cfg.work_dir, artifacts.SPLIT_DIR))
+    tc, w = cfg.train, cfg.work_dir
+    ds, split = dataset_and_split(cfg)
+    split.save(io.join(w, artifacts.SPLIT_DIR))
     trn_texts = [ds.trn_X[i] for i in split.trn_rows]
+    Y_seen = split.Y_trn.tocsc()[:, split.seen].tocsr()  # (n_trn, S)
+    finetune = None
+    if tc.finetune.enabled:
+        finetune = finetune_encoder(cfg, ex, [ds.Y[i] for i in split.seen], trn_texts, Y_seen)
     texts = list(ds.Y) + trn_texts + list(ds.tst_X)
     t_enc = time.perf_counter()
-    emb = encode_texts(texts, cfg, resolve_use_gpu(cfg.use_gpu))  # (L + n_trn + n_tst, d)
+    emb = ex.encode(texts, encoder_config(cfg))  # (L + n_trn + n_tst, d)
     encode_s = time.perf_counter() - t_enc
     L, n_trn = len(ds.Y), len(trn_texts)
     item_emb, trn_emb, tst_emb = emb[:L], emb[L : L + n_trn], emb[L + n_trn :]
-    w = cfg.work_dir
     artifacts.write_items(io.join(w, artifacts.ITEMS), item_emb, split.seen)
     artifacts.write_embeddings(io.join(w, artifacts.QUERIES_TRN), split.trn_rows, trn_emb)
     artifacts.write_embeddings(io.join(w, artifacts.QUERIES_TST), np.arange(len(ds.tst_X)), tst_emb)
     seen_emb = item_emb[split.seen]  # (S, d)
-    Y_seen = split.Y_trn.tocsc()[:, split.seen].tocsr()  # (n_trn, S)
-    hard_neg = mine_hard_negatives(trn_emb, seen_emb, tc.classifiers.num_hard_negatives)
-    columns = PairBatches(trn_emb, Y_seen, hard_neg, 1, tc.classifiers.max_positives).to_columns()
-    n_files = artifacts.write_pairs(
-        io.join(w, artifacts.PAIRS_DIR), columns, cfg.pairs_per_file, tc.split.seed
+    c = tc.classifiers
+    hard_neg = mine_hard_negatives(trn_emb, seen_emb, c.mined_negatives)
+    columns = pair_columns(trn_emb, Y_seen, hard_neg, c.max_positives)
+    n_files = artifacts.write_table_parts(
+        io.join(w, artifacts.PAIRS_DIR), columns, PAIRS_PER_FILE, tc.split.seed
+    )
+    g = tc.generator
+    items = item_columns(trn_emb, Y_seen, c.max_positives, g.max_queries_per_item, g.seed)
+    artifacts.write_table_parts(
+        io.join(w, artifacts.ITEM_QUERIES_DIR), items, ITEMS_PER_FILE, tc.split.seed
     )
     nbr_idx, nbr_bucket = leave_one_out_neighbours(seen_emb, tc.generator.num_neighbors)
     artifacts.write_neighbours(io.join(w, artifacts.NEIGHBOURS), nbr_idx, nbr_bucket)
@@ -226,6 +288,7 @@ def prepare(cfg: PipelineConfig) -> dict[str, Any]:
         "prepare_id": uuid.uuid4().hex,  # new inputs => new training runs (no stale resume)
         "dataset": ds.name,
         "data": cfg.data,
+        "executor": ex.name,
         "config_hash": config_hash(tc),
         "dim": int(emb.shape[1]),
         "num_items": L,
@@ -234,9 +297,11 @@ def prepare(cfg: PipelineConfig) -> dict[str, Any]:
         "num_train_queries": n_trn,
         "num_test_queries": len(ds.tst_X),
         "num_pairs": int(len(columns["pos"])),
+        "num_trained_items": int(len(items["item"])),
         "pair_files": n_files,
         "encode_s": round(encode_s, 3),
         "encode_texts_per_s": round(len(texts) / max(encode_s, 1e-9), 1),
+        "finetune": finetune,
         "prepare_s": round(time.perf_counter() - t0, 3),
     }
     artifacts.write_json(io.join(w, artifacts.PREPARE_META), meta)
@@ -244,118 +309,216 @@ def prepare(cfg: PipelineConfig) -> dict[str, Any]:
     return meta
 
 
+def finetune_encoder(
+    cfg: Config, ex: Executor, item_texts: list[str], query_texts: list[str], Y_seen
+) -> dict[str, Any]:
+    """NGAME's first stage: contrastive fine-tuning of the encoder on the train pairs (query
+    anchor, item candidate, the query's nearest non-positive items by the base encoder as
+    hard negatives) -> ``work_dir/encoder``."""
+    from irene.train.batches import mine_hard_negatives
+
+    f, w = cfg.train.finetune, cfg.work_dir
+    t0 = time.perf_counter()
+    base = cfg.train.encoder
+    item_emb = ex.encode(item_texts, base)
+    q_emb = ex.encode(query_texts, base)
+    coo = Y_seen.tocoo()
+    rows, cols = coo.row, coo.col
+    if f.max_pairs and f.max_pairs < len(rows):
+        keep = np.sort(np.random.default_rng(f.seed).permutation(len(rows))[: f.max_pairs])
+        rows, cols = rows[keep], cols[keep]
+    pool = mine_hard_negatives(q_emb, item_emb, f.hard_negatives + 8) if f.hard_negatives else None
+    Y = Y_seen.tocsr()
+    hard = []
+    for r in rows.tolist():
+        if pool is None:
+            hard.append([])
+            continue
+        positives = set(Y.indices[Y.indptr[r] : Y.indptr[r + 1]].tolist())
+        hard.append([item_texts[j] for j in pool[r] if j not in positives][: f.hard_negatives])
+    table = {
+        "anchor": [query_texts[i] for i in rows],
+        "candidate": [item_texts[j] for j in cols],
+        "hard": hard,
+    }
+    params = {
+        "epochs": f.epochs,
+        "batch_size": f.batch_size,
+        "lr": f.lr,
+        "temperature": f.temperature,
+        "seed": f.seed,
+        "hard_negatives": f.hard_negatives,
+    }
+    _, run = fit_encoder(ex, base, table, params, w, cfg.run_name("encoder", cfg.data))
+    return {
+        "pairs": int(len(rows)),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "train_seconds": round(run.seconds, 3),
+        "epochs": run.history,
+    }
+
+
+def fit_encoder(
+    ex: Executor,
+    encoder: EncoderConfig,
+    table: dict[str, Any],
+    params: dict[str, Any],
+    out_dir: str,
+    run_name: str | None = None,
+) -> tuple[EncoderConfig, FitResult]:
+    """Contrastive fine-tuning of ``encoder`` on a text-pair table (``anchor``, ``candidate``,
+    optional ``weight`` and ``hard``) through the executor; the table is written to
+    ``out_dir/text_pairs`` and the tuned encoder to ``out_dir/encoder``, which the returned
+    EncoderConfig points to. ``params``: epochs, batch_size, lr, temperature, seed,
+    hard_negatives."""
+    from irene.model.encoder import TextEncoder
+
+    uri = io.join(out_dir, artifacts.TEXT_PAIRS_DIR)
+    artifacts.write_table_parts(uri, table, PAIRS_PER_FILE, params["seed"])
+    loop_config = {"encoder": to_dict(encoder), "contrastive": params, "seed": params["seed"]}
+    name = run_name or f"irene-encoder-{config_hash([loop_config, out_dir])}"
+    run = ex.fit("encoder", loop_config, uri, name)
+    tuned = TextEncoder.from_config(dataclasses.replace(encoder, device="cpu"))
+    tuned.load_state_dict(sub_state(run.state["model"], "encoder"))
+    target = io.join(out_dir, artifacts.ENCODER_DIR)
+    artifacts.save_dir(target, tuned.save)
+    return dataclasses.replace(encoder, model=target), run
+
+
 # ----------------------------------------------------------------------------------------------
 # training stages
 
 
-def _lineage(cfg: PipelineConfig, stage: str) -> str:
-    """Ids of the outputs a training stage consumes (see PipelineConfig.name_for)."""
-    ids = [artifacts.read_json(io.join(cfg.work_dir, artifacts.PREPARE_META))["prepare_id"]]
+def sub_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of an objective's state dict under ``prefix.`` (e.g. the generator's)."""
+    p = prefix + "."
+    return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+
+
+def _prepare_lineage(cfg: Config) -> str:
+    uri = io.join(cfg.work_dir, artifacts.PREPARE_META)
+    return artifacts.read_json(uri)["prepare_id"] if io.exists(uri) else cfg.data
+
+
+def _lineage(cfg: Config, stage: str) -> str:
+    """Ids of the outputs a training stage consumes (see Config.run_name)."""
+    ids = [_prepare_lineage(cfg)]
     if stage == "generator":
         uri = io.join(cfg.work_dir, artifacts.history_file("classifiers"))
         ids.append(artifacts.read_json(uri)["output_id"] if io.exists(uri) else "")
     return "/".join(ids)
 
 
-def _write_history(cfg: PipelineConfig, stage: str, run) -> dict[str, Any]:
+def _fit(cfg: Config, ex: Executor, stage: str, seed: int) -> FitResult:
+    loop_config = {
+        "stage": stage,
+        "work_dir": cfg.work_dir,
+        "train": to_dict(cfg.train),
+        "seed": seed,
+        "checkpoint_every": cfg.ray.checkpoint_every,
+    }
+    table = io.join(cfg.work_dir, STAGE_TABLES[stage])
+    return ex.fit(stage, loop_config, table, cfg.run_name(stage, _lineage(cfg, stage)))
+
+
+def _write_history(cfg: Config, ex: Executor, stage: str, run: FitResult) -> dict[str, Any]:
     record = {
         "stage": stage,
         "output_id": uuid.uuid4().hex,
         "run_name": run.run_name,
-        "num_workers": cfg.num_workers,
+        "executor": ex.name,
+        "num_workers": cfg.ray.num_workers if ex.name == "ray" else 1,
         "seconds": round(run.seconds, 3),
         "epochs": run.history,
         # epochs of the checkpoints Ray Train kept (a restart from zero would repeat some)
-        "checkpoint_epochs": [m.get("epoch") for m in run.checkpoint_metrics],
+        "checkpoint_epochs": run.checkpoint_epochs,
     }
     artifacts.write_json(io.join(cfg.work_dir, artifacts.history_file(stage)), record)
     return record
 
 
-def train_classifiers(cfg: PipelineConfig) -> dict[str, Any]:
-    """TorchTrainer over the streamed pair table -> ``work_dir/classifiers``."""
-    from irene.train.ray_train import FaultInjection, fit_stage, sub_state
-
-    preflight("train_classifiers", cfg)
-    run = fit_stage(
-        "classifiers",
-        cfg,
-        FaultInjection.from_env(),
-        cfg.name_for("classifiers", _lineage(cfg, "classifiers")),
-    )
+def train_classifiers(cfg: Config, ex: Executor) -> dict[str, Any]:
+    """The classifier train_func over the pair table -> ``work_dir/classifiers``."""
     from irene.model.classifiers import OVAClassifiers
 
-    clf_state = sub_state(run.state["model"], "classifiers")
-    clf = OVAClassifiers(clf_state["base"])
-    clf.load_state_dict(clf_state)
+    preflight("train_classifiers", cfg)
+    run = _fit(cfg, ex, "classifiers", cfg.train.classifiers.seed)
+    state = sub_state(run.state["model"], "classifiers")
+    clf = OVAClassifiers(state["base"])
+    clf.load_state_dict(state)
     artifacts.save_dir(io.join(cfg.work_dir, artifacts.CLASSIFIERS_DIR), clf.save)
-    return _write_history(cfg, "classifiers", run)
+    return _write_history(cfg, ex, "classifiers", run)
 
 
-def train_generator(cfg: PipelineConfig) -> dict[str, Any]:
-    """TorchTrainer over the streamed pair table -> ``work_dir/generator``."""
+def train_generator(cfg: Config, ex: Executor) -> dict[str, Any]:
+    """The generator train_func over the item table -> ``work_dir/generator``."""
     from irene.model.generator import IreneGenerator
-    from irene.train.ray_train import FaultInjection, fit_stage, sub_state
 
     preflight("train_generator", cfg)
     meta = artifacts.read_json(io.join(cfg.work_dir, artifacts.PREPARE_META))
-    run = fit_stage(
-        "generator",
-        cfg,
-        FaultInjection.from_env(),
-        cfg.name_for("generator", _lineage(cfg, "generator")),
-    )
+    run = _fit(cfg, ex, "generator", cfg.train.generator.seed)
     gen = IreneGenerator(int(meta["dim"]), cfg.train.generator)
     gen.load_state_dict(sub_state(run.state["model"], "generator"))
     artifacts.save_dir(io.join(cfg.work_dir, artifacts.GENERATOR_DIR), gen.save)
-    return _write_history(cfg, "generator", run)
+    return _write_history(cfg, ex, "generator", run)
 
 
 # ----------------------------------------------------------------------------------------------
-# bundle
+# evaluation and the bundle
 
 
-def evaluate_bundle_parts(cfg: PipelineConfig, classifiers, generator, selector) -> dict:
-    """Zero-shot and full metrics of every arm, with the benchmark's own functions."""
-    from irene.benchmark import (
-        BenchmarkConfig,
-        Prepared,
-        Timer,
-        Trained,
-        evaluate_arms,
-        novel_vectors,
-    )
-    from irene.data.split import ZeroShotSplit
-
-    w = cfg.work_dir
-    ds = xc.read_xc(cfg.data)
-    split = ZeroShotSplit.load(io.join(w, artifacts.SPLIT_DIR))
-    _, _, item_emb = artifacts.read_items(io.join(w, artifacts.ITEMS))
-    _, trn_emb = artifacts.read_embeddings(io.join(w, artifacts.QUERIES_TRN))
-    _, tst_emb = artifacts.read_embeddings(io.join(w, artifacts.QUERIES_TST))
-    Y_seen = split.Y_trn.tocsc()[:, split.seen].tocsr()
-    prep = Prepared(ds, split, item_emb, trn_emb, tst_emb, Y_seen)
-    trained = Trained(classifiers.weights().numpy(), generator, selector)
-    timer = Timer()
-    novel = novel_vectors(prep, trained, cfg.train, timer)
-    arms = evaluate_arms(prep, trained, novel, BenchmarkConfig(train=cfg.train))
-    return {"arms": arms, "timings": timer.t, "stats": {**ds.stats(), **split.stats()}}
-
-
-def build_bundle(cfg: PipelineConfig) -> dict[str, Any]:
-    """Encoder + classifiers + generator + selector + seen ids (+ metrics) -> ``cfg.bundle``."""
-    from irene.bundle import save_bundle
+def load_trained(cfg: Config):
+    """(seen item ids, Trained) from ``work_dir``."""
+    from irene.eval.protocol import Trained
     from irene.model.classifiers import OVAClassifiers
-    from irene.model.encoder import TextEncoder
     from irene.model.generator import IreneGenerator
     from irene.model.selector import Selector
 
-    preflight("build_bundle", cfg)
     w = cfg.work_dir
     item_ids, seen_emb = artifacts.read_seen_items(w)
-    classifiers = artifacts.load_dir(io.join(w, artifacts.CLASSIFIERS_DIR), OVAClassifiers.load)
-    generator = artifacts.load_dir(io.join(w, artifacts.GENERATOR_DIR), IreneGenerator.load)
-    selector = Selector(seen_emb)
+    clf = artifacts.load_dir(io.join(w, artifacts.CLASSIFIERS_DIR), OVAClassifiers.load)
+    gen = artifacts.load_dir(io.join(w, artifacts.GENERATOR_DIR), IreneGenerator.load)
+    return item_ids, Trained(clf.weights().numpy(), gen.eval(), Selector(seen_emb))
+
+
+def evaluate(cfg: Config) -> dict[str, Any]:
+    """Every arm on the split's test queries (or the validation queries) and the seen
+    diagnostic -> ``work_dir/results.json``."""
+    from irene.data.split import ZeroShotSplit
+    from irene.eval.protocol import EvalData, evaluate_arms, novel_vectors, seen_diagnostic
+
+    w = cfg.work_dir
+    ds, _ = dataset_and_split(cfg)
+    split = ZeroShotSplit.load(io.join(w, artifacts.SPLIT_DIR))
+    _, _, item_emb = artifacts.read_items(io.join(w, artifacts.ITEMS))
+    _, tst_emb = artifacts.read_embeddings(io.join(w, artifacts.QUERIES_TST))
+    _, trained = load_trained(cfg)
+    data = EvalData(ds, split, item_emb, tst_emb)
+    t0 = time.perf_counter()
+    novel = novel_vectors(data, trained, cfg.train.generator.num_neighbors)
+    gen_ms = 1000 * (time.perf_counter() - t0) / max(len(split.novel), 1)
+    results = {
+        "dataset": ds.name,
+        "setting": "validation" if cfg.train.split.validation_fraction > 0 else "test",
+        "stats": {**ds.stats(), **split.stats()},
+        "config": to_dict(cfg.train),
+        "arms": evaluate_arms(data, trained, novel, cfg.eval),
+        "seen": seen_diagnostic(data, trained.classifiers, cfg.eval),
+        "timings": {"synthesize_ms_per_novel_item": round(gen_ms, 4)},
+    }
+    artifacts.write_json(io.join(w, artifacts.RESULTS), results)
+    return results
+
+
+def build_bundle(cfg: Config) -> dict[str, Any]:
+    """Evaluate (``cfg.evaluate``) and write encoder + classifiers + generator + selector +
+    seen ids (+ metrics) to ``cfg.bundle``; returns the manifest."""
+    from irene.bundle import save_bundle
+    from irene.model.classifiers import OVAClassifiers
+    from irene.model.encoder import TextEncoder
+
+    preflight("build_bundle", cfg)
+    w = cfg.work_dir
     metrics: dict[str, Any] = {
         "prepare": artifacts.read_json(io.join(w, artifacts.PREPARE_META)),
         "training": {},
@@ -365,44 +528,59 @@ def build_bundle(cfg: PipelineConfig) -> dict[str, Any]:
         if io.exists(uri):
             metrics["training"][stage] = artifacts.read_json(uri)
     if cfg.evaluate:
-        metrics["eval"] = evaluate_bundle_parts(cfg, classifiers.eval(), generator, selector)
-    encoder = TextEncoder.from_config(cfg.train.encoder)
+        res = evaluate(cfg)
+        metrics["eval"] = {k: res[k] for k in ("setting", "arms", "seen", "stats", "timings")}
+    if not cfg.bundle:
+        return {"metrics": metrics}
+    item_ids, trained = load_trained(cfg)
+    classifiers = artifacts.load_dir(io.join(w, artifacts.CLASSIFIERS_DIR), OVAClassifiers.load)
+    encoder = TextEncoder.from_config(encoder_config(cfg))
     return save_bundle(
-        cfg.bundle, encoder, classifiers.eval(), generator, selector, item_ids, cfg.train, metrics
+        cfg.bundle,
+        encoder,
+        classifiers.eval(),
+        trained.generator,
+        trained.selector,
+        item_ids,
+        cfg.train,
+        metrics,
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # the whole chain and the drivers
 
-STAGES: dict[str, Callable[[PipelineConfig], dict[str, Any]]] = {
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": prepare,
     "train_classifiers": train_classifiers,
     "train_generator": train_generator,
-    "build_bundle": build_bundle,
+    "build_bundle": lambda cfg, ex=None: build_bundle(cfg),
 }
-NEEDS_RAY = {"prepare", "train_classifiers", "train_generator"}
 
 
-def run_all(cfg: PipelineConfig, address: str | None = None) -> dict[str, Any]:
-    """prepare -> train_classifiers -> train_generator -> build_bundle; returns the manifest."""
+def run(cfg: Config, ex: Executor | None = None) -> dict[str, Any]:
+    """The whole chain; returns ``build_bundle``'s manifest plus per-stage seconds."""
     preflight_all(cfg)
-    ensure_ray(address)
-    for name in ("prepare", "train_classifiers", "train_generator"):
+    ex = ex or make_executor(cfg)
+    seconds: dict[str, float] = {}
+    out: dict[str, Any] = {}
+    for name in STAGE_NAMES:
         t0 = time.perf_counter()
-        STAGES[name](cfg)
-        log.info("stage %s done in %.1f s", name, time.perf_counter() - t0)
-    return build_bundle(cfg)
+        out = STAGES[name](cfg, ex)
+        seconds[f"{name}_s"] = round(time.perf_counter() - t0, 3)
+        log.info("stage %s done in %.1f s", name, seconds[f"{name}_s"])
+    out["stage_seconds"] = seconds
+    return out
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=f"irene pipeline stage {prog}")
-    p.add_argument("--config", help="PipelineConfig YAML (local or s3://)")
+    p.add_argument("--config", help="Config YAML (local or s3://)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     p.add_argument("--data", help="XC dataset directory (overrides the config)")
     p.add_argument("--work-dir", help="artifacts location (overrides the config)")
     p.add_argument("--bundle", help="bundle output location (overrides the config)")
-    p.add_argument("--address", help="Ray address; default: the job's cluster or a local Ray")
+    p.add_argument("--executor", choices=("local", "ray"), default="ray")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -417,16 +595,20 @@ def driver_main(stage: str, argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        cfg = load_pipeline_config(
-            args.config, args.overrides, data=args.data, work_dir=args.work_dir, bundle=args.bundle
+        cfg = load_config(
+            args.config,
+            args.overrides,
+            data=args.data,
+            work_dir=args.work_dir,
+            bundle=args.bundle,
+            executor=args.executor,
         )
         preflight(stage, cfg)
     except (ConfigError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if stage in NEEDS_RAY:
-        ensure_ray(args.address)
-    result = STAGES[stage](cfg)
+    ex = None if stage == "build_bundle" else make_executor(cfg)
+    result = STAGES[stage](cfg, ex)
     log.info("stage %s finished: %s", stage, _summary(result))
     return 0
 
@@ -434,7 +616,7 @@ def driver_main(stage: str, argv: list[str] | None = None) -> int:
 def _summary(result: dict[str, Any]) -> str:
     keys = ("num_pairs", "num_seen", "seconds", "config_hash", "num_seen_items")
     out = {k: result[k] for k in keys if k in result}
-    if "epochs" in result and result["epochs"]:
+    if result.get("epochs"):
         last = result["epochs"][-1]
         out.update(loss=round(last["loss"], 4), pairs_per_s=round(last["pairs_per_s"], 1))
     return str(out)

@@ -76,12 +76,13 @@ def run(
     from ray import serve
 
     from irene import io
-    from irene.benchmark import EVAL_KS, REPORT_METRICS, BenchmarkConfig, zero_shot_task
     from irene.bundle import read_manifest
     from irene.client import IreneClient
+    from irene.config import EvalConfig
     from irene.data.split import ZeroShotSplit
     from irene.data.xc import read_xc
     from irene.eval.metrics import evaluate, inverse_propensity
+    from irene.eval.protocol import EVAL_KS, REPORT_METRICS, zero_shot_task
     from irene.train import artifacts
     from serve_app.app import build_app
 
@@ -153,7 +154,7 @@ def run(
             ray.shutdown()
 
     pred = http_rankings(hits, zero_mask, k)
-    cfg = BenchmarkConfig()
+    cfg = EvalConfig()
     inv_prop = inverse_propensity(ds.trn_X_Y, cfg.psp_a, cfg.psp_b)
     got = evaluate(pred, Y_zero, inv_prop, EVAL_KS)
     diffs = {m: round(got[m] - expected[m], 4) for m in REPORT_METRICS}
@@ -173,7 +174,7 @@ def run(
 
 
 def table(report: dict) -> str:
-    from irene.benchmark import REPORT_METRICS
+    from irene.eval.protocol import REPORT_METRICS
 
     lines = [
         "zero-shot metrics of the irene arm: over HTTP vs in-process (same bundle)",

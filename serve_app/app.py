@@ -45,16 +45,9 @@ def build_app(args: dict[str, Any] | None = None):
 
     cfg = resolve_args(args)
     opts = cfg.deployment_options
-    index = {
-        "name": cfg.index.name,
-        "namespace": cfg.index.namespace,
-        "read_replica": cfg.index.read_replica,
-    }
     encoder = None  # encoder_placement "ingress": each Ingress replica runs the encoder
     if cfg.encoder_placement == "deployment":
-        encoder = Encoder.options(**opts.get("Encoder", {})).bind(
-            cfg.bundle, cfg.encoder_batch.model_dump(), cfg.threads, cfg.device, index
-        )
+        encoder = Encoder.options(**opts.get("Encoder", {})).bind(cfg.model_dump())
     generator = Generator.options(**opts.get("Generator", {})).bind(
         cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads
     )

@@ -1,12 +1,8 @@
 """Compute-level micro-batching behind ``@serve.batch``.
 
-Measured (``bench/serve_bench.py``, 2 cores, 16 clients): ``@serve.batch`` alone ran batches of
-1.3 texts on average. Ray Serve closes a batch when ``batch_wait_timeout_s`` expires even while
-the previous batch is still computing (the batch then waits for the ``max_concurrent_batches``
-semaphore), so under load it queues many tiny batches instead of one large one. A longer wait
-grows the batches but adds that wait to every request.
-
-:class:`Coalescer` batches where it matters: ``process(items)`` runs one call at a time, and
+Ray Serve closes a batch when ``batch_wait_timeout_s`` expires even while the previous batch is
+still computing, so under load it queues many tiny batches instead of one large one (the
+README's serving section has the measurement). :class:`Coalescer` batches where it matters: ``process(items)`` runs one call at a time, and
 everything submitted while a call runs is merged into the next call (up to ``max_items``). An
 idle replica starts at once (no wait); a busy one forms batches as large as the load. The
 deployments keep ``@serve.batch`` in front (wait 0, many concurrent batches) and hand each of

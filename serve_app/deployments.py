@@ -13,13 +13,14 @@ With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
 (:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
 hop at all -- the fastest placement on CPU-only machines. With ``index.read_replica`` (the
 default) the encoding replica also searches its own copy of the index (``irene.index.feed``),
-so a query makes no Ray call; without it, one index actor call per batch (measured in
-``bench/serve_bench.py``: an Ingress that awaited the Encoder and then the index per request
-paid two RPCs per query and one index call per query).
+so a query makes no Ray call; without it, one index actor call per batch.
 
-The index is the named, detached actor of ``irene.index.actor`` (shared by every Ingress
-replica and surviving redeploys of the app). On start an Ingress replica seeds an *empty*
-index with the bundle's seen items' trained classifiers.
+The index is the named, detached actor of ``irene.ray.index`` (shared by every Ingress
+replica and surviving redeploys of the app; :func:`index_actor` is the one way to reach it).
+On start an Ingress replica asks an *empty* index to seed itself with the bundle's seen items'
+trained classifiers (the actor reads them from the bundle). Handlers see one encoder interface
+(``encode``/``search``): a :class:`BatchedEncoder` in this replica or :class:`RemoteEncoder`
+over the Encoder deployment's handle.
 
 NOTE: no ``from __future__ import annotations`` here -- FastAPI under Serve must see real
 annotations to parse request bodies.
@@ -40,6 +41,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
 from irene import io
+from irene.index.log import StorageUnavailable
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.batching import Coalescer
 from serve_app.encoding import BatchedEncoder, compute_pool, replica_threads
@@ -48,8 +50,11 @@ from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from serve_app.schemas import (
     AppArgs,
     BatchSettings,
+    DeleteManyResponse,
     DeleteResponse,
+    FetchResponse,
     Health,
+    IdsRequest,
     IngestRequest,
     IngestResponse,
     InputError,
@@ -58,6 +63,7 @@ from serve_app.schemas import (
     QueryResponse,
     Ready,
     SnapshotResponse,
+    check_ids,
     check_ingest,
     check_query,
 )
@@ -66,11 +72,34 @@ log = logging.getLogger("irene.serve")
 
 MAX_ONGOING_REQUESTS = 128  # Serve's default of 5 caps throughput far below what we can do
 PROBE_TIMEOUT_S = 5.0
-SEED_CHUNK_BYTES = 2 << 20
 S3_ENV = io.S3_ENV_VARS
 
 
 # --------------------------------------------------------------------------- helpers
+def index_actor(args: AppArgs, dim: int):
+    """The app's named index actor (created on first use with the app's settings)."""
+    from irene.ray.index import get_or_create_index_actor
+
+    s = args.index
+    env = None
+    if args.index_uri.startswith("s3://") or args.bundle.startswith("s3://"):
+        env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
+    return get_or_create_index_actor(
+        s.name,
+        s.namespace,
+        args.index_uri,
+        dim,
+        s.n_shards,
+        s.spec or None,
+        max_restarts=-1,
+        max_concurrency=s.max_concurrency,
+        num_cpus=s.num_cpus,
+        snapshot_every=s.snapshot_every,
+        lease_s=s.lease_s,
+        env_vars=env,
+    )
+
+
 def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """Split (sum(sizes), d) rows back into one array per request."""
     return np.split(rows, np.cumsum(sizes)[:-1])
@@ -94,37 +123,25 @@ class Encoder:
     concurrent calls are micro-batched (``@serve.batch`` + :class:`BatchedEncoder`).
     ``search`` also runs the index query for the whole batch."""
 
-    def __init__(
-        self,
-        bundle: str,
-        batch: dict | None = None,
-        threads: int | None = None,
-        device: str = "auto",
-        index: dict | None = None,
-    ) -> None:
-        settings = BatchSettings(**(batch or {}))
+    def __init__(self, args: dict) -> None:
+        self.args = AppArgs(**args)
+        settings = self.args.encoder_batch
         _configure_batch(self._encode_batch, settings)
         _configure_batch(self._search_batch, settings)
-        self._index_name = index or {}  # {"name", "namespace", "read_replica"}
         self._index = None
         self._model = BatchedEncoder(
-            bundle,
+            self.args.bundle,
             settings.max_batch_size,
-            threads,
-            device,
+            self.args.threads,
+            self.args.device,
             index=self._index_actor,
-            read_replica=bool(self._index_name.get("read_replica")),
+            read_replica=self.args.index.read_replica,
         )
         self.dim = self._model.dim
 
     def _index_actor(self):
-        """The named index actor (created by the Ingress; looked up on first use)."""
         if self._index is None:
-            import ray
-
-            self._index = ray.get_actor(
-                self._index_name["name"], namespace=self._index_name["namespace"]
-            )
+            self._index = index_actor(self.args, self.dim)
         return self._index
 
     def batch_stats(self) -> dict:
@@ -162,7 +179,7 @@ class Encoder:
 # --------------------------------------------------------------------------- Generator
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class Generator:
-    """Selector kNN over the seen items + the IRENE generator; also serves the seed vectors."""
+    """Selector kNN over the seen items + the IRENE generator."""
 
     def __init__(self, bundle: str, batch: dict | None = None, threads: int | None = None) -> None:
         from irene.bundle import load_bundle
@@ -171,7 +188,6 @@ class Generator:
         loaded.encoder = None  # not needed here; free its memory
         self._bundle = loaded
         self._uri = bundle
-        self._seen = loaded.seen_classifiers()  # (S, d)
         self._pool = compute_pool(replica_threads(threads))
         settings = BatchSettings(**(batch or {}))
         _configure_batch(self._generate_batch, settings)
@@ -188,10 +204,6 @@ class Generator:
             "created_at": manifest.get("created_at"),
         }
 
-    def seen(self, start: int, stop: int) -> tuple:
-        """(ids, classifiers (n, d)) of seen items ``start:stop`` -- the index seed."""
-        return self._bundle.item_ids[start:stop], self._seen[start:stop]
-
     async def _synthesize_rows(self, rows: list) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
@@ -207,7 +219,36 @@ class Generator:
         return _split(out, [len(r) for r in requests])
 
 
+class RemoteEncoder:
+    """The Encoder deployment behind the interface of :class:`BatchedEncoder`."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def encode(self, texts: list):
+        return self._handle.encode.remote(texts)
+
+    def search(self, texts: list, k: int):
+        return self._handle.search.remote(texts, k)
+
+    def start_replica(self) -> None:  # the Encoder replicas keep their own copies
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- Ingress
+def _item_out(item_id: str, vec, include_vector: bool) -> ItemOut:
+    vec = np.asarray(vec, dtype=np.float32)  # (d,)
+    return ItemOut(
+        id=item_id,
+        dim=int(vec.shape[0]),
+        norm=float(np.linalg.norm(vec)),
+        vector=vec.tolist() if include_vector else None,
+    )
+
+
 def _replica() -> Any:
     """The Ingress instance of this replica, or None outside a Serve replica."""
     try:
@@ -227,8 +268,7 @@ def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
     return creds.credentials if creds is not None else None
 
 
-# async, not def: FastAPI runs a sync dependency in a worker thread (a thread hop per request;
-# it was a quarter of the Ingress event loop's busy time under load, measured with py-spy)
+# async, not def: FastAPI runs a sync dependency in a worker thread (a thread hop per request)
 async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     _replica().auth.check(_token(creds), write=True)
 
@@ -253,6 +293,16 @@ async def _on_input_error(request: Request, exc: InputError) -> JSONResponse:
 async def _on_auth_error(request: Request, exc: AuthError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def _on_storage_down(request: Request, exc: Exception) -> JSONResponse:
+    log.error("index storage unavailable: %s", exc)
+    cause = getattr(exc, "cause", None) or exc
+    return JSONResponse(
+        {"detail": f"index storage unavailable, nothing was written: {cause}"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _on_backend_down(request: Request, exc: Exception) -> JSONResponse:
@@ -282,6 +332,7 @@ def make_fastapi_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(InputError, _on_input_error)
     app.add_exception_handler(AuthError, _on_auth_error)
+    app.add_exception_handler(StorageUnavailable, _on_storage_down)
     app.add_exception_handler(RayActorError, _on_backend_down)
     app.add_exception_handler(ActorUnavailableError, _on_backend_down)
     return app
@@ -303,15 +354,13 @@ class Ingress:
         self.body_limit = self.limits.max_body_bytes
         self.auth = TokenAuth(self.args.auth)
         self.metrics = ReplicaMetrics()
-        self._encoder = encoder
         self._generator = generator
         info = await generator.info.remote()
         self.bundle_info = info
         self.dim = info["dim"]
-        self._index = self._index_actor()
-        self._local = None  # BatchedEncoder of this replica (encoder_placement: ingress)
-        if encoder is None:
-            self._local = BatchedEncoder(
+        self._index = index_actor(self.args, self.dim)
+        if encoder is None:  # encoder_placement: ingress
+            self._encoder = BatchedEncoder(
                 self.args.bundle,
                 self.args.encoder_batch.max_batch_size,
                 self.args.threads,
@@ -320,41 +369,20 @@ class Ingress:
                 observe=self.metrics.observe_stage,
                 read_replica=self.args.index.read_replica,
             )
+        else:
+            self._encoder = RemoteEncoder(encoder)
         await self._check_index()
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
         if self.args.seed_index:
-            await self._seed_if_empty(info["num_seen"])
-        if self._local is not None:
-            self._local.start_replica()  # after seeding: one state transfer, not one per chunk
+            await self._index.seed_from_bundle.remote(self.args.bundle, self.args.index.seed_chunk)
+        self._encoder.start_replica()  # after seeding: one state transfer, not one per chunk
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
-        if getattr(self, "_local", None) is not None:
-            await self._local.aclose()
+        if getattr(self, "_encoder", None) is not None:
+            await self._encoder.aclose()
 
     # ----------------------------------------------------------------- setup
-    def _index_actor(self):
-        from irene.index.actor import get_or_create_index_actor
-
-        s = self.args.index
-        env = None
-        if self.args.index_uri.startswith("s3://"):
-            env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
-        return get_or_create_index_actor(
-            s.name,
-            s.namespace,
-            self.args.index_uri,
-            self.dim,
-            s.n_shards,
-            s.spec or None,
-            max_restarts=-1,
-            max_concurrency=s.max_concurrency,
-            num_cpus=s.num_cpus,
-            snapshot_every=s.snapshot_every,
-            lease_s=s.lease_s,
-            env_vars=env,
-        )
-
     async def _check_index(self) -> None:
         """Fail fast if a same-named actor already serves another location or dimension."""
         stats = await self._index.stats.remote()
@@ -371,18 +399,6 @@ class Ingress:
                 self.args.index_uri,
             )
 
-    async def _seed_if_empty(self, num_seen: int) -> None:
-        if await self._index.count.remote() > 0:
-            return
-        t0 = time.perf_counter()
-        # Serve's gRPC transport (RAY_SERVE_USE_GRPC_BY_DEFAULT, on in throughput-optimized
-        # mode) caps a message at 4 MiB: keep each chunk of float32 vectors under 2 MiB
-        chunk = max(1, min(self.args.index.seed_chunk, SEED_CHUNK_BYTES // (4 * self.dim)))
-        for start in range(0, num_seen, chunk):
-            ids, vecs = await self._generator.seen.remote(start, start + chunk)
-            await self._index.add.remote(ids, vecs)
-        log.info("seeded the index with %d seen items in %.1fs", num_seen, time.perf_counter() - t0)
-
     # ----------------------------------------------------------------- helpers
     async def _timed(self, stage: str, awaitable):
         t0 = time.perf_counter()
@@ -390,29 +406,6 @@ class Ingress:
             return await awaitable
         finally:
             self.metrics.observe_stage(stage, time.perf_counter() - t0)
-
-    def _encode(self, texts: list):
-        """Awaitable (n, d) embeddings, from this replica's encoder or the Encoder's."""
-        if self._local is not None:
-            return self._local.encode(texts)
-        return self._encoder.encode.remote(texts)
-
-    def _search(self, texts: list, k: int):
-        """Awaitable top-k hits per text (encode + index search, batched)."""
-        if self._local is not None:
-            return self._local.search(texts, k)
-        return self._encoder.search.remote(texts, k)
-
-    async def _existing(self, ids: list) -> list:
-        """Whether each id is in the index now (for created/updated statuses).
-
-        Uses the actor's batch ``contains(ids)`` when it has one, else one ``get`` per id.
-        Two requests racing on the same new id may both report "created".
-        """
-        if hasattr(self._index, "contains"):
-            return list(await self._index.contains.remote(ids))
-        vecs = await asyncio.gather(*[self._index.get.remote(i) for i in ids])
-        return [v is not None for v in vecs]
 
     # ----------------------------------------------------------------- writes
     @api.post(
@@ -425,8 +418,10 @@ class Ingress:
         check_ingest(req, self.limits)
         ids = [it.id for it in req.items]
         texts = [it.text for it in req.items]
-        existed = asyncio.ensure_future(self._existing(ids))
-        emb = await self._timed("encode", self._encode(texts))
+        # created/updated statuses: one existence check per batch; two requests racing on the
+        # same new id may both report "created"
+        existed = asyncio.ensure_future(self._index.contains.remote(ids))
+        emb = await self._timed("encode", self._encoder.encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
         before = await existed
         seq = await self._timed("index_add", self._index.add.remote(ids, clf))
@@ -450,6 +445,21 @@ class Ingress:
         return DeleteResponse(id=item_id, deleted=True)
 
     @api.post(
+        "/v1/items/delete",
+        response_model=DeleteManyResponse,
+        dependencies=[Depends(require_write)],
+        summary="Delete items by id (any id, including ones with '/' or '..')",
+    )
+    async def delete_items(self, req: IdsRequest) -> DeleteManyResponse:
+        ids = check_ids(req, self.limits)
+        present = await self._index.delete.remote(ids)
+        return DeleteManyResponse(
+            results=[
+                DeleteResponse(id=i, deleted=bool(p)) for i, p in zip(ids, present, strict=True)
+            ]
+        )
+
+    @api.post(
         "/v1/snapshot", response_model=SnapshotResponse, dependencies=[Depends(require_write)]
     )
     async def snapshot(self) -> SnapshotResponse:
@@ -460,7 +470,7 @@ class Ingress:
     @api.post("/v1/query", response_model=QueryResponse, dependencies=[Depends(require_read)])
     async def query(self, req: QueryRequest) -> JSONResponse:
         texts, k = check_query(req, self.limits)
-        hits = await self._timed("encode_search", self._search(texts, k))
+        hits = await self._timed("encode_search", self._encoder.search(texts, k))
         self.metrics.queries.inc(len(texts))
         results = [[{"id": i, "score": s} for i, s in row] for row in hits]
         return JSONResponse({"results": results})
@@ -476,13 +486,25 @@ class Ingress:
         vec = await self._index.get.remote(item_id)
         if vec is None:
             raise HTTPException(404, f"item {item_id!r} not found")
-        vec = np.asarray(vec, dtype=np.float32)  # (d,)
-        return ItemOut(
-            id=item_id,
-            dim=int(vec.shape[0]),
-            norm=float(np.linalg.norm(vec)),
-            vector=vec.tolist() if include_vector else None,
-        )
+        return _item_out(item_id, vec, include_vector)
+
+    @api.post(
+        "/v1/items/fetch",
+        response_model=FetchResponse,
+        response_model_exclude_none=True,
+        dependencies=[Depends(require_read)],
+        summary="Read items by id (any id, including ones with '/' or '..')",
+    )
+    async def fetch_items(self, req: IdsRequest) -> JSONResponse:
+        ids = check_ids(req, self.limits)
+        vecs = await self._index.get_many.remote(ids)
+        items = [
+            None
+            if v is None
+            else _item_out(i, v, req.include_vectors).model_dump(exclude_none=True)
+            for i, v in zip(ids, vecs, strict=True)
+        ]
+        return JSONResponse({"items": items})
 
     # ----------------------------------------------------------------- operations
     @api.get("/healthz", response_model=Health)

@@ -136,7 +136,7 @@ class BatchedEncoder:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def _follow(self) -> None:
-        from irene.index.actor import FEED_GROUP
+        from irene.ray.index import FEED_GROUP
 
         loop = asyncio.get_running_loop()
         rep = self.replica

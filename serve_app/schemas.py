@@ -8,7 +8,7 @@ are checked by the routes, so they can change per deployment without a code chan
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,7 +61,7 @@ class BatchSettings(_Frozen):
 
 
 class IndexSettings(_Frozen):
-    """The named, detached index actor (``irene.index.actor``)."""
+    """The named, detached index actor (``irene.ray.index``)."""
 
     name: str = "irene-index"
     namespace: str = "irene"
@@ -110,9 +110,26 @@ class AppArgs(_Frozen):
 
 
 # --------------------------------------------------------------------------- requests
+ItemId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="any string without control characters; ids with '/', '..' or '%' are "
+        "read and deleted through POST /v1/items/fetch and /v1/items/delete",
+    ),
+]
+
+
 class ItemIn(_Strict):
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    id: ItemId
     text: str
+
+
+class IdsRequest(_Strict):
+    ids: list[ItemId] = Field(min_length=1, description="item ids (at most max_items_per_request)")
+    include_vectors: bool = False
 
 
 class IngestRequest(_Strict):
@@ -156,6 +173,14 @@ class ItemOut(BaseModel):
 class DeleteResponse(BaseModel):
     id: str
     deleted: bool
+
+
+class FetchResponse(BaseModel):
+    items: list[ItemOut | None] = Field(description="one entry per requested id; null = absent")
+
+
+class DeleteManyResponse(BaseModel):
+    results: list[DeleteResponse]
 
 
 class SnapshotResponse(BaseModel):
@@ -212,6 +237,19 @@ def check_ingest(req: IngestRequest, limits: ServeLimits) -> None:
         seen.add(item.id)
     if dups:
         raise InputError(422, f"duplicate ids in one request: {dups[:10]}")
+
+
+def check_ids(req: IdsRequest, limits: ServeLimits) -> list[str]:
+    """The ids of a batch get/delete, within ``max_items_per_request`` and unique."""
+    if len(req.ids) > limits.max_items_per_request:
+        raise InputError(
+            413,
+            f"{len(req.ids)} ids in one request, more than max_items_per_request="
+            f"{limits.max_items_per_request}",
+        )
+    if len(set(req.ids)) != len(req.ids):
+        raise InputError(422, "duplicate ids in one request")
+    return list(req.ids)
 
 
 def check_query(req: QueryRequest, limits: ServeLimits) -> tuple[list[str], int]:

@@ -15,9 +15,9 @@ def test_bundle_round_trip_and_scores(tmp_path):
     assert b.manifest["num_seen_items"] == 12 and b.manifest["config_hash"]
     W = b.seen_classifiers()
     assert W.shape == (12, b.dim)
-    q = b.embed([tiny_item_text(3)])
+    q = b.encoder.encode([tiny_item_text(3)])
     assert int(np.argmax(q @ W.T)) == 3  # a seen item's own text ranks its classifier first
-    u = b.synthesize(b.embed(["w150 w151 w152", "w1"]))
+    u = b.synthesize(b.encoder.encode(["w150 w151 w152", "w1"]))
     assert u.shape == (2, b.dim)
     np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, rtol=1e-5)
 
@@ -46,7 +46,7 @@ def test_bundle_rejects_unknown_format(tmp_path):
 def test_load_encoder_reads_only_the_encoder(tmp_path):
     path = make_tiny_bundle(str(tmp_path / "b"), n_seen=5)
     texts = [tiny_item_text(1), "w7 w9"]
-    expected = load_bundle(path).embed(texts)
+    expected = load_bundle(path).encoder.encode(texts)
     # the other parts may be missing or corrupt: an encoder-only process never reads them
     os.remove(os.path.join(path, "generator", "generator.safetensors"))
     np.testing.assert_allclose(load_encoder(path).encode(texts), expected, atol=1e-6)
@@ -57,18 +57,43 @@ def test_load_encoder_reads_only_the_encoder(tmp_path):
         load_encoder(path)
 
 
-def test_load_encoder_from_s3_copies_only_the_encoder(moto_s3, tmp_path, monkeypatch):
+def _s3_bundle_with_read_log(tmp_path, monkeypatch, name: str, n_seen: int):
+    """(local bundle, its copy on moto S3, the list of S3 objects read from now on)."""
     from irene import io
     from tests.conftest import MOTO_BUCKET
 
-    path = make_tiny_bundle(str(tmp_path / "b"), n_seen=5)
-    uri = f"s3://{MOTO_BUCKET}/bundles/enc-only"
+    path = make_tiny_bundle(str(tmp_path / "b"), n_seen=n_seen)
+    uri = f"s3://{MOTO_BUCKET}/bundles/{name}"
     io.copy_tree(path, uri)
-    copied: list[tuple[str, str]] = []
-    real_copy = io.copy_tree
-    monkeypatch.setattr(io, "copy_tree", lambda s, d: (copied.append((s, d)), real_copy(s, d)))
+    read: list[str] = []
+    real_read = io.read_bytes
+
+    def logged(u):
+        if str(u).startswith(uri):
+            read.append(str(u))
+        return real_read(u)
+
+    monkeypatch.setattr(io, "read_bytes", logged)
+    monkeypatch.setattr(io, "copy_tree", None)  # no whole-tree copy
+    return path, uri, read
+
+
+def test_load_encoder_from_s3_copies_only_the_encoder(moto_s3, tmp_path, monkeypatch):
+    path, uri, read = _s3_bundle_with_read_log(tmp_path, monkeypatch, "enc-only", 5)
     texts = [tiny_item_text(2)]
     np.testing.assert_allclose(
-        load_encoder(uri).encode(texts), load_bundle(path).embed(texts), atol=1e-6
+        load_encoder(uri).encode(texts), load_bundle(path).encoder.encode(texts), atol=1e-6
     )
-    assert [s for s, _ in copied] == [f"{uri}/encoder"]
+    assert read[0] == f"{uri}/manifest.json"
+    assert len(read) > 1 and all(u.startswith(f"{uri}/encoder/") for u in read[1:])
+
+
+def test_load_seen_classifiers_reads_only_classifiers_and_ids(moto_s3, tmp_path, monkeypatch):
+    from irene.bundle import load_seen_classifiers
+
+    path, uri, read = _s3_bundle_with_read_log(tmp_path, monkeypatch, "seed-only", 6)
+    ids, W = load_seen_classifiers(uri)
+    b = load_bundle(path)
+    assert ids == b.item_ids and np.allclose(W, b.seen_classifiers())
+    wanted = (f"{uri}/manifest.json", f"{uri}/classifiers/", f"{uri}/items.json")
+    assert read and all(u.startswith(wanted) for u in read)

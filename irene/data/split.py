@@ -152,3 +152,59 @@ def zero_shot_split(ds: XCDataset, novel_fraction: float = 0.1, seed: int = 0) -
     )
     log.info("zero-shot split of %s: %s", ds.name, split.stats())
     return split
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationData:
+    """The training side of a split, shaped as a dataset of its own (see
+    :func:`validation_dataset`); ``labels``/``trn_rows``/``tst_rows`` map its labels and
+    queries back to the original dataset's label indices and *train* query indices."""
+
+    ds: XCDataset
+    labels: np.ndarray  # (S,) original label index of each validation label (the seen items)
+    trn_rows: np.ndarray  # (n_trn,) original train query index of each validation train query
+    tst_rows: np.ndarray  # (n_val,) original train query index of each validation query
+
+
+def validation_dataset(
+    ds: XCDataset, split: ZeroShotSplit, fraction: float = 0.2, seed: int = 0
+) -> ValidationData:
+    """A dataset for choosing defaults without touching the test split.
+
+    Labels: the seen items of ``split``. Queries: the train queries ``split`` keeps; a seeded
+    ``fraction`` of them become the validation (test) queries, the rest its train queries.
+    Ground truth is restricted to the seen labels; the train filter pairs become its filters.
+    Running the usual protocol on it (``zero_shot_split`` with the same novel fraction) makes
+    some seen items novel, exactly as the test split does with the real novel items.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    seen, kept = split.seen, split.trn_rows
+    perm = np.random.default_rng(seed).permutation(len(kept))
+    n_val = max(1, round(fraction * len(kept)))
+    val_pos, trn_pos = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    Y = split.Y_trn.tocsc()[:, seen].tocsr()  # (len(kept), S)
+    label_pos = np.full(ds.num_labels, -1, dtype=np.int64)
+    label_pos[seen] = np.arange(len(seen))
+
+    def filters(pos: np.ndarray) -> np.ndarray | None:
+        if ds.filter_train is None:
+            return None
+        row_pos = np.full(len(ds.trn_X), -1, dtype=np.int64)
+        row_pos[kept[pos]] = np.arange(len(pos))
+        f = ds.filter_train
+        r, c = row_pos[f[:, 0]], label_pos[f[:, 1]]
+        ok = (r >= 0) & (c >= 0)
+        return np.stack([r[ok], c[ok]], axis=1)
+
+    val = XCDataset(
+        trn_X=[ds.trn_X[i] for i in kept[trn_pos]],
+        tst_X=[ds.trn_X[i] for i in kept[val_pos]],
+        Y=[ds.Y[i] for i in seen],
+        trn_X_Y=Y[trn_pos],
+        tst_X_Y=Y[val_pos],
+        filter_train=filters(trn_pos),
+        filter_test=filters(val_pos),
+        name=f"{ds.name}-validation",
+    )
+    return ValidationData(val, seen.copy(), kept[trn_pos], kept[val_pos])

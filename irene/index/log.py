@@ -89,6 +89,11 @@ _S3_SEGMENT = re.compile(r"^(\d{20})\.rec$")
 _SNAPSHOT = re.compile(r"^(\d{20})\.snap$")
 
 
+class StorageUnavailable(RuntimeError):
+    """The log or snapshot storage refused a write (disk full, read-only, S3 down): nothing of
+    the batch was acknowledged; a later write retries the storage by itself."""
+
+
 class CorruptLogError(RuntimeError):
     """The log or a snapshot is damaged in a way that may lose acknowledged data."""
 
@@ -305,7 +310,9 @@ class _LocalStore(_Store):
         super().__init__(uri)
         for sub in ("log", "snapshots"):
             os.makedirs(self._path(sub), exist_ok=True)
-        self._file = None
+        self._fd: int | None = None  # the active segment, opened O_APPEND, unbuffered
+        self._active: str | None = None  # its path
+        self._good: tuple[str, int] | None = None  # (active segment, size) after a failed append
         self._lock_file = None
         _fsync_dir(self.base)
         if lock:
@@ -351,33 +358,58 @@ class _LocalStore(_Store):
             os.fsync(f.fileno())
 
     def open_writer(self, next_seq: int) -> None:
-        if self._file is not None:
-            self._file.close()
+        """Make a new segment the active one; if that fails the old one stays active."""
         path = self._path("log", f"{next_seq:020d}.log")
-        self._file = open(path, "ab")  # the active segment stays open
-        os.fsync(self._file.fileno())
-        _fsync_dir(self._path("log"))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # unbuffered
+        try:
+            os.fsync(fd)
+            _fsync_dir(self._path("log"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close_active()
+        self._fd, self._active, self._good = fd, path, None
 
     rotate = open_writer
 
     def append(self, seq: int, frame: bytes) -> None:
-        f = self._file
-        size = f.tell()
+        if self._fd is None:
+            self._reopen()
+        fd = self._fd
+        size = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(frame)
-            f.flush()
-            os.fsync(f.fileno())
+            view = memoryview(frame)
+            while view:  # a write may be partial
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
         except BaseException:
             # Roll back the partial frame so later appends don't sit behind a torn record.
-            # If even that fails the segment is unusable: close it so appends keep failing.
+            # If even that fails (read-only, gone), close the segment: the next append first
+            # truncates it to this size and reopens it (storage back: writes resume).
+            self._good = (self._active, size)
             try:
-                f.truncate(size)
-                f.flush()
-                os.fsync(f.fileno())
+                os.ftruncate(fd, size)
+                os.fsync(fd)
             except OSError:
-                log.exception("could not roll back a failed append to %s", f.name)
-                f.close()
+                log.exception("could not roll back a failed append to %s", self._active)
+                self._close_active()
             raise
+
+    def _reopen(self) -> None:
+        if self._good is None:
+            raise RuntimeError(f"{self.uri}: no open log segment")
+        path, size = self._good
+        os.truncate(path, size)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.fsync(fd)
+        self._fd, self._active = fd, path
+        log.info("reopened log segment %s at %d bytes after a failed write", path, size)
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         iio.write_bytes(path, data)  # temp file + fsync + rename
@@ -386,7 +418,7 @@ class _LocalStore(_Store):
     def compact(self, upto_seq: int) -> int:
         """Delete segments all of whose records have seq <= upto_seq (never the active one)."""
         segs = self.segments()
-        active = os.path.abspath(self._file.name) if self._file is not None else None
+        active = os.path.abspath(self._active) if self._active is not None else None
         removed = 0
         for (_, path), (next_first, _) in zip(segs, segs[1:], strict=False):
             if next_first - 1 <= upto_seq and os.path.abspath(path) != active:
@@ -397,9 +429,7 @@ class _LocalStore(_Store):
         return removed
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_active()
         if self._lock_file is not None and not self._lock_file.closed:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
@@ -662,7 +692,14 @@ class DurableIndex:
         """Caller holds the write lock. Durable before return; seq only advances on success."""
         if self._closed:
             raise RuntimeError("DurableIndex is closed")
-        self._store.append(rec.seq, encode_record(rec))
+        frame = encode_record(rec)
+        try:
+            self._store.append(rec.seq, frame)
+        except OSError as e:  # disk full, read-only, S3 down (pyarrow's S3 errors are OSErrors)
+            raise StorageUnavailable(
+                f"index storage {self._store.uri} refused the write of record {rec.seq} "
+                f"({type(e).__name__}: {e}); nothing was acknowledged"
+            ) from e
         self._last_seq = rec.seq
 
     def add(self, ids: Sequence[str], vecs) -> int:
@@ -678,8 +715,6 @@ class DurableIndex:
             seq = self._last_seq
         self._maybe_snapshot()
         return seq
-
-    upsert = add
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present. Durable when it returns."""
@@ -715,6 +750,9 @@ class DurableIndex:
             return self._last_seq, self.index.state_dict()
 
     # ----------------------------------------------------------------- reads
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        return self.index.contains(ids)
+
     def get(self, id_: str) -> np.ndarray | None:
         return self.index.get(id_)
 
@@ -741,7 +779,12 @@ class DurableIndex:
     def snapshot(self) -> int:
         """Write a snapshot of the current state and compact the log. Returns its seq."""
         with self._snapshot_lock:
-            return self._snapshot_locked()
+            try:
+                return self._snapshot_locked()
+            except OSError as e:
+                raise StorageUnavailable(
+                    f"index storage {self._store.uri} refused the snapshot ({e})"
+                ) from e
 
     def _snapshot_locked(self) -> int:
         with self._write_lock:  # a consistent (state, seq) pair; I/O happens after release

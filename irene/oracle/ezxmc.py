@@ -17,86 +17,72 @@ Both fine-tuned arms start from the same base encoder and use the same
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from irene import io
-from irene.benchmark import EVAL_KS, REPORT_METRICS, Timer, peak_memory_mb, rank
-from irene.config import to_dict
+from irene.config import Config, EncoderConfig, to_dict
 from irene.data.xc import XCDataset, read_xc
 from irene.device import set_threads
 from irene.eval.metrics import evaluate, filter_mask, inverse_propensity, remove_pairs
-from irene.model.encoder import TextEncoder
-from irene.oracle.distill import (
-    OracleDistillConfig,
-    distill,
-    finetune_on_pseudo_labels,
-    in_process_scorer,
-    sample_docs,
-)
+from irene.eval.protocol import EVAL_KS, REPORT_METRICS, rank
+from irene.oracle.distill import distill, finetune_on_pseudo_labels, sample_docs
 
 log = logging.getLogger(__name__)
 
 EZXMC_ARMS = ("encoder", "pseudo_labels", "llm_oracle")
 
 
-@dataclass(frozen=True)
-class EzxmcConfig:
-    distill: OracleDistillConfig = field(default_factory=lambda: OracleDistillConfig(use_ray=False))
-    gold_oracle: bool = False  # add the diagnostic gold_oracle arm (judge = training labels)
-    eval_batch: int = 2048
-    psp_a: float = 0.55
-    psp_b: float = 1.5
-
-
-def evaluate_encoder(encoder: TextEncoder, ds: XCDataset, cfg: EzxmcConfig) -> dict:
+def evaluate_encoder(ex, encoder: EncoderConfig, ds: XCDataset, cfg: Config) -> dict:
     """Rank all labels for every test query with >= 1 (unfiltered) positive."""
     L = ds.num_labels
     mask = filter_mask(ds.filter_test, len(ds.tst_X), L)  # (n_tst, L)
     Y = remove_pairs(ds.tst_X_Y, mask)
     rows = np.flatnonzero(np.diff(Y.indptr) > 0)
-    q = encoder.encode([ds.tst_X[i] for i in rows])  # (n, d)
-    lab = encoder.encode(ds.Y)  # (L, d)
-    k = max(EVAL_KS)
-    pred = rank(q, lab, np.arange(L), mask[rows], k, cfg.eval_batch)  # (n, k)
-    inv_prop = inverse_propensity(ds.trn_X_Y, cfg.psp_a, cfg.psp_b)
+    q = ex.encode([ds.tst_X[i] for i in rows], encoder)  # (n, d)
+    lab = ex.encode(ds.Y, encoder)  # (L, d)
+    pred, _ = rank(q, lab, max(EVAL_KS), exclude=mask[rows], batch=cfg.eval.batch)  # (n, k)
+    inv_prop = inverse_propensity(ds.trn_X_Y, cfg.eval.psp_a, cfg.eval.psp_b)
     return evaluate(pred, Y[rows], inv_prop, EVAL_KS)
 
 
-def run_ezxmc(
-    data_dir: str,
-    out_dir: str,
-    cfg: EzxmcConfig | None = None,
-    encoder: TextEncoder | None = None,
-    oracle_factory=None,
-) -> dict:
-    """Run the three arms; write ``results.json`` and ``results.md`` to ``out_dir``."""
-    cfg = cfg or EzxmcConfig()
-    dc = cfg.distill
+def run_ezxmc(cfg: Config, out_dir: str, executor=None) -> dict:
+    """Run the arms; write ``results.json`` and ``results.md`` to ``out_dir``."""
+    from irene.pipeline import make_executor
+
+    ex = executor or make_executor(cfg)
     set_threads()
-    timer = Timer()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        t0 = time.perf_counter()
+        out = fn(*a)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
     t_start = time.perf_counter()
-    ds = timer("read_s", read_xc, data_dir)
-    base = encoder or timer("load_encoder_s", TextEncoder.from_config, dc.train.encoder)
-    rows = sample_docs(len(ds.trn_X), dc.distill.max_docs, dc.distill.seed)
+    ds = timed("read_s", read_xc, cfg.data)
+    base = cfg.train.encoder
+    dc = cfg.distill
+    rows = sample_docs(len(ds.trn_X), dc.max_docs, dc.seed)
     docs = [ds.trn_X[i] for i in rows]  # labels of these documents are never read
     arms, training = {}, {}
+    io.makedirs(out_dir)
 
-    arms["encoder"] = {"ezxmc": timer("eval_encoder_s", evaluate_encoder, base, ds, cfg)}
+    arms["encoder"] = {"ezxmc": timed("eval_encoder_s", evaluate_encoder, ex, base, ds, cfg)}
 
-    enc = copy.deepcopy(base)
-    hist, n_pairs = timer("train_pseudo_labels_s", finetune_on_pseudo_labels, enc, docs, dc.pseudo)
-    training["pseudo_labels"] = {"pairs": n_pairs, "epochs": [h.as_dict() for h in hist]}
-    arms["pseudo_labels"] = {"ezxmc": timer("eval_pseudo_labels_s", evaluate_encoder, enc, ds, cfg)}
+    enc, hist, n_pairs = timed(
+        "train_pseudo_labels_s", finetune_on_pseudo_labels, ex, base, docs, cfg.pseudo, out_dir
+    )
+    training["pseudo_labels"] = {"pairs": n_pairs, "epochs": hist}
+    arms["pseudo_labels"] = {
+        "ezxmc": timed("eval_pseudo_labels_s", evaluate_encoder, ex, enc, ds, cfg)
+    }
 
-    enc = copy.deepcopy(base)
-    scorer = _scorer(dc, oracle_factory)
-    res = timer("train_llm_oracle_s", distill, enc, docs, ds.Y, scorer, dc.distill)
+    res = timed("train_llm_oracle_s", distill, ex, base, docs, ds.Y, dc, out_dir)
     training["llm_oracle"] = {
         "pairs_scored": len(res.relevance),
         "positives": res.n_positives,
@@ -106,11 +92,13 @@ def run_ezxmc(
         # well the judge and the encoder separate true from false shortlisted pairs
         **_judge_quality(ds, rows, res),
         "seconds": res.seconds,
-        "epochs": [h.as_dict() for h in res.history],
+        "epochs": res.history,
     }
-    arms["llm_oracle"] = {"ezxmc": timer("eval_llm_oracle_s", evaluate_encoder, enc, ds, cfg)}
+    arms["llm_oracle"] = {
+        "ezxmc": timed("eval_llm_oracle_s", evaluate_encoder, ex, res.encoder, ds, cfg)
+    }
 
-    if cfg.gold_oracle:  # the same path with a perfect judge: the ceiling of distillation
+    if dc.gold_oracle:  # the same path with a perfect judge: the ceiling of distillation
         from irene.oracle.gold import GoldOracle
 
         gold = GoldOracle(
@@ -118,18 +106,22 @@ def run_ezxmc(
             for i in rows.tolist()
             for j in ds.trn_X_Y.indices[ds.trn_X_Y.indptr[i] : ds.trn_X_Y.indptr[i + 1]].tolist()
         )
-        enc = copy.deepcopy(base)
-        g = timer(
-            "train_gold_oracle_s", distill, enc, docs, ds.Y, in_process_scorer(gold), dc.distill
-        )
-        training["gold_oracle"] = {
-            "positives": g.n_positives,
-            "epochs": [h.as_dict() for h in g.history],
-        }
-        arms["gold_oracle"] = {"ezxmc": timer("eval_gold_oracle_s", evaluate_encoder, enc, ds, cfg)}
 
-    timer.t["total_s"] = round(time.perf_counter() - t_start, 3)
-    timer.t["peak_rss_mb"] = peak_memory_mb()
+        def judge(pairs):
+            return gold.score(pairs), gold.stats.as_dict()
+
+        g = timed(
+            "train_gold_oracle_s", distill, ex, base, docs, ds.Y, dc, out_dir, "gold_oracle", judge
+        )
+        training["gold_oracle"] = {"positives": g.n_positives, "epochs": g.history}
+        arms["gold_oracle"] = {
+            "ezxmc": timed("eval_gold_oracle_s", evaluate_encoder, ex, g.encoder, ds, cfg)
+        }
+
+    from irene.benchmark import peak_memory_mb
+
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    timings["peak_rss_mb"] = peak_memory_mb()
     results = {
         "dataset": ds.name,
         "setting": "ezxmc",
@@ -137,26 +129,12 @@ def run_ezxmc(
         "config": to_dict(cfg),
         "arms": arms,
         "oracle": res.oracle_stats,
-        "timings": timer.t,
+        "timings": timings,
         "training": training,
     }
-    io.makedirs(out_dir)
     io.write_text(io.join(out_dir, "results.json"), json.dumps(results, indent=2))
     io.write_text(io.join(out_dir, "results.md"), ezxmc_markdown(results))
     return results
-
-
-def _scorer(dc: OracleDistillConfig, oracle_factory):
-    if dc.use_ray:
-        from pipelines.oracle_distill import ray_scorer
-
-        return ray_scorer(
-            dc.oracle, oracle_factory, dc.oracle_actors, dc.oracle.batch_size, dc.actor_cpus
-        )
-    from irene.oracle import make_oracle
-
-    oracle = oracle_factory() if oracle_factory is not None else make_oracle(dc.oracle)
-    return in_process_scorer(oracle, dc.oracle.batch_size)
 
 
 def _judge_quality(ds: XCDataset, rows: np.ndarray, res) -> dict:

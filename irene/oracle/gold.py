@@ -1,7 +1,7 @@
 """A diagnostic "oracle" that answers from ground-truth labels: the ceiling of distillation.
 
 Not a zero-shot method (it reads training labels). ``irene benchmark --setting ezxmc --set
-gold_oracle=true`` adds it as an extra arm run through the very same shortlist -> judge ->
+distill.gold_oracle=true`` adds it as an extra arm run through the very same shortlist -> judge ->
 fine-tune path, so the gap between ``llm_oracle`` and ``gold_oracle`` measures how much the
 judge limits the result, separately from the distillation machinery.
 """

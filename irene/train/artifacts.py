@@ -7,7 +7,10 @@ Layout under ``work_dir``::
     items.parquet         label (int64, global), id (str), seen_pos (int64, -1 = novel), emb (d,)
     queries_trn.parquet   row (int64, train query index; split.trn_rows order), emb (d,)
     queries_tst.parquet   row (int64, test query index), emb (d,)
-    pairs/part-*.parquet  the (query, item) pair table: q_emb (d,), pos, q_pos (P,), neg (m,)
+    pairs/part-*.parquet  the (query, item) pair table of the classifier stage (irene.train.batches)
+    item_queries/         the item table of the generator stage (each seen item, its queries)
+    text_pairs/           (query text, item text, hard-negative texts) for encoder fine-tuning
+    encoder/              the fine-tuned encoder (when the finetune stage ran)
     neighbours.parquet    leave-one-out neighbours of each seen item: nbr_idx (K,), nbr_bucket (K,)
     classifiers/          trained seen-item classifiers (OVAClassifiers.save)
     generator/            trained generator (IreneGenerator.save)
@@ -38,6 +41,10 @@ ITEMS = "items.parquet"
 QUERIES_TRN = "queries_trn.parquet"
 QUERIES_TST = "queries_tst.parquet"
 PAIRS_DIR = "pairs"
+ITEM_QUERIES_DIR = "item_queries"
+TEXT_PAIRS_DIR = "text_pairs"
+ENCODER_DIR = "encoder"
+RESULTS = "results.json"
 NEIGHBOURS = "neighbours.parquet"
 CLASSIFIERS_DIR = "classifiers"
 GENERATOR_DIR = "generator"
@@ -156,34 +163,83 @@ def read_neighbours(uri: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
-# the pair table
+# tables (the pair table, text-pair tables)
 
 
-def write_pairs(
-    dir_uri: str, columns: dict[str, np.ndarray], rows_per_file: int, seed: int = 0
+def _is_matrix_cells(col: Any) -> bool:
+    return (
+        isinstance(col, np.ndarray)
+        and col.dtype == object
+        and len(col) > 0
+        and isinstance(col[0], np.ndarray)
+        and col[0].ndim == 2
+    )
+
+
+def table_from_columns(columns: dict[str, Any]) -> pa.Table:
+    """Numpy columns -> Arrow: 2-D arrays become fixed-size lists, object arrays of (n_i, k)
+    arrays lists of fixed-size lists, Python lists of lists list columns."""
+    out = {}
+    for name, col in columns.items():
+        if isinstance(col, np.ndarray) and col.ndim == 2:
+            out[name] = matrix_column(col)
+        elif _is_matrix_cells(col):
+            offsets = np.concatenate([[0], np.cumsum([len(c) for c in col])]).astype(np.int32)
+            values = matrix_column(np.concatenate(list(col)))
+            out[name] = pa.ListArray.from_arrays(pa.array(offsets), values)
+        else:
+            out[name] = pa.array(list(col) if not isinstance(col, np.ndarray) else col)
+    return pa.table(out)
+
+
+def columns_from_table(table: pa.Table) -> dict[str, np.ndarray]:
+    """Arrow -> numpy columns (fixed-size lists as 2-D arrays, lists of fixed-size lists as
+    object arrays of 2-D arrays, other lists as object arrays of lists)."""
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        col = table[name].combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            out[name] = column_matrix(col, col.type.value_type.to_pandas_dtype())
+        elif pa.types.is_list(col.type) and pa.types.is_fixed_size_list(col.type.value_type):
+            flat = column_matrix(col.flatten(), col.type.value_type.value_type.to_pandas_dtype())
+            offsets = col.offsets.to_numpy()
+            cells = np.empty(len(col), dtype=object)
+            cells[:] = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+            out[name] = cells
+        elif pa.types.is_list(col.type):
+            out[name] = np.array(col.to_pylist() + [None], dtype=object)[:-1]
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def write_table_parts(
+    dir_uri: str, columns: dict[str, Any], rows_per_file: int, seed: int | None = 0
 ) -> int:
-    """Write the pair table (``PairBatches.to_columns()``) shuffled once, in Parquet parts.
-
-    Returns the number of files. Old parts under ``dir_uri`` are removed first.
-    """
-    n = len(columns["pos"])
-    perm = np.random.default_rng(seed).permutation(n)
+    """Write a table as Parquet parts under ``dir_uri`` (old parts removed first), rows shuffled
+    once with ``seed`` (None keeps the order). Returns the number of files."""
+    n = len(next(iter(columns.values())))
+    perm = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
     if io.exists(dir_uri):
         io.delete(dir_uri)
     io.makedirs(dir_uri)
     n_files = max(1, -(-n // rows_per_file))
-    for f, s in enumerate(range(0, max(n, 1), rows_per_file)):
-        idx = perm[s : s + rows_per_file]
-        table = pa.table(
-            {
-                "q_emb": matrix_column(columns["q_emb"][idx].astype(np.float32)),
-                "pos": columns["pos"][idx].astype(np.int64),
-                "q_pos": matrix_column(columns["q_pos"][idx].astype(np.int64)),
-                "neg": matrix_column(columns["neg"][idx].astype(np.int64)),
-            }
-        )
-        write_table(io.join(dir_uri, f"part-{f:05d}.parquet"), table)
+    for f in range(n_files):
+        idx = perm[f * rows_per_file : (f + 1) * rows_per_file]
+        part = {
+            k: v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+            for k, v in columns.items()
+        }
+        write_table(io.join(dir_uri, f"part-{f:05d}.parquet"), table_from_columns(part))
     return n_files
+
+
+def read_table_parts(dir_uri: str) -> dict[str, np.ndarray]:
+    """Every part of a table written by :func:`write_table_parts`, as numpy columns."""
+    parts = sorted(n for n in io.listdir(dir_uri) if n.endswith(".parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no Parquet parts under {dir_uri}")
+    return columns_from_table(pa.concat_tables([read_table(io.join(dir_uri, p)) for p in parts]))
 
 
 # ----------------------------------------------------------------------------------------------

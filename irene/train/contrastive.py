@@ -1,8 +1,8 @@
-"""Contrastive fine-tuning of the text encoder (in-batch + optional hard negatives, pair weights).
+"""The contrastive objective of encoder fine-tuning (in-batch + hard negatives, pair weights).
 
-Used for optional encoder fine-tuning on train pairs and by the LLM-oracle distillation
-(oracle relevance as pair weights, oracle-rejected shortlist labels as hard negatives). Runs on
-the shared loop in :mod:`irene.train.loop`.
+Used by the optional NGAME-style fine-tuning on train pairs and by the LLM-oracle distillation
+(oracle relevance as pair weights, oracle-rejected shortlist labels as hard negatives); the
+``encoder`` train_func of :mod:`irene.train.stages` runs it on the shared loop.
 
 Orientation: row ``i`` is an *anchor* text (``q``) whose positive is candidate ``i`` (``d``); the
 softmax runs over candidates: the batch's other candidates plus the row's own hard negatives.
@@ -10,7 +10,7 @@ softmax runs over candidates: the batch's other candidates plus the row's own ha
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from irene.model.encoder import TextEncoder
-from irene.train.loop import EpochStats, fit
 
 MASKED = -1e4  # logit of a column that must not act as a negative
 
@@ -112,85 +111,3 @@ def collate_text_pairs(
         batch["n_attention_mask"] = n["attention_mask"].view(B, H, T)
         batch["n_valid"] = torch.from_numpy(valid)
     return batch
-
-
-class TextPairBatches:
-    """Shuffled, tokenised batches of (anchor, candidate) text pairs (in-process training).
-
-    ``hard_negatives[i]`` (optional) lists candidate texts that are wrong for anchor ``i``;
-    each epoch up to ``num_hard_negatives`` of them are sampled per row.
-    """
-
-    def __init__(
-        self,
-        encoder: TextEncoder,
-        queries: Sequence[str],
-        docs: Sequence[str],
-        batch_size: int,
-        weights: Sequence[float] | None = None,
-        seed: int = 0,
-        hard_negatives: Sequence[Sequence[str]] | None = None,
-        num_hard_negatives: int = 0,
-    ) -> None:
-        n = len(queries)
-        if len(docs) != n or any(x is not None and len(x) != n for x in (weights, hard_negatives)):
-            raise ValueError("queries, docs (and weights, hard_negatives) must have one length")
-        self.encoder, self.queries, self.docs = encoder, list(queries), list(docs)
-        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
-        self.hard = None if hard_negatives is None else [list(h) for h in hard_negatives]
-        self.num_hard = num_hard_negatives
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def for_epoch(self, epoch: int) -> TextPairBatches:
-        """Reshuffle for ``epoch`` and return self (the ``epoch_batches`` callable of ``fit``)."""
-        self.set_epoch(epoch)
-        return self
-
-    def __len__(self) -> int:
-        return -(-len(self.queries) // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng(self.seed * 100_003 + self.epoch)
-        perm = rng.permutation(len(self.queries))
-        for s in range(0, len(perm), self.batch_size):
-            idx = perm[s : s + self.batch_size]
-            if len(idx) < 2:
-                continue
-            yield collate_text_pairs(
-                self.encoder,
-                [self.queries[i] for i in idx],
-                [self.docs[i] for i in idx],
-                None if self.weights is None else self.weights[idx],
-                None if self.hard is None else [self.hard[i] for i in idx],
-                self.num_hard,
-                rng,
-            )
-
-
-def contrastive_finetune(
-    encoder: TextEncoder,
-    queries: Sequence[str],
-    docs: Sequence[str],
-    epochs: int = 1,
-    batch_size: int = 64,
-    lr: float = 2e-5,
-    temperature: float = 0.05,
-    weights: Sequence[float] | None = None,
-    seed: int = 0,
-    hard_negatives: Sequence[Sequence[str]] | None = None,
-    num_hard_negatives: int = 0,
-) -> list[EpochStats]:
-    """Fine-tune ``encoder`` in place on positive pairs ``(queries[i], docs[i])``."""
-    torch.manual_seed(seed)
-    obj = ContrastiveObjective(encoder, temperature)
-    batches = TextPairBatches(
-        encoder, queries, docs, batch_size, weights, seed, hard_negatives, num_hard_negatives
-    )
-    opt = torch.optim.AdamW(encoder.parameters(), lr=lr)
-
-    history = fit(obj, batches.for_epoch, opt, epochs, device=encoder.device)
-    encoder.eval()
-    return history

@@ -1,10 +1,19 @@
 """Training objectives: modules whose ``forward(batch)`` returns the scalar loss.
 
-Both share the batch schema of :mod:`irene.train.pairs` and score each query against the
-batch's items (positives of every pair + the queries' mined hard negatives).
+Both learned stages use one loss on the pair table (:mod:`irene.train.batches`): every row's
+query is scored against the batch's candidate items and a softmax cross-entropy pushes its
+positive above the rest (the query's other positives are masked, so they are never negatives).
+Only the candidates' vectors differ: the classifier stage scores trained classifiers of the
+batch's positives plus mined hard negatives; the generator stage scores classifiers
+*generated* for the batch's positives from their leave-one-out neighbours.
+
+``gather`` (identity in one process) concatenates a tensor over DDP ranks: the candidates are
+the union over the global batch, so N ranks train exactly as one process on the whole batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,23 +23,66 @@ from torch import nn
 from irene.config import ClassifierConfig, GeneratorConfig
 from irene.model.classifiers import OVAClassifiers
 from irene.model.generator import IreneGenerator
-from irene.train.pairs import batch_labels
+
+MASKED = -1e4  # logit of a candidate that must not act as a negative
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def candidates(local: torch.Tensor, gather: Gather = _identity) -> torch.Tensor:
+    """(n,) sorted unique non-negative item ids of the global batch."""
+    ids = gather(local.reshape(-1))
+    return torch.unique(ids[ids >= 0])
+
+
+def ranking_loss(
+    q_emb: torch.Tensor,  # (B, d) queries
+    pos: torch.Tensor,  # (B,) each row's positive item id
+    q_pos: torch.Tensor,  # (B, P) all positives of each row's query, -1 = padding
+    cand: torch.Tensor,  # (n,) sorted candidate item ids (contains every pos)
+    vecs: torch.Tensor,  # (n, d) the candidates' vectors
+    scale: float,
+) -> torch.Tensor:
+    """Mean softmax cross-entropy of each row's positive among the candidates."""
+    target = torch.searchsorted(cand, pos)  # (B,)
+    logits = scale * q_emb @ vecs.T  # (B, n)
+    other = (q_pos.unsqueeze(-1) == cand.view(1, 1, -1)).any(1)  # (B, n) the query's positives
+    other[torch.arange(len(pos), device=pos.device), target] = False
+    return F.cross_entropy(logits.masked_fill(other, MASKED), target)
 
 
 class ClassifierObjective(nn.Module):
-    """One-vs-all BCE of seen-item classifiers on frozen query embeddings."""
+    """Seen-item classifiers on frozen query embeddings: each row's positive against the
+    global batch's positives and ``cfg.hard_negatives`` sampled mined negatives per row."""
 
-    def __init__(self, classifiers: OVAClassifiers, cfg: ClassifierConfig) -> None:
+    def __init__(
+        self, classifiers: OVAClassifiers, cfg: ClassifierConfig, gather: Gather = _identity
+    ) -> None:
         super().__init__()
         self.classifiers = classifiers
-        self.scale = cfg.logit_scale
-        self.bias = nn.Parameter(torch.zeros(()))  # shared; never affects a ranking
+        self.cfg = cfg
+        self.gather = gather
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        labels, target = batch_labels(batch)  # (n,), (B, n)
-        w = self.classifiers(labels)  # (n, d)
-        logits = self.scale * batch["q_emb"] @ w.T + self.bias  # (B, n)
-        return F.binary_cross_entropy_with_logits(logits, target)
+        neg = batch["neg"]  # (B, m)
+        h = min(self.cfg.hard_negatives, neg.shape[1])
+        if h > 0:
+            cols = torch.rand(neg.shape, device=neg.device).argsort(1)[:, :h]  # (B, h)
+            neg = neg.gather(1, cols)
+        else:
+            neg = neg[:, :0]
+        cand = candidates(torch.cat([batch["pos"], neg.reshape(-1)]), self.gather)  # (n,)
+        return ranking_loss(
+            batch["q_emb"],
+            batch["pos"],
+            batch["q_pos"],
+            cand,
+            self.classifiers(cand),
+            self.cfg.logit_scale,
+        )
 
 
 class GeneratorContext(nn.Module):
@@ -44,49 +96,49 @@ class GeneratorContext(nn.Module):
         nbr_bucket: np.ndarray,
     ) -> None:
         super().__init__()
-        self.register_buffer(
-            "item_emb", torch.as_tensor(item_emb, dtype=torch.float32), persistent=False
-        )  # (S, d)
-        self.register_buffer(
-            "clf", torch.as_tensor(classifiers, dtype=torch.float32), persistent=False
-        )  # (S, d)
-        self.register_buffer(
-            "nbr_idx", torch.as_tensor(nbr_idx, dtype=torch.long), persistent=False
-        )  # (S, K), -1 = none
-        self.register_buffer(
-            "nbr_bucket", torch.as_tensor(nbr_bucket, dtype=torch.long), persistent=False
-        )  # (S, K)
+        buffers = {
+            "item_emb": torch.tensor(item_emb, dtype=torch.float32),  # (S, d)
+            "clf": torch.tensor(classifiers, dtype=torch.float32),  # (S, d)
+            "nbr_idx": torch.tensor(nbr_idx, dtype=torch.long),  # (S, K), -1 = none
+            "nbr_bucket": torch.tensor(nbr_bucket, dtype=torch.long),  # (S, K)
+        }
+        for name, t in buffers.items():
+            self.register_buffer(name, t, persistent=False)
 
     def inputs(self, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Generator inputs for seen items ``items`` (leave-one-out neighbours)."""
+        """Generator inputs for seen items ``items`` (their leave-one-out neighbours)."""
         idx = self.nbr_idx[items]  # (n, K)
-        valid = idx >= 0
         nbr = self.clf[idx.clamp(min=0)]  # (n, K, d)
-        return self.item_emb[items], nbr, self.nbr_bucket[items], valid
+        return self.item_emb[items], nbr, self.nbr_bucket[items], idx >= 0
 
 
 class GeneratorObjective(nn.Module):
-    """Leave-one-out weighted one-vs-all BCE (+ cosine pull to the item's own classifier)."""
+    """Leave-one-out training of the generator: every seen item of the batch plays a novel
+    item whose classifier is generated from its neighbours'; each row's query must rank its
+    positive's generated classifier first among the batch's (+ an optional cosine pull of
+    each generated classifier toward the item's own trained one)."""
 
     def __init__(
-        self, generator: IreneGenerator, context: GeneratorContext, cfg: GeneratorConfig
+        self,
+        generator: IreneGenerator,
+        context: GeneratorContext,
+        cfg: GeneratorConfig,
+        gather: Gather = _identity,
     ) -> None:
         super().__init__()
         self.generator = generator
         self.context = context
         self.cfg = cfg
-        self.bias = nn.Parameter(torch.zeros(()))
-        self.register_buffer("pos_weight", torch.tensor(float(cfg.pos_weight)), persistent=False)
+        self.gather = gather
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        neg = batch["neg"]  # (B, m): generating every mined negative is the cost; sample a few
-        n_neg = min(self.cfg.negatives_per_query, neg.shape[1])
-        cols = torch.randperm(neg.shape[1], device=neg.device)[:n_neg]
-        labels, target = batch_labels({**batch, "neg": neg[:, cols]})  # (n,), (B, n)
-        u = self.generator(*self.context.inputs(labels))  # (n, d) generated classifiers
-        logits = self.cfg.logit_scale * batch["q_emb"] @ u.T + self.bias  # (B, n)
-        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        cand = candidates(batch["pos"], self.gather)  # (n,)
+        u = self.generator(*self.context.inputs(cand))  # (n, d) generated classifiers
+        loss = ranking_loss(
+            batch["q_emb"], batch["pos"], batch["q_pos"], cand, u, self.cfg.logit_scale
+        )
         if self.cfg.cosine_weight > 0:
-            own = self.context.clf[labels]  # (n, d) the items' own trained classifiers
-            loss = loss + self.cfg.cosine_weight * (1 - (u * own).sum(-1)).mean()
+            own = self.context.clf[cand]  # (n, d) the items' own trained classifiers
+            cos = F.cosine_similarity(u, own, dim=-1)
+            loss = loss + self.cfg.cosine_weight * (1 - cos).mean()
         return loss

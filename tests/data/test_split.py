@@ -149,3 +149,40 @@ def test_save_load_s3(ds, moto_endpoint, monkeypatch):
     s = zero_shot_split(ds, 0.2, seed=5)
     s.save(f"s3://{bucket}/runs/split")
     _assert_same_split(s, ZeroShotSplit.load(f"s3://{bucket}/runs/split"))
+
+
+def test_validation_dataset_is_the_training_side_only():
+    from irene.data.split import validation_dataset
+
+    ds = _random_ds()
+    ds.filter_train = np.array(
+        [[i, int(ds.trn_X_Y[i].indices[0])] for i in range(0, 40, 4) if ds.trn_X_Y[i].nnz]
+    )
+    split = zero_shot_split(ds, 0.1, 3)
+    v = validation_dataset(ds, split, fraction=0.25, seed=5)
+    val = v.ds
+    # labels: the seen items; queries: the kept train queries, a quarter as validation queries
+    assert val.Y == [ds.Y[i] for i in split.seen] and np.array_equal(v.labels, split.seen)
+    assert len(val.tst_X) == round(0.25 * len(split.trn_rows))
+    assert sorted([*v.trn_rows, *v.tst_rows]) == sorted(split.trn_rows.tolist())
+    assert val.tst_X == [ds.trn_X[i] for i in v.tst_rows] and not set(val.tst_X) & set(ds.tst_X)
+    # ground truth: the original train labels of those queries, restricted to the seen items
+    for rows, Y in ((v.trn_rows, val.trn_X_Y), (v.tst_rows, val.tst_X_Y)):
+        for r, orig in enumerate(rows):
+            want = sorted(
+                v.labels.tolist().index(c)
+                for c in ds.trn_X_Y[orig].indices
+                if c in set(split.seen.tolist())
+            )
+            assert Y[r].indices.tolist() == want
+    # train filter pairs move with their queries and labels
+    seen, kept = set(split.seen.tolist()), set(split.trn_rows.tolist())
+    expected = [(q, lab) for q, lab in ds.filter_train.tolist() if lab in seen and q in kept]
+    assert len(val.filter_train) + len(val.filter_test) == len(expected) > 0
+    for q, lab in val.filter_test:
+        assert [int(v.tst_rows[q]), int(v.labels[lab])] in ds.filter_train.tolist()
+    # deterministic, and the usual protocol runs on it
+    again = validation_dataset(ds, split, fraction=0.25, seed=5)
+    assert again.ds.tst_X == val.tst_X
+    vsplit = zero_shot_split(val, 0.1, 3)
+    assert len(vsplit.novel) > 0 and len(vsplit.zero_rows) > 0

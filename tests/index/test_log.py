@@ -260,3 +260,75 @@ def test_invalid_batches_are_not_logged(tmp_path):
         assert di.add([], np.zeros((0, DIM))) == 0
         assert di.last_seq == 0
     assert read_log(uri)[0] == []
+
+
+def test_s3_outage_refuses_writes_then_resumes_by_itself(moto_endpoint, monkeypatch):
+    """The S3 server goes away mid-ingest: the write raises StorageUnavailable and nothing is
+    acknowledged (seq unchanged), reads keep working; when S3 returns the next write succeeds
+    and a restart recovers exactly the acknowledged batches."""
+    from moto.server import ThreadedMotoServer
+
+    from irene.index.log import StorageUnavailable
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("IRENE_S3_ENDPOINT", f"http://{host}:{port}")
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="outage")
+    uri = f"s3://outage/{uuid.uuid4().hex}"
+    di = _open(uri)
+    try:
+        assert di.add(*_batch(0)) == 1
+        server.stop()  # S3 down
+        with pytest.raises(StorageUnavailable, match="nothing was acknowledged"):
+            di.add(*_batch(1))
+        assert di.last_seq == 1 and di.get("b1-0") is None
+        assert di.search(_batch(0)[1][:1], 1)[0][0][0] == "b0-0"  # reads still answer
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()  # S3 back (same state)
+        assert di.add(*_batch(2)) == 2
+    finally:
+        di.close()
+    with _open(uri) as again:
+        _assert_has(again, [0, 2])
+        assert again.get("b1-0") is None and again.last_seq == 2
+    server.stop()
+
+
+def test_local_write_failure_rolls_back_and_resumes(tmp_path):
+    """A local append that fails (here: the log directory's filesystem full, a real tmpfs
+    when the test may mount one, else a file size limit) leaves no torn record behind, acks
+    nothing, and later writes succeed once there is room again."""
+    import resource
+
+    from irene.index.log import StorageUnavailable
+
+    uri = str(tmp_path / "index")
+    di = _open(uri)
+    try:
+        assert di.add(*_batch(0)) == 1
+        size = sum(len(iio.read_bytes(p)) for p in _segments(uri))
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        import signal
+
+        old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))  # no room for a record
+        try:
+            with pytest.raises(StorageUnavailable):
+                di.add(*_batch(1))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old)
+        assert di.last_seq == 1 and sum(len(iio.read_bytes(p)) for p in _segments(uri)) == size
+        assert di.add(*_batch(2)) == 2
+    finally:
+        di.close()
+    with _open(uri) as again:  # no torn tail to repair, exactly the acknowledged batches
+        assert again.recovery_report.clean
+        _assert_has(again, [0, 2])
+        assert again.get("b1-0") is None

@@ -8,7 +8,6 @@ from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
 from irene.model.selector import Selector, score_buckets
 from irene.model.synthesis import generate, mean_synthesis
-from irene.train.contrastive import contrastive_finetune
 from tests.helpers import make_tiny_encoder
 
 
@@ -45,17 +44,21 @@ def test_packaged_default_encoder_loads_offline():
 
 
 def test_contrastive_finetune_reduces_loss(tmp_path):
-    enc = TextEncoder.from_config(
-        EncoderConfig(model=make_tiny_encoder(str(tmp_path / "e")), max_length=8)
-    )
+    from irene.config import Config
+    from irene.pipeline import LocalExecutor, fit_encoder
+
+    cfg = EncoderConfig(model=make_tiny_encoder(str(tmp_path / "e")), max_length=8)
     q = [f"w{i} w{i + 1}" for i in range(0, 40, 2)]
     d = [f"w{i + 100}" for i in range(0, 40, 2)]
-    history = contrastive_finetune(enc, q, d, epochs=8, batch_size=10, lr=3e-3)
-    assert history[-1].loss < history[0].loss * 0.7
+    ex = LocalExecutor(Config(), show_progress=False)
+    params = dict(epochs=8, batch_size=10, lr=3e-3, temperature=0.05, seed=0)
+    _, run = fit_encoder(ex, cfg, {"anchor": q, "candidate": d}, params, str(tmp_path / "a"))
+    assert run.history[-1]["loss"] < run.history[0]["loss"] * 0.7
     # oracle-style weights: zero-weight pairs contribute nothing
-    w = [1.0] * 10 + [0.0] * 10
-    h2 = contrastive_finetune(enc, q, d, epochs=1, batch_size=20, lr=0.0, weights=w)
-    assert h2[0].loss > 0
+    w = np.array([1.0] * 10 + [0.0] * 10, np.float32)
+    table = {"anchor": q, "candidate": d, "weight": w}
+    _, run = fit_encoder(ex, cfg, table, {**params, "epochs": 1, "lr": 0.0}, str(tmp_path / "b"))
+    assert run.history[0]["loss"] > 0
 
 
 def test_classifiers_init_equals_embeddings_and_round_trip(tmp_path):
@@ -107,10 +110,11 @@ def test_generator_shapes_masking_and_round_trip(tmp_path):
     cfg = GeneratorConfig(num_neighbors=3, num_heads=4, dropout=0.0)
     gen = IreneGenerator(16, cfg).eval()
     z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
-    # untrained, the generator returns the item's own (centred) embedding
-    zc = torch.nn.functional.normalize(z - z.mean(-1, keepdim=True), dim=-1)
+    nbr = torch.randn(5, 3, 16)
+    # untrained, the generator is the mean_synthesis_self arm: normalize(z + sum of neighbours)
     torch.testing.assert_close(
-        gen(z, torch.randn(5, 3, 16), torch.zeros(5, 3, dtype=torch.long)), zc
+        gen(z, nbr, torch.zeros(5, 3, dtype=torch.long)),
+        torch.nn.functional.normalize(z + nbr.sum(1), dim=-1),
     )
     with torch.no_grad():  # as if trained: residual branches active
         gen.attn.out_proj.weight.normal_(std=0.3)
@@ -147,10 +151,12 @@ def test_generate_and_mean_synthesis():
     out = generate(gen, e, nbr, np.full((2, 3), 0.5, np.float32), W, batch_size=1)
     assert out.shape == (2, 8)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out, ms, rtol=1e-5, atol=1e-6)  # untrained == mean_synthesis_self
 
 
-def test_generator_matches_full_transformer_layer_at_item_slot():
-    """The single-query layer computes exactly nn.TransformerEncoderLayer's slot-0 output."""
+def test_generator_is_a_pre_norm_transformer_layer_with_mean_pooling():
+    """The generator computes nn.TransformerEncoderLayer(norm_first=True) over the K+1 slots,
+    then the mean over the valid slots, L2-normalised."""
     torch.manual_seed(3)
     cfg = GeneratorConfig(num_heads=4, ff_mult=2, dropout=0.0)
     gen = IreneGenerator(16, cfg).eval()
@@ -160,7 +166,7 @@ def test_generator_matches_full_transformer_layer_at_item_slot():
         gen.type_emb.weight.normal_()
         gen.score_emb.weight.normal_()
     ref = torch.nn.TransformerEncoderLayer(
-        16, 4, dim_feedforward=32, dropout=0.0, batch_first=True
+        16, 4, dim_feedforward=32, dropout=0.0, batch_first=True, norm_first=True
     ).eval()
     ref.self_attn.load_state_dict(gen.attn.state_dict())
     ref.linear1.load_state_dict(gen.ff[0].state_dict())
@@ -175,7 +181,22 @@ def test_generator_matches_full_transformer_layer_at_item_slot():
         + gen.type_emb(torch.tensor([0, 1, 1, 1]))
         + gen.score_emb(torch.cat([torch.full((4, 1), 11), b], 1))
     )
-    pad = torch.cat([torch.zeros(4, 1, dtype=torch.bool), ~valid], 1)
-    expect = torch.nn.functional.normalize(ref(x, src_key_padding_mask=pad)[:, 0], dim=-1)
+    keep = torch.cat([torch.ones(4, 1, dtype=torch.bool), valid], 1)
+    out = ref(x, src_key_padding_mask=~keep)  # (4, 4, 16)
+    w = keep.unsqueeze(-1).float()
+    expect = torch.nn.functional.normalize((out * w).sum(1) / w.sum(1), dim=-1)
     with torch.no_grad():
         torch.testing.assert_close(gen(z, W, b, valid), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_neighbours_with_non_positive_cosine_are_masked():
+    from irene.train.stages import leave_one_out_neighbours
+
+    emb = np.array([[1, 0], [0.8, 0.6], [-1, 0], [-0.8, -0.6]], dtype=np.float32)
+    idx, _ = leave_one_out_neighbours(emb, 3)
+    assert idx[0].tolist() == [1, -1, -1]  # items 2 and 3 point away from item 0
+    gen = IreneGenerator(2, GeneratorConfig(num_heads=1, dropout=0.0))
+    W = emb.copy()
+    u = generate(gen, emb[:1], np.array([[1, 2]]), np.array([[0.8, -1.0]], np.float32), W)
+    expect = generate(gen, emb[:1], np.array([[1, -1]]), np.array([[0.8, 0.0]], np.float32), W)
+    np.testing.assert_allclose(u, expect, atol=1e-6)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import pytest
 
 from irene.bundle import load_bundle
-from irene.config import EncoderConfig, GeneratorConfig, TrainConfig
+from irene.config import PseudoLabelConfig, load_config
 from irene.data.xc import read_xc, write_xc
 from irene.model.encoder import TextEncoder
 from irene.oracle.distill import (
-    DistillConfig,
-    OracleDistillConfig,
-    PseudoLabelConfig,
     oracle_training_pairs,
     pseudo_pairs,
     rejected_labels,
+    run_distill,
     sample_docs,
 )
-from irene.oracle.ezxmc import EZXMC_ARMS, EzxmcConfig, run_ezxmc
-from pipelines.oracle_distill import ray_scorer, run
+from irene.oracle.ezxmc import EZXMC_ARMS, run_ezxmc
+from irene.pipeline import LocalExecutor
 from tests.helpers import make_tiny_encoder, synthetic_xc
 from tests.oracle import fakes
 from tests.oracle.fakes import KeywordOracle
@@ -34,17 +31,30 @@ def tiny(tmp_path_factory):
     enc_dir = make_tiny_encoder(str(root / "enc"))
     data = str(root / "data")
     write_xc(synthetic_xc(n_labels=30, n_train=80, n_test=40), data)
-    cfg = OracleDistillConfig(
-        train=TrainConfig(
-            encoder=EncoderConfig(model=enc_dir, max_length=16, batch_size=32),
-            generator=GeneratorConfig(num_heads=2),
-        ),
-        distill=DistillConfig(
-            shortlist=5, threshold=0.5, max_docs=60, epochs=2, batch_size=16, lr=1e-3
-        ),
-        pseudo=PseudoLabelConfig(epochs=1, batch_size=16, lr=1e-3),
+    cfg = load_config(
+        None,
+        [
+            f"train.encoder.model={enc_dir}",
+            "train.encoder.max_length=16",
+            "train.encoder.batch_size=32",
+            "train.generator.num_heads=2",
+            "distill.shortlist=5",
+            "distill.threshold=0.5",
+            "distill.max_docs=60",
+            "distill.epochs=2",
+            "distill.batch_size=16",
+            "distill.lr=1e-3",
+            "pseudo.epochs=1",
+            "pseudo.batch_size=16",
+            "pseudo.lr=1e-3",
+        ],
+        data=data,
     )
     return data, cfg
+
+
+def _local(cfg):
+    return LocalExecutor(cfg, show_progress=False, oracle_factory=KeywordOracle)
 
 
 def test_oracle_training_pairs_threshold_and_min_positives():
@@ -91,18 +101,17 @@ def test_sample_docs():
 def test_pipeline_in_process_writes_servable_bundle(tiny, tmp_path):
     data, cfg = tiny
     out = str(tmp_path / "run")
-    enc = TextEncoder.from_config(cfg.train.encoder)
-    before = enc.encode(["w1 w2 w3"])
-    summary = run(data, out, cfg, oracle_factory=KeywordOracle, encoder=enc)
+    base = TextEncoder.from_config(cfg.train.encoder)
+    summary = run_distill(cfg, out, _local(cfg))
     assert summary["documents"] == 60 and summary["pairs_scored"] == 60 * 5
     assert summary["positives"] >= 60  # min_positives=1 per document at least
     assert summary["oracle"]["pairs"] == 300 and len(summary["finetune"]) == 2
-    assert not np.allclose(enc.encode(["w1 w2 w3"]), before)  # fine-tuned in place
     b = load_bundle(str(tmp_path / "run" / "bundle"))
+    assert not np.allclose(b.encoder.encode(["w1 w2 w3"]), base.encode(["w1 w2 w3"]))  # tuned
     assert b.item_ids == [str(i) for i in range(30)]
     # classifiers = the fine-tuned encoder's label embeddings (zero delta)
     np.testing.assert_allclose(b.seen_classifiers(), b.selector.item_emb, atol=1e-5)
-    syn = b.synthesize(b.embed(["w1 w2 w3"]))
+    syn = b.synthesize(b.encoder.encode(["w1 w2 w3"]))
     assert syn.shape == (1, b.dim)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["bundle"]["num_items"] == 30
@@ -115,11 +124,13 @@ def test_pipeline_in_process_writes_servable_bundle(tiny, tmp_path):
 def test_ray_data_stage_matches_in_process(ray_local):
     import ray.cloudpickle
 
+    from irene.ray.oracle import score_pairs
+
     ray.cloudpickle.register_pickle_by_value(fakes)  # workers need not import tests/
     pairs = [(f"w{i} w{i + 1} w9", f"w{i}") for i in range(40)] + [("w1", "w2 w3")]
     expected = KeywordOracle().score(pairs)
-    rel, stats = ray_scorer(oracle_factory=KeywordOracle, actors=2, batch_size=8, num_cpus=0.5)(
-        pairs
+    rel, stats = score_pairs(
+        pairs, oracle_factory=KeywordOracle, actors=2, batch_size=8, num_cpus=0.5
     )
     np.testing.assert_array_equal(rel, expected)
     assert stats["pairs"] == len(pairs) and stats["calls"] >= 6  # 41 pairs, batches of <= 8
@@ -127,13 +138,13 @@ def test_ray_data_stage_matches_in_process(ray_local):
 
 
 def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
+    import dataclasses
+
+    from irene.config import replace
+
     data, cfg = tiny
-    res = run_ezxmc(
-        data,
-        str(tmp_path / "ez"),
-        EzxmcConfig(distill=cfg, gold_oracle=True),
-        oracle_factory=KeywordOracle,
-    )
+    cfg = replace(cfg, distill=dataclasses.replace(cfg.distill, gold_oracle=True))
+    res = run_ezxmc(cfg, str(tmp_path / "ez"), _local(cfg))
     assert list(res["arms"]) == [*EZXMC_ARMS, "gold_oracle"]
     # the gold judge's positives are the true (document, label) pairs in the shortlists, plus
     # each document's best-scored label (min_positives=1) when none of its labels made the list
@@ -158,30 +169,33 @@ def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
 def test_pipeline_on_ray_scores_with_ray_data_and_fine_tunes_with_ray_train(
     ray_local, tiny, tmp_path
 ):
-    """use_ray: oracle actors score the shortlist, 2 DDP workers fine-tune; the fine-tuned
-    encoder ranks the oracle's positives above the labels it rejected (the hard negatives)
-    by a wider margin than the base encoder."""
+    """The Ray executor: oracle actors score the shortlist, 2 DDP workers fine-tune; the
+    fine-tuned encoder ranks the oracle's positives above the labels it rejected (the hard
+    negatives) by a wider margin than the base encoder."""
     import dataclasses
 
     import pandas as pd
     import ray.cloudpickle
 
+    from irene.config import replace
+    from irene.ray.executor import RayExecutor
+
     ray.cloudpickle.register_pickle_by_value(fakes)
     data, cfg = tiny
-    cfg = dataclasses.replace(
+    out = tmp_path / "run"
+    cfg = replace(
         cfg,
-        use_ray=True,
-        actor_cpus=0.5,
-        train_workers=2,
+        executor="ray",
+        work_dir=str(out),
+        ray=dataclasses.replace(cfg.ray, oracle_cpus=0.5, num_workers=2),
         distill=dataclasses.replace(cfg.distill, epochs=3, hard_negatives=3),
     )
-    out = tmp_path / "run"
-    enc = TextEncoder.from_config(cfg.train.encoder)
-    base = copy.deepcopy(enc)
-    summary = run(data, str(out), cfg, oracle_factory=KeywordOracle, encoder=enc)
+    base = TextEncoder.from_config(cfg.train.encoder)
+    summary = run_distill(cfg, str(out), RayExecutor(cfg, oracle_factory=KeywordOracle))
     assert [h["epoch"] for h in summary["finetune"]] == [0, 1, 2]
-    assert all(h["pairs"] > 0 for h in summary["finetune"])
-    assert any(p.name.startswith("irene-contrastive-") for p in (out / "ray_results").iterdir())
+    assert all(h["pairs"] > 0 and h["world_size"] == 2 for h in summary["finetune"])
+    assert any(p.name.startswith("irene-encoder-") for p in (out / "ray_results").iterdir())
+    tuned = load_bundle(str(out / "bundle")).encoder
 
     scores = pd.read_parquet(out / "oracle_scores.parquet")
     ds = read_xc(data)
@@ -194,7 +208,7 @@ def test_pipeline_on_ray_scores_with_ray_data_and_fine_tunes_with_ray_train(
         return float(sim[pos].mean() - sim[~pos].mean())
 
     assert pos.any() and (~pos).any()
-    assert margin(enc) > margin(base) + 0.05
+    assert margin(tuned) > margin(base) + 0.05
 
 
 def test_auc_matches_pairwise_definition():

@@ -11,22 +11,24 @@ from tests.helpers import make_tiny_encoder, synthetic_xc
 
 
 def tiny_config(encoder_dir: str, data: str, work_dir: str, bundle: str, **extra) -> dict:
-    """A PipelineConfig dict small enough for 2 CPUs (2 epochs per stage)."""
+    """A Config dict (Ray executor) small enough for 2 CPUs (2 epochs per stage)."""
     cfg = {
         "data": data,
         "work_dir": work_dir,
         "bundle": bundle,
-        "num_workers": 2,
-        "resources_per_worker": {"CPU": 0.5},
-        "encode_actors": 1,
-        "encode_batch_size": 64,
-        "pairs_per_file": 200,
-        "shuffle_buffer": 64,
+        "executor": "ray",
+        "ray": {
+            "num_workers": 2,
+            "resources_per_worker": {"CPU": 0.5},
+            "encode_actors": 1,
+            "encode_batch_size": 64,
+            "shuffle_buffer": 64,
+        },
         "train": {
             "encoder": {"model": encoder_dir, "max_length": 16, "batch_size": 64},
             "split": {"novel_fraction": 0.2, "seed": 1},
-            "classifiers": {"epochs": 2, "batch_size": 64, "num_hard_negatives": 5},
-            "generator": {"epochs": 2, "batch_size": 64, "num_heads": 2},
+            "classifiers": {"epochs": 2, "batch_size": 64, "mined_negatives": 5},
+            "generator": {"epochs": 2, "batch_size": 16, "num_heads": 2},
         },
     }
     for key, value in extra.items():
@@ -54,10 +56,10 @@ def check_bundle_scores(uri: str, n_seen: int | None = None) -> None:
     b = load_bundle(uri, device="cpu")
     if n_seen is not None:
         assert len(b.item_ids) == n_seen
-    items = b.embed(["w1 w2 w3", "w10 w11 w12", "w5 w50 w150"])
+    items = b.encoder.encode(["w1 w2 w3", "w10 w11 w12", "w5 w50 w150"])
     u = b.synthesize(items)  # (3, d)
     assert u.shape == (3, b.dim) and np.allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-4)
-    q = b.embed(["w1 w2", "w11 w12 w90"])
+    q = b.encoder.encode(["w1 w2", "w11 w12 w90"])
     W = np.concatenate([b.seen_classifiers(), u])  # (S + 3, d)
     scores = q @ W.T
     top = np.argsort(-scores, axis=1)[:, :5]

@@ -100,3 +100,4 @@ def test_ray_job_submit_prepare(ray_head, tmp_path):
     assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
     assert "stage prepare finished" in logs
     assert (work / "prepare.json").exists() and any((work / "pairs").iterdir())
+    assert any((work / "item_queries").iterdir())

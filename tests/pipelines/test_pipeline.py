@@ -27,8 +27,10 @@ def _check_manifest(manifest: dict, epochs: int = 2) -> None:
         hist = m["training"][stage]["epochs"]
         assert [h["epoch"] for h in hist] == list(range(epochs))
         assert all(h["world_size"] == 2 and h["pairs_per_s"] > 0 for h in hist)
+        assert m["training"][stage]["executor"] == "ray"
         assert all(h["pairs"] > 0 for h in hist)
     assert m["prepare"]["num_pairs"] > 0
+    assert m["eval"]["seen"]["classifiers"]["P@1"] >= 0
     irene = m["eval"]["arms"]["irene"]
     assert 0.0 <= irene["zero_shot"]["P@1"] <= 100.0 and 0.0 <= irene["full"]["nDCG@5"] <= 100.0
 

@@ -30,6 +30,7 @@ LIMITS = {
 }
 NAMESPACE = "irene-serve-tests"
 ATOL = 1e-4
+FUZZ_EXAMPLES = 12  # generated requests per API operation in the fuzz test
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Served:
 
     def expected(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """In-process (embeddings (n, d), generated classifiers (n, d)) for ``texts``."""
-        emb = self.bundle.embed(texts)
+        emb = self.bundle.encoder.encode(texts)
         return emb, self.bundle.synthesize(emb)
 
 
@@ -183,6 +184,7 @@ def test_health_ready_docs(served):
     [
         ("POST", "/v1/items", {"items": [{"id": "auth-probe", "text": tiny_item_text(31)}]}),
         ("DELETE", "/v1/items/seen-1", None),
+        ("POST", "/v1/items/delete", {"ids": ["seen-1"]}),
         ("POST", "/v1/snapshot", None),
     ],
 )
@@ -253,6 +255,8 @@ BAD_WRITES = {
     "empty id": ({"json": _items({"id": "", "text": "w1"})}, 422),
     "id too long": ({"json": _items({"id": "x" * 257, "text": "w1"})}, 422),
     "id not a string": ({"json": _items({"id": 7, "text": "w1"})}, 422),
+    "id with a newline": ({"json": _items({"id": "x1\nx2", "text": "w1"})}, 422),
+    "id with a NUL": ({"json": _items({"id": "x1\u0000", "text": "w1"})}, 422),
     "body too large": ({"json": _items({"id": "x1", "text": "w1 " * 6000})}, 413),
 }
 
@@ -380,6 +384,53 @@ def test_ids_with_slashes_and_unicode(served):
     assert r.status_code == 200
 
 
+def test_every_accepted_id_is_readable_and_deletable(served):
+    """Ids a URL path cannot carry intact ('..' segments, '%2F', leading or trailing '/')
+    are ingested, fetched and deleted through the batch endpoints (ids in the JSON body)."""
+    ids = ["../x", "a/../b", "%2F", "a%2Fb", "/lead", "trail/", ".", "..", " sp ", "é" * 256]
+    items = [(i, tiny_item_text(170 + n)) for n, i in enumerate(ids)]
+    before = served.count()
+    for s in range(0, len(items), LIMITS["max_items_per_request"]):
+        assert served.ingest(items[s : s + LIMITS["max_items_per_request"]]).status_code == 200
+    assert served.count() == before + len(ids)
+    half = len(ids) // 2
+    for chunk in (ids[:half], ids[half:]):
+        r = served.client.post("/v1/items/fetch", json={"ids": chunk, "include_vectors": True})
+        assert r.status_code == 200, r.text
+        got = r.json()["items"]
+        assert [it["id"] for it in got] == chunk
+        _, expect = served.expected([dict(items)[i] for i in chunk])
+        np.testing.assert_allclose(np.asarray([it["vector"] for it in got]), expect, atol=ATOL)
+    r = served.client.post("/v1/items/fetch", json={"ids": ["../x", "never-ingested"]})
+    assert r.json()["items"][0]["id"] == "../x" and r.json()["items"][1] is None
+    for chunk in (ids[:half], ids[half:]):
+        r = served.client.post("/v1/items/delete", json={"ids": chunk}, headers=AUTH)
+        assert r.status_code == 200 and all(x["deleted"] for x in r.json()["results"])
+    assert served.count() == before
+    r = served.client.post("/v1/items/delete", json={"ids": ["../x"]}, headers=AUTH)
+    assert r.json()["results"] == [{"id": "../x", "deleted": False}]
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"ids": []}, 422),
+        ({"ids": ["a", "a"]}, 422),
+        ({"ids": [f"i{n}" for n in range(LIMITS["max_items_per_request"] + 1)]}, 413),
+        ({"ids": ["a\tb"]}, 422),
+        ({"ids": "a"}, 422),
+        ({"ids": ["a"], "extra": 1}, 422),
+    ],
+    ids=["empty", "duplicate", "too many", "control char", "not a list", "unknown field"],
+)
+def test_bad_batch_reads_and_deletes_are_rejected(served, body, status):
+    before = served.count()
+    assert served.client.post("/v1/items/fetch", json=body).status_code == status
+    r = served.client.post("/v1/items/delete", json=body, headers=AUTH)
+    assert r.status_code == status and r.json()["detail"]
+    assert served.count() == before
+
+
 def test_query_with_several_texts_and_default_k(served):
     texts = [tiny_item_text(i) for i in (1, 2, 3)]
     r = served.client.post("/v1/query", json={"texts": texts})
@@ -486,3 +537,41 @@ def test_read_replica_answers_right_after_an_ingest(served):
         assert hits[0]["id"] == f"fresh-{i}"
         assert after["batch_replica_search"] == before["batch_replica_search"] + 1
         assert after.get("batch_index_search", 0) == before.get("batch_index_search", 0)
+
+
+def test_fuzzed_requests_never_get_a_5xx(served):
+    """Schemathesis generates requests from the app's own OpenAPI schema (valid and invalid
+    bodies, paths, query strings; with the write token, so writes are exercised too): no
+    reply is a 5xx and the app still answers afterwards. Bounded: FUZZ_EXAMPLES per operation."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    base = str(served.client.base_url).rstrip("/")
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    failures: list[str] = []
+    calls = 0
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.path in ("/v1/snapshot",):  # a valid call writes a snapshot: no input to fuzz
+            continue
+
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=op.as_strategy())
+        def run(case):
+            nonlocal calls
+            calls += 1
+            r = case.call(base_url=base, headers=AUTH, timeout=30)
+            if r.status_code >= 500:
+                failures.append(
+                    f"{case.method} {case.formatted_path} -> {r.status_code}: {r.text[:200]}"
+                )
+
+        run()
+    assert calls > 50
+    assert not failures, failures[:5]
+    assert served.client.get("/readyz").status_code == 200

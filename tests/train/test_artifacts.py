@@ -1,4 +1,4 @@
-"""Prepared-artifact round trips and the Ray Data batch schema of the pair table."""
+"""Prepared-artifact round trips, and the tables streamed by Ray Data match the in-memory ones."""
 
 from __future__ import annotations
 
@@ -6,29 +6,22 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from irene.config import ClassifierConfig
 from irene.model.classifiers import OVAClassifiers
+from irene.ray.train import FaultInjection, read_table, reduce_stats
 from irene.train import artifacts
-from irene.train.loop import EpochStats, fit
-from irene.train.pairs import BATCH_KEYS, PairBatches
-from irene.train.ray_train import (
-    BATCH_DTYPES,
-    FaultInjection,
-    pairs_dataset,
-    reduce_stats,
-    sub_state,
-)
-from irene.train.stages import classifier_objective, classifier_optimizer
+from irene.train.batches import item_columns, item_rows, pair_columns, to_tensors
+from irene.train.loop import EpochStats
 
 
-def _pairs(n=50, S=12, d=8, seed=0):
+def _tables(n=50, S=12, d=8, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(n, d)).astype(np.float32)
     Y = sp.random(n, S, density=0.2, format="csr", random_state=seed, dtype=np.float32)
     Y.data[:] = 1
-    Y = Y[np.diff(Y.indptr) > 0]
+    keep = np.diff(Y.indptr) > 0
+    Y, q = Y[keep], q[keep]
     neg = rng.integers(0, S, size=(Y.shape[0], 3))
-    return PairBatches(q[: Y.shape[0]], Y, neg, batch_size=16, max_positives=4)
+    return pair_columns(q, Y, neg, max_positives=4), item_columns(q, Y, 4, max_queries=3)
 
 
 def test_items_embeddings_neighbours_round_trip(tmp_path):
@@ -53,33 +46,49 @@ def test_model_dir_round_trip(tmp_path):
     assert torch.equal(back.base, clf.base)
 
 
-def test_pair_table_streams_the_in_memory_schema(ray_local, tmp_path):
-    """Parquet parts read by Ray Data give the batches PairBatches gives, so one loop serves
-    both; the shared fit() trains on the Ray Data iterator directly."""
-    batches = _pairs()
-    cols = batches.to_columns()
-    n_files = artifacts.write_pairs(str(tmp_path / "pairs"), cols, rows_per_file=10, seed=0)
-    assert n_files == -(-batches.num_pairs // 10)
-    ds = pairs_dataset(str(tmp_path))
-    assert ds.count() == batches.num_pairs
-    streamed = next(iter(ds.iter_torch_batches(batch_size=16, dtypes=BATCH_DTYPES)))
-    in_memory = next(iter(batches))
-    assert set(streamed) == set(BATCH_KEYS)
-    for k in BATCH_KEYS:
-        assert streamed[k].dtype == in_memory[k].dtype
-        assert streamed[k].shape[1:] == in_memory[k].shape[1:]
-    # the multiset of pairs is preserved by the shuffled write
-    got = sorted(ds.to_pandas()["pos"].tolist())
-    assert got == sorted(cols["pos"].tolist())
-    cfg = ClassifierConfig(epochs=2, batch_size=16)
-    obj = classifier_objective(np.eye(12, 8, dtype=np.float32), cfg)
-    hist = fit(
-        obj,
-        lambda e: ds.iter_torch_batches(batch_size=16, dtypes=BATCH_DTYPES),
-        classifier_optimizer(obj, cfg),
-        epochs=2,
-    )
-    assert [h.pairs for h in hist] == [batches.num_pairs] * 2
+def test_tables_round_trip_through_parquet_parts(tmp_path):
+    pairs, items = _tables()
+    n_files = artifacts.write_table_parts(str(tmp_path / "p"), pairs, rows_per_file=10, seed=0)
+    assert n_files == -(-len(pairs["pos"]) // 10)
+    back = artifacts.read_table_parts(str(tmp_path / "p"))
+    assert sorted(back["pos"].tolist()) == sorted(pairs["pos"].tolist())  # shuffled once
+    artifacts.write_table_parts(str(tmp_path / "i"), items, rows_per_file=4, seed=None)
+    back = artifacts.read_table_parts(str(tmp_path / "i"))
+    assert back["item"].tolist() == items["item"].tolist()
+    for a, b in zip(back["q_emb"], items["q_emb"], strict=True):
+        assert a.dtype == np.float32 and np.array_equal(a, b)
+    for a, b in zip(back["q_pos"], items["q_pos"], strict=True):
+        assert a.dtype == np.int64 and np.array_equal(a, b)
+    texts = {"anchor": ["a", "b"], "candidate": ["c", "d"], "hard": [["x", "y"], []]}
+    artifacts.write_table_parts(str(tmp_path / "t"), texts, rows_per_file=5, seed=None)
+    back = artifacts.read_table_parts(str(tmp_path / "t"))
+    assert back["anchor"].tolist() == ["a", "b"] and [list(h) for h in back["hard"]] == [
+        ["x", "y"],
+        [],
+    ]
+
+
+def test_ray_data_streams_the_same_batches(ray_local, tmp_path):
+    """Batches read by Ray Data from the Parquet parts turn into the same tensors (dtypes,
+    shapes, values) as the in-memory columns, for the pair table and the item table."""
+    pairs, items = _tables()
+    for name, cols in (("pairs", pairs), ("items", items)):
+        uri = str(tmp_path / name)
+        artifacts.write_table_parts(uri, cols, rows_per_file=7, seed=None)
+        batches = list(read_table(uri).iter_batches(batch_size=1000, batch_format="numpy"))
+        assert len(batches) == 1
+        b = batches[0]
+        if name == "pairs":
+            t, ref = to_tensors(b), to_tensors(cols)
+        else:
+            t, ref = to_tensors(item_rows(b, 2, 0, 1)), to_tensors(item_rows(cols, 2, 0, 1))
+        assert t.keys() == ref.keys()
+        # Ray Data reads the parts in parallel: compare in a canonical row order
+        order_t = np.lexsort((t["q_emb"][:, 0].numpy(), t["pos"].numpy()))
+        order_r = np.lexsort((ref["q_emb"][:, 0].numpy(), ref["pos"].numpy()))
+        for k in ref:
+            assert t[k].dtype == ref[k].dtype, k
+            assert torch.equal(t[k][order_t], ref[k][order_r]), k
 
 
 def test_reduce_stats_single_process_and_helpers():
@@ -87,5 +96,7 @@ def test_reduce_stats_single_process_and_helpers():
     assert m == {"epoch": 3, "loss": 0.5, "pairs": 100, "seconds": 2.0, "pairs_per_s": 50.0}
     f = FaultInjection.from_env("rank=1,epoch=2,marker=/tmp/m")
     assert f == FaultInjection(1, 2, "/tmp/m", 3.0) and FaultInjection.from_env("") is None
+    from irene.pipeline import sub_state
+
     state = {"generator.w": torch.ones(1), "bias": torch.zeros(())}
     assert list(sub_state(state, "generator")) == ["w"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from irene.config import EncoderConfig
 from irene.model.encoder import TextEncoder
-from irene.train.contrastive import ContrastiveObjective, TextPairBatches, contrastive_finetune
+from irene.train.contrastive import ContrastiveObjective, collate_text_pairs
 from tests.helpers import make_tiny_encoder
 
 
@@ -66,10 +64,8 @@ def test_loss_matches_manual_infonce_with_masks_and_hard_negatives(encoder):
 
 def test_all_padding_hard_negatives_change_nothing(encoder):
     q, d = ["w1", "w2", "w3"], ["w4", "w5", "w6"]
-    plain = next(iter(TextPairBatches(encoder, q, d, 3)))
-    padded = next(
-        iter(TextPairBatches(encoder, q, d, 3, hard_negatives=[[], [], []], num_hard_negatives=3))
-    )
+    plain = collate_text_pairs(encoder, q, d)
+    padded = collate_text_pairs(encoder, q, d, None, [[], [], []], 3)
     assert not padded["n_valid"].any()
     obj = ContrastiveObjective(encoder)
     with torch.no_grad():
@@ -77,21 +73,22 @@ def test_all_padding_hard_negatives_change_nothing(encoder):
 
 
 def test_hard_negatives_are_sampled_up_to_h_per_row(encoder):
+    import numpy as np
+
     q = [f"w{i}" for i in range(6)]
     d = [f"w{i + 10}" for i in range(6)]
     hard = [[f"w{20 + j}" for j in range(i)] for i in range(6)]  # row i has i negatives
-    b = TextPairBatches(encoder, q, d, 6, hard_negatives=hard, num_hard_negatives=3, seed=1)
-    batch = next(iter(b))
-    counts = batch["n_valid"].sum(1)  # (B,)
-    anchors = [q[int(g)] for g in batch["q_group"]]  # q sorted == q here
-    assert counts.tolist() == [min(int(a[1:]), 3) for a in anchors]
-    with pytest.raises(ValueError):
-        TextPairBatches(encoder, q, d, 6, hard_negatives=hard[:2], num_hard_negatives=1)
+    batch = collate_text_pairs(encoder, q, d, None, hard, 3, np.random.default_rng(1))
+    assert batch["n_valid"].sum(1).tolist() == [min(i, 3) for i in range(6)]
 
 
-def test_hard_negatives_separate_confusable_candidates(encoder):
-    """Training with hard negatives widens the positive-vs-hard-negative margin more than
-    in-batch negatives alone (the hard negatives never appear in-batch)."""
+def test_hard_negatives_separate_confusable_candidates(encoder, tmp_path):
+    """Training with hard negatives (through the executor's fit, the ``encoder`` train_func)
+    widens the positive-vs-hard-negative margin more than in-batch negatives alone (the hard
+    negatives never appear in-batch)."""
+    from irene.config import Config
+    from irene.pipeline import LocalExecutor, fit_encoder
+
     q = [f"w{i} w{i + 1}" for i in range(0, 24, 2)]
     d = [f"w{i + 1} w{i + 2}" for i in range(0, 24, 2)]
     hard = [[f"w{i + 1} w{i + 60}"] for i in range(0, 24, 2)]  # shares a word with the anchor
@@ -102,10 +99,15 @@ def test_hard_negatives_separate_confusable_candidates(encoder):
             n = _emb(enc, [h[0] for h in hard])
         return float(((a * p).sum(1) - (a * n).sum(1)).mean())
 
-    base = margin(encoder)
-    without, with_hard = copy.deepcopy(encoder), copy.deepcopy(encoder)
-    kw = dict(epochs=6, batch_size=6, lr=3e-3, seed=0)
-    contrastive_finetune(without, q, d, **kw)
-    contrastive_finetune(with_hard, q, d, hard_negatives=hard, num_hard_negatives=1, **kw)
-    assert margin(with_hard) > margin(without) + 0.05
-    assert margin(with_hard) > base
+    ex = LocalExecutor(Config(), show_progress=False)
+    params = dict(epochs=6, batch_size=6, lr=3e-3, temperature=0.05, seed=0)
+    table = {"anchor": q, "candidate": d, "hard": hard}
+    tuned = {}
+    for name, h in (("without", 0), ("with_hard", 1)):
+        cfg, run = fit_encoder(
+            ex, encoder.cfg, table, {**params, "hard_negatives": h}, str(tmp_path / name)
+        )
+        assert [e["epoch"] for e in run.history] == list(range(6))
+        tuned[name] = TextEncoder.from_config(cfg)
+    assert margin(tuned["with_hard"]) > margin(tuned["without"]) + 0.05
+    assert margin(tuned["with_hard"]) > margin(encoder)

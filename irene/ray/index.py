@@ -1,4 +1,4 @@
-"""A Ray actor serving a ``DurableIndex``.
+"""The index actor: a Ray actor owning a ``DurableIndex`` (its single writer).
 
 ``IndexActor`` is a plain class (usable and testable without Ray); ``get_or_create_index_actor``
 wraps it with ``ray.remote`` as a *named, detached* actor in an explicit namespace. The actor
@@ -75,8 +75,32 @@ class IndexActor:
         """A read replica's long poll (``ChangeFeed.poll``); call it in the "feed" group."""
         return self._feed.poll(follower, epoch, since, timeout_s)
 
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each id is in the index now (one call per batch)."""
+        return self._index.contains(list(ids))
+
     def get(self, id_: str) -> np.ndarray | None:
         return self._index.get(id_)
+
+    def get_many(self, ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The stored vector of each id (None where absent), in one call."""
+        return [self._index.get(i) for i in ids]
+
+    def seed_from_bundle(self, bundle: str, chunk: int = 4096) -> int:
+        """Add a bundle's seen items (their trained classifiers) if the index is empty, through
+        the durable path; returns the number added (0 when the index already held items)."""
+        from irene.bundle import load_seen_classifiers
+
+        if self._index.count > 0:
+            return 0
+        t0 = time.perf_counter()
+        ids, vecs = load_seen_classifiers(bundle)  # (S,), (S, d)
+        for s in range(0, len(ids), chunk):
+            self.add(ids[s : s + chunk], vecs[s : s + chunk])
+        log.info(
+            "seeded %s with %d seen items in %.1fs", self.uri, len(ids), time.perf_counter() - t0
+        )
+        return len(ids)
 
     def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
         return self._index.search(np.asarray(queries, dtype=np.float32), k)
@@ -96,6 +120,7 @@ class IndexActor:
             "uri": self.uri,
             "dim": self._index.index.dim,
             "count": self._index.count,
+            "integrity": self._index.index.integrity(),
             "n_shards": self._index.index.n_shards,
             "kind": self._index.index.spec.kind,
             "last_seq": self._index.last_seq,
@@ -106,9 +131,6 @@ class IndexActor:
             "pid": os.getpid(),
             "feed": self._feed.stats(),
         }
-
-    def ping(self) -> str:
-        return "pong"
 
     def close(self) -> None:
         self._index.close()

@@ -1,4 +1,5 @@
-"""IndexActor: plain-class behaviour, and a chaos test that SIGKILLs the Ray actor mid-ingest."""
+"""The index actor: plain-class behaviour, seeding from a bundle, and a chaos test that
+SIGKILLs the Ray actor mid-ingest."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-from irene.index.actor import FEED_GROUP, IndexActor, get_or_create_index_actor
 from irene.index.feed import ReadReplica
+from irene.ray.index import FEED_GROUP, IndexActor, get_or_create_index_actor
 
 DIM = 8
 NAMESPACE = "irene-tests"
@@ -31,7 +32,8 @@ def test_plain_actor_class(tmp_path):
     actor = IndexActor(uri, DIM, n_shards=2, spec={"kind": "flat", "use_gpu": False}, lease_s=0.1)
     ids, x = _batch(0)
     assert actor.add(ids, x) == 1
-    assert actor.count() == 5 and actor.ping() == "pong"
+    assert actor.count() == 5
+    assert actor.contains([ids[0], "nope", ids[4]]) == [True, False, True]
     assert actor.search(x[:1], 1)[0][0][0] == ids[0]
     assert actor.delete([ids[0], "zzz"]) == [True, False]
     assert actor.get(ids[0]) is None and np.allclose(actor.get(ids[1]), x[1])
@@ -45,6 +47,21 @@ def test_plain_actor_class(tmp_path):
     again = IndexActor(uri, DIM, n_shards=2)
     assert again.count() == 4 and again.stats()["recovery_report"]["snapshot_seq"] == 2
     again.close()
+
+
+def test_actor_seeds_itself_from_a_bundle_once(tmp_path):
+    from irene.bundle import load_bundle
+    from tests.helpers import make_tiny_bundle
+
+    bundle = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=12)
+    b = load_bundle(bundle)
+    actor = IndexActor(str(tmp_path / "index"), b.dim, n_shards=2)
+    assert actor.seed_from_bundle(bundle, chunk=5) == 12
+    assert actor.stats()["last_seq"] == 3  # 3 durable log records of <= 5 items
+    assert actor.contains(b.item_ids) == [True] * 12
+    np.testing.assert_allclose(actor.get("seen-3"), b.seen_classifiers()[3], atol=1e-6)
+    assert actor.seed_from_bundle(bundle) == 0  # not empty: nothing added
+    actor.close()
 
 
 def _ray_actor_errors() -> tuple[type[BaseException], ...]:
