@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/irene-ray
 
-.PHONY: venv wordnet-base data demo benchmark test test-slow lint clean
+.PHONY: venv wordnet-base data demo benchmark test test-slow test-reliability lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -56,6 +56,11 @@ test: venv wordnet-base
 # everything, including tests marked `slow` (`make test` skips them)
 test-slow: venv wordnet-base
 	$(PY) -m pytest -q -ra -m "slow or not slow"
+
+# the reliability suite at full scale (chaos, replica kills, storage faults, bad input,
+# security, a 5-minute soak; ~15 min) and its report bench/results/reliability.md
+test-reliability: venv wordnet-base
+	IRENE_RELIABILITY_REPORT=bench/results/reliability.md $(PY) -m pytest -q -ra tests/reliability -m slow
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -10,9 +10,10 @@ reply raises :class:`IreneHTTPError` with the server's message.
 
 Retries: every call here is safe to repeat (queries and reads are idempotent; an ingest is an
 upsert by id, a delete of a deleted id is a no-op), so a request that fails on the transport
-(connection refused or reset: a replica restarting) or with 502/503/504 (a backend
-unavailable) is sent again up to ``retries`` times with exponential backoff from
-``backoff_s``. 4xx replies are never retried.
+(connection refused or reset: a replica restarting), with 500 (what Serve's proxy answers
+when the replica handling the request dies; the app itself answers no 500) or with
+502/503/504 (a backend unavailable) is sent again up to ``retries`` times with exponential
+backoff from ``backoff_s``. 4xx replies are never retried.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class IreneHTTPError(RuntimeError):
     pass
 
 
-RETRY_STATUS = frozenset({502, 503, 504})
+RETRY_STATUS = frozenset({500, 502, 503, 504})
 
 
 class IreneClient:

@@ -283,7 +283,10 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     if bad_json:
         msg = bad_json[0].get("ctx", {}).get("error") or bad_json[0].get("msg")
         return JSONResponse({"detail": f"malformed JSON body: {msg}"}, status_code=400)
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+    # type, location and message only: the offending input is not echoed back (it may be
+    # large, or NaN / Infinity, which JSON cannot carry)
+    detail = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in errors]
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
 
 async def _on_input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -297,9 +300,10 @@ async def _on_auth_error(request: Request, exc: AuthError) -> JSONResponse:
 
 async def _on_storage_down(request: Request, exc: Exception) -> JSONResponse:
     log.error("index storage unavailable: %s", exc)
-    cause = getattr(exc, "cause", None) or exc
+    # the reason without paths or keys (those stay in the server log)
+    reason = getattr(exc, "reason", "") or "storage error"
     return JSONResponse(
-        {"detail": f"index storage unavailable, nothing was written: {cause}"},
+        {"detail": f"index storage unavailable, nothing was written ({reason}); retry later"},
         status_code=503,
         headers={"Retry-After": "1"},
     )

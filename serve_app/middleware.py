@@ -42,8 +42,8 @@ class MetricsMiddleware:
                 )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(BaseException):
+    """Not an ``Exception``: FastAPI's body parsing would turn one into a 400."""
 
 
 class BodyLimitMiddleware:

@@ -91,7 +91,20 @@ _SNAPSHOT = re.compile(r"^(\d{20})\.snap$")
 
 class StorageUnavailable(RuntimeError):
     """The log or snapshot storage refused a write (disk full, read-only, S3 down): nothing of
-    the batch was acknowledged; a later write retries the storage by itself."""
+    the batch was acknowledged; a later write retries the storage by itself. ``reason``: the
+    storage's error without paths or keys (e.g. "No space left on device"), safe to show to
+    clients."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message, reason)  # both in args: survives pickling across Ray
+        self.message, self.reason = message, reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def storage_reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or type(e).__name__
 
 
 class CorruptLogError(RuntimeError):
@@ -289,6 +302,9 @@ class _Store:
     def rotate(self, next_seq: int) -> None:
         """Start a new segment whose first record will be ``next_seq``."""
 
+    def defer_writer(self, next_seq: int) -> None:
+        """``open_writer`` failed (storage read-only or full): open it at the next append."""
+
     def iter_segment_buffers(self) -> Iterator[tuple[int, str, object]]:
         """(name seq, path, buffer) for each segment in order; buffers are bytes or mmap."""
         raise NotImplementedError
@@ -309,16 +325,27 @@ class _LocalStore(_Store):
     def __init__(self, uri: str, lock_timeout_s: float = 30.0, lock: bool = True) -> None:
         super().__init__(uri)
         for sub in ("log", "snapshots"):
-            os.makedirs(self._path(sub), exist_ok=True)
+            with contextlib.suppress(OSError):  # a read-only store may still be restored
+                os.makedirs(self._path(sub), exist_ok=True)
+        self._lock_wanted = lock
         self._fd: int | None = None  # the active segment, opened O_APPEND, unbuffered
         self._active: str | None = None  # its path
         self._good: tuple[str, int] | None = None  # (active segment, size) after a failed append
+        self._pending: int | None = None  # first seq of a segment that could not be opened yet
         self._lock_file = None
-        _fsync_dir(self.base)
+        self._lock_timeout_s = lock_timeout_s
+        with contextlib.suppress(OSError):  # read-only, or nothing there yet
+            _fsync_dir(self.base)
         if lock:
-            self._lock_file = open(self._path("LOCK"), "a+b")  # held until close()
-            self._acquire_lock(lock_timeout_s)
-            self._remove_stale_temp_files()
+            try:
+                self._lock()
+            except OSError as e:  # read-only or full: restore anyway, lock before writing
+                log.warning("%s: cannot take the writer lock yet (%s); reads only", uri, e)
+
+    def _lock(self) -> None:
+        self._lock_file = open(self._path("LOCK"), "a+b")  # held until close()
+        self._acquire_lock(self._lock_timeout_s)
+        self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of snapshots whose writer crashed before the rename (we hold the lock)."""
@@ -359,6 +386,8 @@ class _LocalStore(_Store):
 
     def open_writer(self, next_seq: int) -> None:
         """Make a new segment the active one; if that fails the old one stays active."""
+        if self._lock_wanted and self._lock_file is None:
+            self._lock()
         path = self._path("log", f"{next_seq:020d}.log")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # unbuffered
         try:
@@ -368,12 +397,18 @@ class _LocalStore(_Store):
             os.close(fd)
             raise
         self._close_active()
-        self._fd, self._active, self._good = fd, path, None
+        self._fd, self._active, self._good, self._pending = fd, path, None, None
 
-    rotate = open_writer
+    def rotate(self, next_seq: int) -> None:
+        self.open_writer(next_seq)
+
+    def defer_writer(self, next_seq: int) -> None:
+        self._pending = next_seq
 
     def append(self, seq: int, frame: bytes) -> None:
-        if self._fd is None:
+        if self._fd is None and self._pending is not None:
+            self.open_writer(self._pending)  # storage was read-only or full at open
+        elif self._fd is None:
             self._reopen()
         fd = self._fd
         size = os.lseek(fd, 0, os.SEEK_END)
@@ -622,7 +657,11 @@ class DurableIndex:
         try:
             report = RecoveryReport(uri=str(uri))
             index = cls._restore(store, report, dim, spec, n_shards, repair)
-            store.open_writer(report.last_seq + 1)
+            try:
+                store.open_writer(report.last_seq + 1)
+            except OSError as e:  # read-only / full: serve reads; writes answer 503 meanwhile
+                log.warning("%s: log not writable (%s); writes refused until it is", uri, e)
+                store.defer_writer(report.last_seq + 1)
         except BaseException:
             store.close()
             raise
@@ -698,7 +737,8 @@ class DurableIndex:
         except OSError as e:  # disk full, read-only, S3 down (pyarrow's S3 errors are OSErrors)
             raise StorageUnavailable(
                 f"index storage {self._store.uri} refused the write of record {rec.seq} "
-                f"({type(e).__name__}: {e}); nothing was acknowledged"
+                f"({type(e).__name__}: {e}); nothing was acknowledged",
+                storage_reason(e),
             ) from e
         self._last_seq = rec.seq
 
@@ -783,7 +823,8 @@ class DurableIndex:
                 return self._snapshot_locked()
             except OSError as e:
                 raise StorageUnavailable(
-                    f"index storage {self._store.uri} refused the snapshot ({e})"
+                    f"index storage {self._store.uri} refused the snapshot ({e})",
+                    storage_reason(e),
                 ) from e
 
     def _snapshot_locked(self) -> int:

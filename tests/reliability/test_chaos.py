@@ -1,0 +1,220 @@
+"""Chaos under load: the index actor SIGKILLed repeatedly during mixed ingest / upsert /
+delete / query traffic (local log and moto S3 log), and Serve replicas SIGKILLed under query
+and ingest load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import numpy as np
+
+from irene.client import IreneClient, IreneHTTPError
+from irene.io import S3_ENV_VARS
+from tests.reliability.conftest import (
+    TOKEN,
+    Ledger,
+    check_integrity,
+    deploy,
+    hits_agree,
+    mixed_client,
+    percentile,
+    random_text,
+    replica_pids,
+    verify_ledger,
+)
+
+
+def _kill_actor_repeatedly(app, scale, rng, stop: threading.Event, out: dict) -> None:
+    restarts = []
+    for _ in range(scale.kills):
+        time.sleep(rng.uniform(*scale.kill_gap_s))
+        pid = app.stats()["pid"]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while app.stats()["pid"] == pid:
+            time.sleep(0.05)
+        restarts.append(time.monotonic() - t0)
+    out["restarts"] = restarts
+    time.sleep(1.0)  # some traffic after the last restart
+    stop.set()
+
+
+def _actor_chaos(app, scale, report, storage: str) -> None:
+    rng = np.random.default_rng(0)
+    ledger, errors, stop = Ledger(), [], threading.Event()
+    prefix = f"chaos-{uuid.uuid4().hex[:6]}"
+    start_count = app.stats()["count"]
+    retried = [0] * scale.clients
+    out: dict = {}
+
+    def run_writer(k):
+        retried[k] = mixed_client(app, ledger, f"{prefix}-c{k}", k, stop, errors)
+
+    writers = [threading.Thread(target=run_writer, args=(k,)) for k in range(scale.clients)]
+    for t in writers:
+        t.start()
+    killer = threading.Thread(target=_kill_actor_repeatedly, args=(app, scale, rng, stop, out))
+    killer.start()
+    killer.join(timeout=300)
+    stop.set()
+    for t in writers:
+        t.join(timeout=120)
+    assert not killer.is_alive() and not any(t.is_alive() for t in writers)
+    assert len(out.get("restarts", [])) == scale.kills, "the actor was not killed as planned"
+    assert not errors, errors[:3]
+
+    with IreneClient(app.base_url, token=TOKEN, retries=6) as c:
+        c.wait_ready()
+        found = verify_ledger(app, ledger, c)
+        # every query replica agrees with the actor (queries over HTTP land on either copy)
+        texts = [random_text(rng) for _ in range(12)]
+        emb = app.bundle.encoder.encode(texts)
+        import ray
+
+        want = ray.get(app.actor().search.remote(emb, 5))
+        disagree = sum(
+            not hits_agree(got, exp)
+            for _ in range(2)
+            for got, exp in zip(c.query(texts, k=5, batch_size=1), want, strict=True)
+        )
+    stats = app.stats()
+    integ = check_integrity(stats)
+    figures = {
+        "storage": storage,
+        "clients": scale.clients,
+        "SIGKILLs of the index actor": scale.kills,
+        "actor restart seconds (each)": [round(s, 2) for s in out["restarts"]],
+        "acknowledged writes (batches)": ledger.acked_writes,
+        "writes failed after the client's retries": ledger.failed_writes,
+        "requests retried by the client": sum(retried),
+        **found,
+        **integ,
+        "index count - start count - present": stats["count"] - start_count - found["present"],
+        "queries disagreeing with the actor (of 24)": disagree,
+        "recovery report gaps": len(stats["recovery_report"]["gaps"]),
+    }
+    report.add(f"Index actor chaos under mixed load, {storage} log", scale, figures)
+    assert found["lost"] == found["wrong vector"] == found["deleted but present"] == 0, figures
+    assert integ["duplicates"] == 0 and figures["index count - start count - present"] == 0
+    assert disagree == 0 and not stats["recovery_report"]["gaps"]
+    assert found["acknowledged live items"] > 0 and ledger.acked_writes > 2 * scale.kills
+
+
+def test_index_actor_chaos_local_log(shared_app, scale, report):
+    _actor_chaos(shared_app, scale, report, "local")
+
+
+def test_index_actor_chaos_s3_log(moto_s3, serve_port, bundle_dir, scale, report):
+    env = {k: os.environ[k] for k in S3_ENV_VARS if os.environ.get(k)}
+    with deploy(serve_port, bundle_dir, f"s3://irene-test/{uuid.uuid4().hex}", env=env) as app:
+        _actor_chaos(app, scale, report, "moto S3")
+
+
+# --------------------------------------------------------------------------- replicas
+def _load(app, n_clients, retrying, stop: threading.Event, rows: list, kinds: set, ingest=False):
+    """Query (or ingest) clients recording (start time, seconds, ok)."""
+
+    def run(k):
+        rng = np.random.default_rng(100 + k)
+        c = IreneClient(app.base_url, token=TOKEN, retries=4 if retrying else 0, concurrency=1)
+        with c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                ok = True
+                try:
+                    if ingest:
+                        c.ingest([(f"rk-{k}-{rng.integers(1 << 30)}", random_text(rng))])
+                    else:
+                        c.query([random_text(rng)], k=5)
+                except (IreneHTTPError, httpx.HTTPError) as e:
+                    ok = False
+                    kinds.add(f"{type(e).__name__}: {str(e)[:80]}")
+                rows.append((t0, time.monotonic() - t0, ok))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _replica_kill_phase(app, deployment: str, n_clients: int, retrying, seconds, ingest=False):
+    rows: list = []
+    stop = threading.Event()
+    n_replicas = len(replica_pids(app.name, deployment))
+    kinds: set[str] = set()
+    threads = _load(app, n_clients, retrying, stop, rows, kinds, ingest)
+    time.sleep(seconds / 3)
+    victim = replica_pids(app.name, deployment)[0]
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    replaced = None
+    while time.monotonic() - t_kill < 120:
+        pids = replica_pids(app.name, deployment)
+        if victim not in pids and len(pids) == n_replicas:
+            replaced = time.monotonic() - t_kill
+            break
+        time.sleep(0.1)
+    time.sleep(max(0.0, seconds * 2 / 3 - (time.monotonic() - t_kill)))
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    failed = [r for r in rows if not r[2]]
+    window_end = t_kill + (replaced or 0.0)
+    # during the fault: every request that was in flight at some point of [kill, replaced]
+    during = [s for t0, s, _ in rows if t0 <= window_end and t0 + s >= t_kill]
+    before = [s for t0, s, _ in rows if t0 + s < t_kill]
+    return {
+        "requests": len(rows),
+        "failed": len(failed),
+        "failed %": 100.0 * len(failed) / max(1, len(rows)),
+        "p99 ms before the kill": percentile(before, 99),
+        "p99 ms from the kill until replaced": percentile(during, 99),
+        "max ms from the kill until replaced": percentile(during, 100),
+        "seconds until Serve replaced the replica": replaced,
+        "errors seen": sorted(kinds),
+        "seconds from the kill to the last failed request": (
+            max(t0 + s for t0, s, _ in failed) - t_kill if failed else 0.0
+        ),
+    }
+
+
+def test_replica_kills_under_load(shared_app, scale, report):
+    app = shared_app
+    assert len(replica_pids(app.name, "Ingress")) == 2
+    rows = []
+    figures = {}
+    phases = [("Ingress", "query", True)]
+    if scale.name == "full":
+        phases = [("Ingress", "query", False), *phases, ("Generator", "ingest", True)]
+    for deployment, kind, retrying in phases:
+        n = scale.query_clients if kind == "query" else max(2, scale.query_clients // 4)
+        r = _replica_kill_phase(
+            app, deployment, n, retrying, scale.replica_phase_s, ingest=kind == "ingest"
+        )
+        mode = "IreneClient retries=4" if retrying else "no retries"
+        rows.append(
+            f"| {deployment} | {kind} x {n} clients | {mode} | {r['requests']} | {r['failed']} "
+            f"({r['failed %']:.2f}%) | {r['p99 ms before the kill']:.0f} | "
+            f"{r['p99 ms from the kill until replaced']:.0f} | "
+            f"{r['max ms from the kill until replaced']:.0f} | "
+            f"{r['seconds until Serve replaced the replica']:.1f} | "
+            f"{r['seconds from the kill to the last failed request']:.2f} |"
+        )
+        figures[f"{deployment} {kind} {mode}"] = r
+        assert r["seconds until Serve replaced the replica"] is not None, r
+        if retrying:
+            assert r["failed"] == 0, r
+    table = "\n".join(
+        [
+            "| SIGKILLed | load | client | requests | failed | p99 ms before | p99 ms during "
+            "| max ms during | replaced after s | last failure after s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
+    report.add("Replica SIGKILL under load", scale, {"phases": len(phases)}, table)
