@@ -179,7 +179,15 @@ def bundle_dir(tmp_path_factory) -> str:
 
 @contextmanager
 def deploy(
-    serve_port, bundle_dir, index_uri: str, *, ingress_replicas=1, auth=None, env=None, **extra
+    serve_port,
+    bundle_dir,
+    index_uri: str,
+    *,
+    ingress_replicas=1,
+    generator_replicas=1,
+    auth=None,
+    env=None,
+    **extra,
 ):
     """Deploy the app (encoder in the Ingress, read replicas on) under its own route prefix;
     ``env``: environment of the Ingress replicas (which create the index actor)."""
@@ -201,7 +209,7 @@ def deploy(
         "threads": 1,
         "encoder_placement": "ingress",
         "deployment_options": {
-            "Generator": small,
+            "Generator": {**small, "num_replicas": generator_replicas},
             "Ingress": {"ray_actor_options": ingress, "num_replicas": ingress_replicas},
         },
         **extra,

@@ -187,29 +187,43 @@ def _replica_kill_phase(app, deployment: str, n_clients: int, retrying, seconds,
     }
 
 
-def test_replica_kills_under_load(shared_app, scale, report):
+def test_replica_kills_under_load(shared_app, serve_port, bundle_dir, tmp_path, scale, report):
     app = shared_app
     assert len(replica_pids(app.name, "Ingress")) == 2
     rows = []
     figures = {}
-    phases = [("Ingress", "query", True)]
+    phases = [("Ingress", "query", True, 1)]
     if scale.name == "full":
-        phases = [("Ingress", "query", False), *phases, ("Generator", "ingest", True)]
-    for deployment, kind, retrying in phases:
+        phases = [
+            ("Ingress", "query", False, 1),
+            *phases,
+            ("Generator", "ingest", True, 1),
+            ("Generator", "ingest", True, 2),
+        ]
+    for deployment, kind, retrying, n_gen in phases:
         n = scale.query_clients if kind == "query" else max(2, scale.query_clients // 4)
-        r = _replica_kill_phase(
-            app, deployment, n, retrying, scale.replica_phase_s, ingest=kind == "ingest"
-        )
+        if n_gen == 1:
+            r = _replica_kill_phase(
+                app, deployment, n, retrying, scale.replica_phase_s, ingest=kind == "ingest"
+            )
+        else:  # the same with two Generator replicas: one survives the kill
+            with deploy(
+                serve_port, bundle_dir, str(tmp_path / "index2"), generator_replicas=n_gen
+            ) as app2:
+                r = _replica_kill_phase(
+                    app2, deployment, n, retrying, scale.replica_phase_s, ingest=True
+                )
         mode = "IreneClient retries=4" if retrying else "no retries"
         rows.append(
-            f"| {deployment} | {kind} x {n} clients | {mode} | {r['requests']} | {r['failed']} "
+            f"| {deployment} (of {2 if deployment == 'Ingress' else n_gen}) "
+            f"| {kind} x {n} clients | {mode} | {r['requests']} | {r['failed']} "
             f"({r['failed %']:.2f}%) | {r['p99 ms before the kill']:.0f} | "
             f"{r['p99 ms from the kill until replaced']:.0f} | "
             f"{r['max ms from the kill until replaced']:.0f} | "
             f"{r['seconds until Serve replaced the replica']:.1f} | "
             f"{r['seconds from the kill to the last failed request']:.2f} |"
         )
-        figures[f"{deployment} {kind} {mode}"] = r
+        figures[f"{deployment} (of {n_gen}) {kind} {mode}"] = r
         assert r["seconds until Serve replaced the replica"] is not None, r
         if retrying:
             assert r["failed"] == 0, r
