@@ -20,6 +20,7 @@ def _retries(cfg, n: int):
     return replace(cfg, ray=dataclasses.replace(cfg.ray, max_failures=n))
 
 
+@pytest.mark.slow  # ~1.5 min: in `make test-slow`
 def test_worker_crash_resumes_from_checkpoint(ray_local, tmp_path, monkeypatch):
     data, enc = write_inputs(tmp_path)
     raw = tiny_config(enc, data, str(tmp_path / "work"), str(tmp_path / "bundle"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from typer.testing import CliRunner
 
 import pipelines.build_bundle
@@ -74,6 +75,7 @@ def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
     assert report["zero_shot_http"]["P@1"] > 0  # the tiny data is learnable: not an empty ranking
 
 
+@pytest.mark.slow  # ~1.5 min: in `make test-slow`
 def test_pipeline_drivers_on_s3(ray_local, moto_s3, tmp_path):
     """The four drivers with data, work_dir, Ray storage and bundle all on the moto S3 server."""
     root = f"s3://{MOTO_BUCKET}/{uuid.uuid4().hex[:8]}"

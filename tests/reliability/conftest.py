@@ -242,6 +242,50 @@ def deploy(
             pass
 
 
+class MotoS3:
+    """A moto S3 server on 127.0.0.1 (in this process) that can be stopped and started again
+    on the same port with the same state: an S3 outage."""
+
+    CREDS = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self, bucket: str) -> None:
+        self.port = 0
+        self.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        import boto3
+
+        kw = {k.lower(): v for k, v in self.CREDS.items() if k != "AWS_DEFAULT_REGION"}
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", **kw).create_bucket(
+            Bucket=bucket
+        )
+        self.env = {**self.CREDS, "IRENE_S3_ENDPOINT": self.endpoint}
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.port = self.server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="package")
+def s3_app(serve_port, bundle_dir):
+    """(moto server, app whose index log is on it), shared by the S3 scenarios."""
+    s3 = MotoS3("rel")
+    try:
+        with deploy(serve_port, bundle_dir, f"s3://rel/{uuid.uuid4().hex}", env=s3.env) as app:
+            yield s3, app
+    finally:
+        s3.stop()
+
+
 @pytest.fixture(scope="package")
 def shared_app(serve_port, bundle_dir, tmp_path_factory):
     """One app on a local log with two Ingress replicas, shared by the scenarios that do not

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 
 from irene.client import IreneClient, IreneHTTPError
-from irene.io import S3_ENV_VARS
 from tests.reliability.conftest import (
     TOKEN,
     Ledger,
@@ -113,10 +112,8 @@ def test_index_actor_chaos_local_log(shared_app, scale, report):
     _actor_chaos(shared_app, scale, report, "local")
 
 
-def test_index_actor_chaos_s3_log(moto_s3, serve_port, bundle_dir, scale, report):
-    env = {k: os.environ[k] for k in S3_ENV_VARS if os.environ.get(k)}
-    with deploy(serve_port, bundle_dir, f"s3://irene-test/{uuid.uuid4().hex}", env=env) as app:
-        _actor_chaos(app, scale, report, "moto S3")
+def test_index_actor_chaos_s3_log(s3_app, scale, report):
+    _actor_chaos(s3_app[1], scale, report, "moto S3")
 
 
 # --------------------------------------------------------------------------- replicas
