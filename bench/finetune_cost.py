@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from irene.config import EncoderConfig, FinetuneConfig
+from irene.config import Config, EncoderConfig, FinetuneConfig
 from irene.data.xc import read_xc
 from irene.pipeline import LocalExecutor, fit_encoder
 
@@ -50,7 +50,7 @@ def main() -> None:
         "hard_negatives": f.hard_negatives,
     }
     enc = EncoderConfig()
-    ex = LocalExecutor()
+    ex = LocalExecutor(Config(data=args.data), show_progress=False)
     texts = table["anchor"] + table["candidate"] + [h[0] for h in table["hard"]]
     ex.encode(texts[:64], enc)  # load the model once before timing
     t0 = time.perf_counter()
