@@ -104,7 +104,11 @@ class StorageUnavailable(RuntimeError):
 
 
 def storage_reason(e: BaseException) -> str:
-    return getattr(e, "strerror", None) or type(e).__name__
+    """The OS error text, or pyarrow's S3 error code ("S3 NETWORK_CONNECTION"), no paths."""
+    if getattr(e, "strerror", None):
+        return e.strerror
+    m = re.search(r"AWS Error ([A-Z_]+)", str(e))
+    return f"S3 {m.group(1)}" if m else type(e).__name__
 
 
 class CorruptLogError(RuntimeError):

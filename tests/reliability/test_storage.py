@@ -153,6 +153,7 @@ def test_s3_outage_through_the_app(s3_app, scale, report):
         "after an actor restart: refused but present": after["refused but present"],
     }
     report.add("Storage fault: moto S3 stopped mid-ingest", scale, figures)
+    assert "(S3 " in r.json()["detail"], r.json()["detail"]  # the S3 error code, no keys
     assert before["acked present"] == after["acked present"] == len(t.acked)
     assert before["refused but present"] == after["refused but present"] == 0
     assert during["queries failed"] == 0 and during["queries ok"] > 0
