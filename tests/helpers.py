@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.sparse as sp
@@ -104,3 +106,25 @@ def make_tiny_bundle(path: str, n_seen: int = 30, seed: int = 0) -> str:
 
 def tiny_item_text(i: int) -> str:
     return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3))
+
+
+@contextmanager
+def tmpfs_mount(path, size: str = "1m"):
+    """A real tmpfs of ``size`` mounted at ``path`` (created) for the block; skips the test
+    where the machine may not mount one (needs root / CAP_SYS_ADMIN)."""
+    import pytest
+
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    if r.returncode != 0:
+        pytest.skip("this machine may not mount a tmpfs (needs root / CAP_SYS_ADMIN)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path, opts: str) -> bool:
+    """``mount -o remount,OPTS path``; whether it succeeded."""
+    cmd = ["mount", "-o", f"remount,{opts}", str(path)]
+    return subprocess.run(cmd, capture_output=True).returncode == 0

@@ -403,8 +403,7 @@ class _LocalStore(_Store):
         self._close_active()
         self._fd, self._active, self._good, self._pending = fd, path, None, None
 
-    def rotate(self, next_seq: int) -> None:
-        self.open_writer(next_seq)
+    rotate = open_writer
 
     def defer_writer(self, next_seq: int) -> None:
         self._pending = next_seq

@@ -338,25 +338,20 @@ def test_read_only_storage_at_open_restores_and_refuses_writes_until_writable(tm
     """The log's filesystem is read-only when the index opens (a real tmpfs remounted ro):
     the index restores and answers reads, writes raise StorageUnavailable, and once the
     filesystem is writable again the next write succeeds with no gap."""
-    import subprocess
-
     from irene.index.log import StorageUnavailable
+    from tests.helpers import remount, tmpfs_mount
 
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("this machine may not mount a tmpfs (needs root / CAP_SYS_ADMIN)")
-    try:
+    with tmpfs_mount(tmp_path / "mnt") as mnt:
         uri = str(mnt / "index")
         with _open(uri) as di:
             di.add(*_batch(0))
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        assert remount(mnt, "ro")
         di = _open(uri)
         try:
             _assert_has(di, [0])
             with pytest.raises(StorageUnavailable):
                 di.add(*_batch(1))
-            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+            assert remount(mnt, "rw")
             assert di.add(*_batch(2)) == 2
         finally:
             di.close()
@@ -364,5 +359,3 @@ def test_read_only_storage_at_open_restores_and_refuses_writes_until_writable(tm
             assert again.recovery_report.clean and again.last_seq == 2
             _assert_has(again, [0, 2])
             assert again.get("b1-0") is None
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import threading
 import time
 import uuid
@@ -294,6 +295,16 @@ def shared_app(serve_port, bundle_dir, tmp_path_factory):
         serve_port, bundle_dir, str(tmp_path_factory.mktemp("rel") / "index"), ingress_replicas=2
     ) as app:
         yield app
+
+
+def kill_index_actor(app: App) -> float:
+    """SIGKILL the index actor's process; returns the seconds until Ray restarted it."""
+    pid = app.stats()["pid"]
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while app.stats()["pid"] == pid:
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 # --------------------------------------------------------------------------- load toolkit

@@ -20,6 +20,7 @@ from tests.reliability.conftest import (
     check_integrity,
     deploy,
     hits_agree,
+    kill_index_actor,
     mixed_client,
     percentile,
     random_text,
@@ -32,12 +33,7 @@ def _kill_actor_repeatedly(app, scale, rng, stop: threading.Event, out: dict) ->
     restarts = []
     for _ in range(scale.kills):
         time.sleep(rng.uniform(*scale.kill_gap_s))
-        pid = app.stats()["pid"]
-        t0 = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        while app.stats()["pid"] == pid:
-            time.sleep(0.05)
-        restarts.append(time.monotonic() - t0)
+        restarts.append(kill_index_actor(app))
     out["restarts"] = restarts
     time.sleep(1.0)  # some traffic after the last restart
     stop.set()

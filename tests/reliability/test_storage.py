@@ -5,9 +5,6 @@ what was acknowledged."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.reliability.conftest import AUTH, LIMITS, deploy, random_text
+from tests.helpers import remount, tmpfs_mount
+from tests.reliability.conftest import AUTH, LIMITS, deploy, kill_index_actor, random_text
 
 BATCH = LIMITS["max_items_per_request"]
 
@@ -94,10 +92,7 @@ class QueryLoad:
 
 
 def _restart_actor(app) -> None:
-    pid = app.stats()["pid"]
-    os.kill(pid, signal.SIGKILL)
-    while app.stats()["pid"] == pid:
-        time.sleep(0.05)
+    kill_index_actor(app)
     with app.http() as c:
         deadline = time.monotonic() + 60
         while c.get("/readyz").status_code != 200:
@@ -161,17 +156,8 @@ def test_s3_outage_through_the_app(s3_app, scale, report):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], text=True)
-    if r.returncode != 0:
-        pytest.skip("this machine may not mount a tmpfs (needs root / CAP_SYS_ADMIN)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _remount(mnt, opts: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", "-o", f"remount,{opts}", str(mnt)], capture_output=True)
+    with tmpfs_mount(tmp_path / "mnt", "2m") as mnt:
+        yield mnt
 
 
 def _fill(path) -> int:
@@ -206,7 +192,7 @@ def test_local_disk_full_and_read_only(serve_port, bundle_dir, tmpfs, scale, rep
     # starts on the same index: it restores and answers queries, refuses writes with 503,
     # and writes resume by themselves once the filesystem is writable again.
     deadline = time.monotonic() + 30  # the killed actor's process may take a moment to exit
-    while _remount(tmpfs, "ro").returncode != 0:
+    while not remount(tmpfs, "ro"):
         assert time.monotonic() < deadline, "read-only remount refused (EBUSY) after teardown"
         time.sleep(0.2)
     with deploy(serve_port, bundle_dir, index) as app:
@@ -215,7 +201,7 @@ def test_local_disk_full_and_read_only(serve_port, bundle_dir, tmpfs, scale, rep
         restored_ro = t.present(t.acked)
         r_ro = t.ingest()
         _storage_503(r_ro)
-        assert _remount(tmpfs, "rw").returncode == 0
+        assert remount(tmpfs, "rw")
         resume_ro_s = _resumed(t)
         during = queries.end()
         before = t.check()
