@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/irene-ray
 
-.PHONY: venv wordnet-base data demo benchmark test test-slow test-reliability lint clean
+.PHONY: venv wordnet-base data demo benchmark bench test test-slow test-reliability lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -44,11 +44,22 @@ benchmark: data
 # bundle is already built (`rm -rf $(DEMO)` to retrain).
 demo: $(DEMO)/bundle/manifest.json
 	$(PY) -m pipelines.demo $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
-		--out $(DEMO) --port $(PORT)
+		--out $(DEMO) --port $(PORT) --ingest bulk
 
 $(DEMO)/bundle/manifest.json: $(DATA)/Y.txt
 	$(VENV)/bin/irene train $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
 		--set train.split.seed=$(SEED)
+
+# the scale benchmarks (~30 min on 2 cores), side by side, JSON + Markdown + plots under
+# bench/results/ (README: scale). BUNDLE: a trained bundle (default: the demo's).
+BUNDLE ?= $(DEMO)/bundle
+bench: venv wordnet-base $(BUNDLE)/manifest.json
+	$(PY) bench/index_bench.py --sizes 100000,1000000 --out bench/results/index --no-progress
+	$(PY) bench/shard_bench.py --n 100000 --out bench/results
+	$(PY) bench/ingest_bench.py --bundle $(BUNDLE) --items 2000 --out bench/results --no-progress
+	$(PY) bench/encoder_bench.py --texts 1000 --repeats 1 --no-compile --out bench/results
+	$(PY) bench/serve_bench.py --bundle $(BUNDLE) --concurrency 1,4,16,32 --variants fast \
+		--systems inprocess,plain,serve --duration-level-s 10 --out bench/results
 
 test: venv wordnet-base
 	$(PY) -m pytest -q -ra

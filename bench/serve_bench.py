@@ -1,6 +1,7 @@
 """Serving latency/throughput, side by side in one run, on 127.0.0.1 only.
 
     python bench/serve_bench.py [--bundle DIR] [--out runs/serve_bench] [--variants tuned]
+    python bench/serve_bench.py --concurrency 1,4,16,32 --variants fast --out bench/results
 
 Systems measured (one after another, each warmed up first, so they never share the CPU):
 
@@ -20,6 +21,13 @@ one ``httpx.AsyncClient`` in this process. Without ``--bundle`` a bundle is buil
 cached under ``--out``) with the REAL default encoder (all-MiniLM-L6-v2), classifiers =
 WordNet noun-synset embeddings (or synthetic texts) + small noise, and an *untrained*
 IRENE generator: fine for timings, meaningless for accuracy.
+
+``--concurrency 1,4,16,32``: queries measured at each of those client counts instead of the
+1-client/``--clients`` pair (each system warmed up at the highest level, then per level a
+short warm-up and ``--duration-level-s`` measured); also writes
+``<out>/serve_concurrency.{json,md,png}`` (QPS, p50, p99 per system and level; each Serve
+variant's QPS over plain's and in-process's). ``--smoke``: a tiny random-encoder bundle,
+~1 s phases, levels 1,4, one Serve variant (tests/bench/test_serve_bench.py).
 """
 
 from __future__ import annotations
@@ -322,10 +330,26 @@ async def run_load(send, concurrency: int, duration_s: float, max_requests: int)
     return summarize(lat, time.perf_counter() - t0, errors)
 
 
+def query_levels(args) -> list[tuple[int, float]]:
+    """(concurrent clients, seconds) of each measured query phase, in order: ``--concurrency``'s
+    levels at ``--duration-level-s`` each, else 1 client then ``--clients`` (today's pair)."""
+    if args.concurrency:
+        return [(c, args.duration_level_s) for c in args.concurrency]
+    return [(1, args.duration_1_s), (args.clients, args.duration_n_s)]
+
+
+def level_warmup_s(args) -> float:
+    return min(args.level_warmup_s, args.warmup_s)
+
+
 async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
+    """Warm-up at the highest level, then each level of :func:`query_levels` (its own short
+    warm-up first): ``{"c<n>": summarize(...)}``."""
     import httpx
 
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    levels = query_levels(args)
+    top = max(c for c, _ in levels)
+    limits = httpx.Limits(max_connections=top, max_keepalive_connections=top)
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as c:
         first_error: list[str] = []
 
@@ -335,11 +359,11 @@ async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
                 first_error.append(f"{r.status_code} {r.text[:300]}")
             return r.status_code == 200
 
-        await run_load(send, args.clients, args.warmup_s, 10**9)
-        await run_load(send, 1, min(2.0, args.warmup_s), 10**9)
-        one = await run_load(send, 1, args.duration_1_s, args.max_requests)
-        many = await run_load(send, args.clients, args.duration_n_s, args.max_requests)
-    out = {"c1": one, f"c{args.clients}": many}
+        await run_load(send, top, args.warmup_s, 10**9)
+        out = {}
+        for n, duration_s in levels:
+            await run_load(send, n, level_warmup_s(args), 10**9)
+            out[f"c{n}"] = await run_load(send, n, duration_s, args.max_requests)
     if first_error:
         out["first_error"] = first_error[0]
     return out
@@ -387,6 +411,40 @@ def _timed_loop(fn, duration_s: float, max_n: int) -> tuple[list[float], float]:
     return lat, time.perf_counter() - t_start
 
 
+def inprocess_load(query, concurrency: int, duration_s: float, max_n: int, threads: int) -> dict:
+    """``query(i)`` for ``duration_s``: 1 client = a loop in this thread (``threads`` torch/faiss
+    threads); N clients = N threads, each running the unbatched pipeline with 1 thread."""
+    from irene.device import set_threads
+
+    if concurrency == 1:
+        set_threads(threads)
+        return summarize(*_timed_loop(query, duration_s, max_n))
+    lat: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(max_n))
+    stop = time.perf_counter() + duration_s
+
+    def client() -> None:
+        set_threads(1)
+        mine = []
+        while time.perf_counter() < stop:
+            i = next(counter, None)
+            if i is None:
+                break
+            t0 = time.perf_counter()
+            query(i)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            lat.extend(mine)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: client(), range(concurrency)))
+    res = summarize(lat, time.perf_counter() - t0)
+    set_threads(threads)
+    return res
+
+
 def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str]) -> dict:
     from irene.bundle import load_bundle
     from irene.device import set_threads
@@ -403,33 +461,12 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
             q = bundle.encoder.encode([queries[i % len(queries)]])  # (1, d)
             return index.search(q, K)
 
-        _timed_loop(query, args.warmup_s, 10**9)
-        one = summarize(*_timed_loop(query, args.duration_1_s, args.max_requests))
-
-        # `clients` threads, each running the unbatched pipeline with 1 torch/faiss thread
-        lat: list[float] = []
-        lock = threading.Lock()
-        counter = iter(range(args.max_requests))
-        stop = time.perf_counter() + args.duration_n_s
-
-        def client() -> None:
-            set_threads(1)
-            mine = []
-            while time.perf_counter() < stop:
-                i = next(counter, None)
-                if i is None:
-                    break
-                t0 = time.perf_counter()
-                query(i)
-                mine.append(time.perf_counter() - t0)
-            with lock:
-                lat.extend(mine)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(lambda _: client(), range(args.clients)))
-        many = summarize(lat, time.perf_counter() - t0)
-        set_threads(threads)
+        levels = query_levels(args)
+        inprocess_load(query, max(c for c, _ in levels), args.warmup_s, 10**9, threads)
+        queries_res = {}
+        for n, duration_s in levels:
+            inprocess_load(query, n, level_warmup_s(args), 10**9, threads)
+            queries_res[f"c{n}"] = inprocess_load(query, n, duration_s, args.max_requests, threads)
 
         # ingest: encode + synthesize + durable add, batches of ingest_batch, 1 client
         bs = args.ingest_batch
@@ -453,7 +490,7 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "threads": threads,
-        "query": {"c1": one, f"c{args.clients}": many},
+        "query": queries_res,
         "ingest": ing,
         "generator": gen,
         "encoder": enc,
@@ -549,6 +586,19 @@ def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- (a) Serve
+def kill_index_actors(name: str, namespace: str, n_owners: int) -> None:
+    """Kill the index's named, detached shard actors (one per owner; ``name`` itself when 1)."""
+    import ray
+
+    from irene.index.router import owner_name
+
+    for i in range(n_owners):
+        try:
+            ray.kill(ray.get_actor(owner_name(name, i, n_owners), namespace=namespace))
+        except ValueError:  # never created (the app failed first) or already gone
+            pass
+
+
 def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: list[str]) -> dict:
     import ray
     from ray import serve
@@ -606,10 +656,7 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
         try:
             serve.shutdown()
             if ray.is_initialized():
-                try:
-                    ray.kill(ray.get_actor(index_name, namespace=namespace))
-                except ValueError:
-                    pass
+                kill_index_actors(index_name, namespace, app_args["index"].get("n_owners", 1))
         finally:
             ray.shutdown()
             for k, v in old_env.items():
@@ -651,8 +698,8 @@ def markdown(report: dict, clients: int) -> str:
         rows.append(("plain FastAPI", plain["query"], None))
     for name, res in report.get("serve", {}).items():
         rows.append((f"Serve: {name}", res["query"], res["ingest"]))
-    ip50 = inproc["query"]["c1"]["p50_ms"]
-    pqps = plain["query"][cN]["qps"] if plain else None
+    ip50 = _q(inproc["query"], "c1", "p50_ms")
+    pqps = _q(plain["query"], cN, "qps") if plain else None
     lines = [
         f"| system | 1 client p50 ms | p99 ms | {clients} clients QPS | p50 ms | p99 ms "
         "| ingest items/s | p50 (1c) / in-process | QPS / plain |",
@@ -682,6 +729,193 @@ def markdown(report: dict, clients: int) -> str:
         + ", ".join(f"{k}: {v['ms_per_text']} ms/text" for k, v in enc.items()),
     ]
     return "\n".join(lines)
+
+
+SYSTEM_LABELS = {"inprocess": "in-process", "plain": "plain FastAPI"}
+
+
+def concurrency_report(report: dict, args) -> dict:
+    """QPS / p50 / p99 per system per ``--concurrency`` level, and each Serve variant's QPS
+    over the plain service's and the in-process pipeline's at the same level."""
+    systems = {"inprocess": report["inprocess"]["query"]}
+    if "plain" in report:
+        systems["plain"] = report["plain"]["query"]
+    for name, res in report.get("serve", {}).items():
+        systems[f"serve:{name}"] = res["query"]
+    keys = ("qps", "p50_ms", "p99_ms", "mean_ms", "n", "errors")
+    table = {
+        sys_: {str(c): {k: q.get(f"c{c}", {}).get(k) for k in keys} for c in args.concurrency}
+        for sys_, q in systems.items()
+    }
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b else None
+
+    ratios = {
+        sys_: {
+            str(c): {
+                "qps_vs_plain": ratio(
+                    row[str(c)]["qps"], table.get("plain", {}).get(str(c), {}).get("qps")
+                ),
+                "qps_vs_inprocess": ratio(row[str(c)]["qps"], table["inprocess"][str(c)]["qps"]),
+            }
+            for c in args.concurrency
+        }
+        for sys_, row in table.items()
+        if sys_.startswith("serve:")
+    }
+    return {
+        "started_at": report["started_at"],
+        "argv": report["argv"],
+        "cpus": report["cpus"],
+        "bundle": report["bundle"],
+        "note": report["note"],
+        "smoke": bool(args.smoke),
+        "levels": list(args.concurrency),
+        "settings": {
+            "warmup_s": args.warmup_s,
+            "level_warmup_s": level_warmup_s(args),
+            "duration_level_s": args.duration_level_s,
+            "max_requests": args.max_requests,
+            "k": K,
+            "n_shards": N_SHARDS,
+            "threads": args.threads,
+            "n_queries": len(query_texts()),
+            "variants": {
+                name.removeprefix("serve:"): report["serve"][name.removeprefix("serve:")][
+                    "settings"
+                ]
+                for name in systems
+                if name.startswith("serve:")
+            },
+        },
+        "loadavg": report["loadavg"],
+        "total_s": report.get("total_s"),
+        "systems": table,
+        "ratios": ratios,
+    }
+
+
+def _label(system: str) -> str:
+    return SYSTEM_LABELS.get(system, system.replace("serve:", "Serve: "))
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v}"
+
+
+def concurrency_markdown(conc: dict) -> str:
+    s = conc["settings"]
+    lines = [
+        "# Serving throughput vs concurrency (bench/serve_bench.py)",
+        "",
+        f"Bundle: `{conc['bundle']}` ({conc['note'] or 'no note'}); {conc['cpus']} cores; "
+        f"k={s['k']}, {s['n_shards']} index shards, {s['n_queries']} query texts cycled.",
+        f"Per system: {s['warmup_s']} s warm-up at {max(conc['levels'])} clients, then per "
+        f"level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s measured "
+        f"(at most {s['max_requests']} requests). Load: one httpx.AsyncClient in the "
+        "bench process (HTTP systems); in-process: N threads over encode + search.",
+        f"Load average (1/5/15 min): {conc['loadavg']}." + (" SMOKE run." if conc["smoke"] else ""),
+        "",
+        "| system | clients | QPS | p50 ms | p99 ms | errors | QPS / plain | QPS / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sys_, row in conc["systems"].items():
+        for c in conc["levels"]:
+            r = row[str(c)]
+            rat = conc["ratios"].get(sys_, {}).get(str(c), {})
+            lines.append(
+                f"| {_label(sys_)} | {c} | {_fmt(r['qps'])} | {_fmt(r['p50_ms'])} "
+                f"| {_fmt(r['p99_ms'])} | {_fmt(r['errors'])} "
+                f"| {_fmt(rat.get('qps_vs_plain'))} | {_fmt(rat.get('qps_vs_inprocess'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def concurrency_plot(conc: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    levels = conc["levels"]
+    fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for sys_, row in conc["systems"].items():
+        qps = [row[str(c)]["qps"] or np.nan for c in levels]
+        p99 = [row[str(c)]["p99_ms"] or np.nan for c in levels]
+        (line,) = ax_q.plot(levels, qps, marker="o", label=_label(sys_))
+        ax_p.plot(levels, p99, marker="o", color=line.get_color(), label=_label(sys_))
+    for ax, title, ylabel in (
+        (ax_q, "Throughput", "QPS"),
+        (ax_p, "Tail latency", "p99 latency (ms)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_p.set_yscale("log")
+    ax_p.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_p.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_q.set_ylim(bottom=0)
+    ax_q.legend(fontsize=8)
+    fig.suptitle(f"serve_bench on {conc['cpus']} cores" + (" (smoke)" if conc["smoke"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_concurrency(report: dict, args) -> dict:
+    conc = concurrency_report(report, args)
+    base = os.path.join(args.out, "serve_concurrency")
+    with open(base + ".json", "w") as f:
+        json.dump(conc, f, indent=2)
+    with open(base + ".md", "w") as f:
+        f.write(concurrency_markdown(conc))
+    concurrency_plot(conc, base + ".png")
+    return conc
+
+
+def parse_levels(text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]`` (sorted, deduplicated; ``""`` -> ``[]``)."""
+    try:
+        levels = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ints: {text!r}") from None
+    if any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1: {text!r}")
+    return levels
+
+
+# --smoke: a tiny bundle and second-long phases (tests/bench/test_serve_bench.py); applied to
+# every option still at its default
+SMOKE = {
+    "concurrency": [1, 4],
+    "n_seen": 200,
+    "variants": "repo",
+    "warmup_s": 1.0,
+    "level_warmup_s": 0.5,
+    "duration_level_s": 1.0,
+    "duration_ingest_s": 1.0,
+    "duration_gen_s": 0.2,
+    "ingest_batch": 8,
+    "ingest_clients": 2,
+}
+
+
+def ensure_smoke_bundle(args) -> str:
+    """A tiny random-encoder bundle (``tests.helpers.make_tiny_bundle``), cached under --out."""
+    path = os.path.join(args.out, f"bundle-tiny-{args.n_seen}")
+    if not os.path.exists(os.path.join(path, "manifest.json")) or not _loads(path):
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.helpers import make_tiny_bundle
+
+        shutil.rmtree(path, ignore_errors=True)
+        make_tiny_bundle(path, n_seen=args.n_seen)
+    return path
 
 
 def parse_args(argv=None):
@@ -715,11 +949,40 @@ def parse_args(argv=None):
     p.add_argument("--duration-ingest-s", type=float, default=6.0)
     p.add_argument("--duration-gen-s", type=float, default=2.0)
     p.add_argument("--max-requests", type=int, default=20000, help="per measured phase")
+    p.add_argument(
+        "--concurrency",
+        type=parse_levels,
+        default=[],
+        help="comma-separated client counts, e.g. 1,4,16,32: each system's queries measured at "
+        "each (replaces the 1-client/--clients pair); also writes <out>/serve_concurrency.*",
+    )
+    p.add_argument(
+        "--duration-level-s",
+        type=float,
+        default=8.0,
+        help="measured seconds per --concurrency level",
+    )
+    p.add_argument(
+        "--level-warmup-s",
+        type=float,
+        default=2.0,
+        help="warm-up before each query level (capped at --warmup-s)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny bundle, ~1 s phases, concurrency 1,4, Serve variant {SMOKE['variants']!r} "
+        "(tests); explicit options win",
+    )
     p.add_argument("--ingest-batch", type=int, default=32)
     p.add_argument("--ingest-clients", type=int, default=4)
     p.add_argument("--plain-max-batch", type=int, default=32)
     p.add_argument("--plain-wait-ms", type=float, default=2.0)
     args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     unknown = set(args.variants.split(",")) - set(SERVE_VARIANTS)
     if unknown:
         p.error(f"unknown --variants {sorted(unknown)}; known: {sorted(SERVE_VARIANTS)}")
@@ -733,12 +996,12 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     report: dict = {
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
-        "argv": sys.argv,
+        "argv": sys.argv if argv is None else ["bench/serve_bench.py", *argv],
         "cpus": os.cpu_count(),
         "loadavg": {"start": loadavg()},
         "note": "",
     }
-    bundle = ensure_bundle(args)
+    bundle = ensure_smoke_bundle(args) if args.smoke and not args.bundle else ensure_bundle(args)
     report["bundle"] = bundle
     from irene.bundle import read_manifest
 
@@ -773,7 +1036,10 @@ def main(argv=None) -> None:
                 flush=True,
             )
     report["total_s"] = round(time.perf_counter() - t_start, 1)
-    table = markdown(report, args.clients)
+    clients = args.clients
+    if args.concurrency and clients not in args.concurrency:
+        clients = max(args.concurrency)
+    table = markdown(report, clients)
     report["table"] = table
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"serve_bench-{stamp}.json")
@@ -784,6 +1050,11 @@ def main(argv=None) -> None:
     print(f"load average (1/5/15 min): {report['loadavg']}  on {os.cpu_count()} cores")
     print(table)
     print(f"\nwrote {path} ({report['total_s']}s total)")
+    if args.concurrency:
+        conc = write_concurrency(report, args)
+        print()
+        print(concurrency_markdown(conc))
+        print(f"wrote {os.path.join(args.out, 'serve_concurrency')}.{{json,md,png}}")
 
 
 if __name__ == "__main__":

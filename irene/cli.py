@@ -148,6 +148,38 @@ def train(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command()
+def ingest(
+    items: str = typer.Argument(..., help="Parquet / JSONL / TSV (id<TAB>text), local or s3://"),
+    bundle: str = typer.Option(..., "--bundle", help="bundle (local dir or s3:// prefix)"),
+    index: str = typer.Option(..., "--index", help="index log + snapshots (dir or s3://)"),
+    config: str | None = typer.Option(None, help=CONFIG_HELP),
+    executor: str = typer.Option("local", help="local (in-process) | ray (Ray Data + actors)"),
+    n_owners: int | None = typer.Option(None, help="shard actors of the index"),
+    address: str | None = typer.Option(None, help="Ray address; default: a local Ray"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. ingest.batch_size=256"),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Bulk-ingest novel items: encode -> select + generate -> durable index writes. Ids already
+    in the index are skipped, so a rerun after a failure resumes where it stopped."""
+    _setup_logging(verbose)
+    from irene.ingest import IngestError, run
+
+    dotted = {
+        "ingest.items": items,
+        "ingest.index.uri": index,
+        "ingest.index.n_owners": n_owners,
+        "ray.address": address,
+    }
+    cfg = _config(config, set_, dotted, bundle=bundle, executor=executor)
+    try:
+        report = run(cfg)
+    except IngestError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
 @oracle_app.command("distill")
 def oracle_distill(
     data_dir: str = typer.Argument(..., help="XC-format dataset (its training labels are unused)"),

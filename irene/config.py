@@ -212,6 +212,37 @@ class PseudoLabelConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# bulk ingest (irene.ingest): items -> encode -> select + generate -> the index's shard actors
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The index written to: the same settings as the Serve app's ``args.index`` +
+    ``args.index_uri`` (serve_app.schemas), so a bulk ingest reaches the app's shard actors."""
+
+    uri: str = ""  # log + snapshots: dir or s3:// prefix (one sub-prefix per shard actor)
+    name: str = "irene-index"  # Ray actor name (with n_owners > 1: name-shard-000-of-004, ...)
+    namespace: str = "irene"
+    n_owners: int = 1  # shard actors
+    n_shards: int = 4  # FAISS shards inside each shard actor
+    spec: dict = field(default_factory=dict)  # irene.index.shard.IndexSpec fields
+    num_cpus: float = 0.5  # per shard actor (used when the ingest creates them)
+    resources: dict = field(default_factory=dict)  # custom Ray resources per shard actor
+    snapshot_every: int = 1000
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    items: str = ""  # Parquet / JSONL / TSV (id<TAB>text) file or directory, local or s3://
+    index: IndexConfig = field(default_factory=IndexConfig)
+    batch_size: int = 512  # items per stage call and per durable log record
+    skip_existing: bool = True  # ids already in the index are skipped (a rerun resumes)
+    encode_actors: int = 0  # Ray: encoder actors; 0 = one per GPU, else per CPU
+    generate_actors: int = 1  # Ray: selector + generator actors
+    write_actors: int = 1  # Ray: concurrent writers to the shard actors
+
+
+# ----------------------------------------------------------------------------------------------
 # the root
 
 
@@ -228,6 +259,7 @@ class Config:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     def storage(self) -> str:
         """Ray Train checkpoint storage (local or s3://)."""
@@ -383,6 +415,12 @@ def _abs(uri: str) -> str:
 def absolute_paths(cfg: Config) -> Config:
     changes: dict[str, Any] = {f: _abs(getattr(cfg, f)) for f in PATH_FIELDS}
     changes["ray"] = dataclasses.replace(cfg.ray, storage_path=_abs(cfg.ray.storage_path))
+    ing = cfg.ingest
+    changes["ingest"] = dataclasses.replace(
+        ing,
+        items=_abs(ing.items),
+        index=dataclasses.replace(ing.index, uri=_abs(ing.index.uri)),
+    )
     return dataclasses.replace(cfg, **changes)
 
 
@@ -412,6 +450,15 @@ def validate(cfg: Config) -> Config:
             )
         if value < 0:
             raise ConfigError(f"'ray.resources_per_worker.{key}' must be >= 0, got {value}")
+    ing = cfg.ingest
+    for name in ("batch_size", "generate_actors", "write_actors"):
+        if getattr(ing, name) < 1:
+            raise ConfigError(f"'ingest.{name}' must be >= 1, got {getattr(ing, name)}")
+    for name in ("n_owners", "n_shards"):
+        if getattr(ing.index, name) < 1:
+            raise ConfigError(f"'ingest.index.{name}' must be >= 1")
+    if ing.encode_actors < 0:
+        raise ConfigError("'ingest.encode_actors' must be >= 0")
     t = cfg.train
     positive = {
         "train.classifiers.batch_size": t.classifiers.batch_size,

@@ -70,6 +70,7 @@ def run(
     port: int = 8000,
     tolerance: float = 0.1,
     concurrency: int = 4,
+    ingest: str = "http",
 ) -> dict:
     import numpy as np
     import ray
@@ -126,16 +127,17 @@ def run(
 
             items = [(str(j), ds.Y[j]) for j in split.novel]
             t0 = time.perf_counter()
-            statuses = client.ingest(items)
+            if ingest == "bulk":  # the Ray Data job, into the running app's shard actors
+                n_done = bulk_ingest(items, bundle, args, index_dir, out_dir)
+            else:
+                n_done = len(client.ingest(items))
             ingest_s = time.perf_counter() - t0
             count = client.count()
-            if len(statuses) != len(items) or count != len(items):
-                raise RuntimeError(
-                    f"ingested {len(statuses)}, index holds {count}, sent {len(items)}"
-                )
-            report["ingest"] = {"items": len(items), "seconds": round(ingest_s, 2)}
+            if n_done != len(items) or count != len(items):
+                raise RuntimeError(f"ingested {n_done}, index holds {count}, sent {len(items)}")
+            report["ingest"] = {"items": len(items), "seconds": round(ingest_s, 2), "via": ingest}
             report["ingest"]["items_per_s"] = round(len(items) / ingest_s, 1)
-            log.info("ingested %d novel items over HTTP in %.1fs", len(items), ingest_s)
+            log.info("ingested %d novel items (%s) in %.1fs", len(items), ingest, ingest_s)
 
             texts = [ds.tst_X[i] for i in split.zero_rows]
             t0 = time.perf_counter()
@@ -146,10 +148,14 @@ def run(
             log.info("ran %d zero-shot queries over HTTP in %.1fs", len(texts), query_s)
     finally:
         serve.shutdown()
-        try:
-            ray.kill(ray.get_actor(index_name, namespace=namespace))
-        except ValueError:
-            pass
+        from irene.index.router import owner_name
+
+        n_owners = args["index"].get("n_owners", 1)
+        for i in range(n_owners):
+            try:
+                ray.kill(ray.get_actor(owner_name(index_name, i, n_owners), namespace=namespace))
+            except ValueError:
+                pass
         if owns_ray:
             ray.shutdown()
 
@@ -173,6 +179,24 @@ def run(
     return report
 
 
+def bulk_ingest(items: list, bundle: str, args: dict, index_dir: str, out_dir: str) -> int:
+    """``items`` through ``irene.ray.ingest`` (Ray Data) into the app's index; rows written."""
+    from irene.config import load_config
+    from irene.ingest import write_tsv
+    from irene.ray.ingest import ingest_ray
+
+    path = write_tsv(os.path.join(out_dir, "novel_items.tsv"), items)
+    ix = args["index"]
+    keys = ("name", "namespace", "n_owners", "n_shards", "spec", "resources")
+    cfg = load_config(
+        None,
+        bundle=bundle,
+        executor="ray",
+        ingest={"items": path, "index": {**{k: ix[k] for k in keys if k in ix}, "uri": index_dir}},
+    )
+    return ingest_ray(cfg).written
+
+
 def table(report: dict) -> str:
     from irene.eval.protocol import REPORT_METRICS
 
@@ -193,7 +217,8 @@ def table(report: dict) -> str:
     lines.append("")
     ing, q = report["ingest"], report["query"]
     lines.append(
-        f"ingest: {ing['items']} novel items at {ing['items_per_s']} items/s; "
+        f"ingest ({ing.get('via', 'http')}): {ing['items']} novel items at "
+        f"{ing['items_per_s']} items/s; "
         f"queries: {q['queries']} at {q['queries_per_s']} queries/s (k={q['k_requested']})"
     )
     return "\n".join(lines)
@@ -209,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--tolerance", type=float, default=0.1, help="max |HTTP - in-process| points")
     p.add_argument("--concurrency", type=int, default=4, help="parallel HTTP requests")
+    p.add_argument(
+        "--ingest",
+        choices=("http", "bulk"),
+        default="http",
+        help="novel items via POST /v1/items, or the bulk Ray Data job (pipelines.ingest)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -222,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         a.port,
         a.tolerance,
         a.concurrency,
+        a.ingest,
     )
     print(table(report))
     if report["max_abs_diff"] > a.tolerance:

@@ -16,7 +16,8 @@ default) the encoding replica also searches its own copy of the index (``irene.i
 so a query makes no Ray call; without it, one index actor call per batch.
 
 The index is the named, detached actor of ``irene.ray.index`` (shared by every Ingress
-replica and surviving redeploys of the app; :func:`index_actor` is the one way to reach it).
+replica and surviving redeploys of the app; :func:`index_actor` is the one way to reach it;
+with ``index.n_owners > 1`` it is one actor per shard behind a router).
 On start an Ingress replica asks an *empty* index to seed itself with the bundle's seen items'
 trained classifiers (the actor reads them from the bundle). Handlers see one encoder interface
 (``encode``/``search``): a :class:`BatchedEncoder` in this replica or :class:`RemoteEncoder`
@@ -77,26 +78,16 @@ S3_ENV = io.S3_ENV_VARS
 
 # --------------------------------------------------------------------------- helpers
 def index_actor(args: AppArgs, dim: int):
-    """The app's named index actor (created on first use with the app's settings)."""
-    from irene.ray.index import get_or_create_index_actor
+    """The app's index: its named shard actors (created on first use with the app's settings)
+    behind one router (:class:`irene.ray.index.ActorShards`)."""
+    from irene.ray.index import actors_for
 
     s = args.index
     env = None
     if args.index_uri.startswith("s3://") or args.bundle.startswith("s3://"):
         env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
-    return get_or_create_index_actor(
-        s.name,
-        s.namespace,
-        args.index_uri,
-        dim,
-        s.n_shards,
-        s.spec or None,
-        max_restarts=-1,
-        max_concurrency=s.max_concurrency,
-        num_cpus=s.num_cpus,
-        snapshot_every=s.snapshot_every,
-        lease_s=s.lease_s,
-        env_vars=env,
+    return actors_for(
+        s, args.index_uri, dim, env, max_concurrency=s.max_concurrency, lease_s=s.lease_s
     )
 
 
@@ -379,7 +370,7 @@ class Ingress:
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
         if self.args.seed_index:
-            await self._index.seed_from_bundle.remote(self.args.bundle, self.args.index.seed_chunk)
+            await self._index.seed_from_bundle(self.args.bundle, self.args.index.seed_chunk)
         self._encoder.start_replica()  # after seeding: one state transfer, not one per chunk
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
@@ -389,7 +380,7 @@ class Ingress:
     # ----------------------------------------------------------------- setup
     async def _check_index(self) -> None:
         """Fail fast if a same-named actor already serves another location or dimension."""
-        stats = await self._index.stats.remote()
+        stats = await self._index.stats()
         if stats["dim"] != self.dim:
             raise RuntimeError(
                 f"index actor {self.args.index.name!r} holds dim {stats['dim']} vectors but the "
@@ -424,11 +415,11 @@ class Ingress:
         texts = [it.text for it in req.items]
         # created/updated statuses: one existence check per batch; two requests racing on the
         # same new id may both report "created"
-        existed = asyncio.ensure_future(self._index.contains.remote(ids))
+        existed = asyncio.ensure_future(self._index.contains(ids))
         emb = await self._timed("encode", self._encoder.encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
         before = await existed
-        seq = await self._timed("index_add", self._index.add.remote(ids, clf))
+        seq = await self._timed("index_add", self._index.add(ids, clf))
         self.metrics.observe_ingest(len(ids))
         results = [
             {"id": i, "status": "updated" if e else "created"}
@@ -443,7 +434,7 @@ class Ingress:
         responses={404: {"description": "no such item"}},
     )
     async def delete_item(self, item_id: str) -> DeleteResponse:
-        present = await self._index.delete.remote([item_id])
+        present = await self._index.delete([item_id])
         if not present[0]:
             raise HTTPException(404, f"item {item_id!r} not found")
         return DeleteResponse(id=item_id, deleted=True)
@@ -456,7 +447,7 @@ class Ingress:
     )
     async def delete_items(self, req: IdsRequest) -> DeleteManyResponse:
         ids = check_ids(req, self.limits)
-        present = await self._index.delete.remote(ids)
+        present = await self._index.delete(ids)
         return DeleteManyResponse(
             results=[
                 DeleteResponse(id=i, deleted=bool(p)) for i, p in zip(ids, present, strict=True)
@@ -467,7 +458,7 @@ class Ingress:
         "/v1/snapshot", response_model=SnapshotResponse, dependencies=[Depends(require_write)]
     )
     async def snapshot(self) -> SnapshotResponse:
-        seq = await self._index.snapshot.remote()
+        seq = await self._index.snapshot()
         return SnapshotResponse(seq=int(seq))
 
     # ----------------------------------------------------------------- reads
@@ -487,7 +478,7 @@ class Ingress:
         responses={404: {"description": "no such item"}},
     )
     async def get_item(self, item_id: str, include_vector: bool = False) -> ItemOut:
-        vec = await self._index.get.remote(item_id)
+        vec = await self._index.get(item_id)
         if vec is None:
             raise HTTPException(404, f"item {item_id!r} not found")
         return _item_out(item_id, vec, include_vector)
@@ -501,7 +492,7 @@ class Ingress:
     )
     async def fetch_items(self, req: IdsRequest) -> JSONResponse:
         ids = check_ids(req, self.limits)
-        vecs = await self._index.get_many.remote(ids)
+        vecs = await self._index.get_many(ids)
         items = [
             None
             if v is None
@@ -526,7 +517,7 @@ class Ingress:
         return JSONResponse(body.model_dump(exclude_none=True))
 
     async def _count_ref(self) -> int:
-        return await self._index.count.remote()
+        return await self._index.count()
 
     @api.get("/metrics", response_class=Response, summary="Prometheus metrics of this replica")
     async def metrics_endpoint(self) -> Response:

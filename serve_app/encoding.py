@@ -12,11 +12,12 @@ Concurrent calls are merged by a :class:`~serve_app.batching.Coalescer` (one com
 time, everything queued meanwhile joins the next). ``search`` encodes all concurrent queries
 in one call and searches them together:
 
-- with a read replica (``index.read_replica``, the default): in this process's copy of the
-  index (:class:`irene.index.feed.ReadReplica`), in the same compute call -- no Ray call per
-  query. A background task long-polls the index actor's change feed and applies the changes
-  in the compute thread, so they are ordered with the searches. While the copy is not fresh
-  (starting, or the actor unreachable for a lease) the batch goes to the actor as below;
+- with read replicas (``index.read_replica``, the default): in this process's copy of each
+  shard (:class:`irene.index.feed.ReadReplica`, one per shard actor), merged, in the same
+  compute call -- no Ray call per query. One background task per shard long-polls its
+  actor's change feed and applies the changes in the compute thread, so they are ordered with
+  the searches. While a copy is not fresh (starting, or its actor unreachable for a lease)
+  the batch goes to the shard actors as below;
 - else (or as that fallback): in one ``search`` call to the index actor, not part of the
   batch's compute slot, so the next batch encodes while this one's index call is in flight.
 """
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from irene.index.feed import ReadReplica
+from irene.index.router import merge_topk
 from serve_app.batching import Coalescer
 
 log = logging.getLogger("irene.serve")
@@ -61,10 +63,10 @@ def compute_pool(threads: int) -> ThreadPoolExecutor:
 class BatchedEncoder:
     """A bundle's encoder plus a compute thread; batches concurrent ``encode``/``search`` calls.
 
-    ``index`` returns the index actor handle (looked up lazily: the actor may not exist yet
-    when this object is built); ``observe(stage, seconds)`` receives the time of each batched
+    ``index`` returns the index (:class:`irene.ray.index.ActorShards`, looked up lazily: the
+    actors may not exist yet when this object is built); ``observe(stage, seconds)`` receives the time of each batched
     encode (``batch_encode``), read replica search (``batch_replica_search``) and index actor
-    call (``batch_index_search``). ``read_replica``: keep a copy of the index
+    call (``batch_index_search``). ``read_replica``: keep a copy of each shard of the index
     (started by :meth:`start_replica`, or by the first search).
     """
 
@@ -87,8 +89,9 @@ class BatchedEncoder:
         self._observe = observe or (lambda stage, seconds: None)
         self._texts = Coalescer(self._encode_rows, max_batch)
         self._queries = Coalescer(self._encode_then_search, max_batch)
-        self.replica = ReadReplica() if read_replica else None
-        self._follower: asyncio.Task | None = None
+        self._read_replica = read_replica
+        self.replicas: list[ReadReplica] = []  # one per shard actor, once following
+        self._followers: list[asyncio.Task] = []
         log.info("encoder loaded: bundle %s, dim %d", bundle, self.dim)
 
     async def _encode_rows(self, texts: list) -> np.ndarray:
@@ -126,26 +129,47 @@ class BatchedEncoder:
         t0 = time.perf_counter()
         q = np.asarray(self._encoder.encode(texts), np.float32)  # (N, d)
         t1 = time.perf_counter()
-        hits = None if self.replica is None else self.replica.search(q, k)
+        hits = self._replica_search(q, k)
         return q, hits, t1 - t0, time.perf_counter() - t1
+
+    def _replica_search(self, q: np.ndarray, k: int) -> list | None:
+        """Merged top-k over this process's shard copies; None unless every copy is fresh."""
+        if not self.replicas:
+            return None
+        parts = []
+        for rep in self.replicas:
+            hits = rep.search(q, k)
+            if hits is None:
+                return None
+            parts.append(hits)
+        return parts[0] if len(parts) == 1 else merge_topk(parts, k)
 
     # ----------------------------------------------------------------- read replica
     def start_replica(self) -> None:
-        """Start following the index actor's change feed (idempotent; needs a running loop)."""
-        if self.replica is not None and (self._follower is None or self._follower.done()):
-            self._follower = asyncio.get_running_loop().create_task(self._follow())
+        """Start following each shard actor's change feed (idempotent; needs a running loop)."""
+        if not self._read_replica:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._followers:
+            handles = self._index().handles
+            self.replicas = [ReadReplica() for _ in handles]
+            self._followers = [loop.create_task(self._follow(i)) for i in range(len(handles))]
+        for i, task in enumerate(self._followers):
+            if task.done():
+                self._followers[i] = loop.create_task(self._follow(i))
 
-    async def _follow(self) -> None:
+    async def _follow(self, owner: int) -> None:
         from irene.ray.index import FEED_GROUP
 
         loop = asyncio.get_running_loop()
-        rep = self.replica
+        rep = self.replicas[owner]
         failures = 0
         while True:
             try:
                 timeout = rep.poll_timeout_s()
                 ch = await (
                     self._index()
+                    .handles[owner]
                     .poll.options(concurrency_group=FEED_GROUP)
                     .remote(*rep.poll_args(), timeout)
                 )
@@ -163,19 +187,21 @@ class BatchedEncoder:
                 await asyncio.sleep(min(2.0, 0.1 * failures))
 
     async def aclose(self) -> None:
-        """Stop following; tell the actor, so writes stop waiting for this copy."""
-        if self._follower is None:
+        """Stop following; tell the actors, so writes stop waiting for these copies."""
+        if not self._followers:
             return
-        self._follower.cancel()
-        self._follower = None
-        try:
-            await self._index().leave.remote(self.replica.name)
-        except Exception as e:  # the actor may be gone too; it expels us after the lease
-            log.warning("read replica %s: could not leave the feed (%s)", self.replica.name, e)
+        for task in self._followers:
+            task.cancel()
+        self._followers = []
+        for handle, rep in zip(self._index().handles, self.replicas, strict=True):
+            try:
+                await handle.leave.remote(rep.name)
+            except Exception as e:  # the actor may be gone too; it expels us after the lease
+                log.warning("read replica %s: could not leave the feed (%s)", rep.name, e)
 
     async def _index_search(self, q: np.ndarray, k: int) -> list:
         t0 = time.perf_counter()
-        hits = await self._index().search.remote(q, k)  # one [(id, score), ...] per row of q
+        hits = await self._index().search(q, k)  # one [(id, score), ...] per row of q
         self._observe("batch_index_search", time.perf_counter() - t0)
         return hits
 

@@ -61,13 +61,23 @@ class BatchSettings(_Frozen):
 
 
 class IndexSettings(_Frozen):
-    """The named, detached index actor (``irene.ray.index``)."""
+    """The index's named, detached shard actors (``irene.ray.index``)."""
 
     name: str = "irene-index"
     namespace: str = "irene"
-    n_shards: int = Field(4, ge=1)
+    n_owners: int = Field(
+        1,
+        ge=1,
+        description="shard actors: each owns 1/n of the items (its own log and snapshots, "
+        "placed by Ray on any node); queries fan out to every shard and merge the top-k",
+    )
+    n_shards: int = Field(4, ge=1, description="FAISS shards inside each shard actor")
     spec: dict = Field(default_factory=dict, description="irene.index.shard.IndexSpec fields")
     num_cpus: float = Field(1.0, ge=0.0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='custom Ray resources per shard actor, e.g. {"index_shard": 1} (cluster/)',
+    )
     max_concurrency: int = Field(8, ge=2)
     snapshot_every: int = Field(1000, ge=0)
     seed_chunk: int = Field(4096, ge=1, description="seen items per log record when seeding")

@@ -17,6 +17,23 @@ Index kinds (``IndexSpec.kind``):
   until the shard holds ``ivf_nlist * IVF_MIN_POINTS_PER_CENTROID`` (39) vectors, the shard
   keeps them in an exact flat fallback index; on the add that crosses the threshold the
   coarse quantiser is trained on all stored vectors, which then move into the IVF index.
+* ``"ivfpq"`` -- ``IndexIVFPQ`` (residual product quantisation: ``pq_m`` sub-quantisers of
+  ``pq_nbits`` bits each, so ``pq_m * pq_nbits / 8`` code bytes per vector instead of
+  ``4 * dim``), otherwise exactly like ``"ivf"``: the same hash-table direct map, native
+  ``remove_ids``, and the same exact flat fallback until training. Its training threshold is
+  ``max(ivf_nlist, 2 ** pq_nbits) * IVF_MIN_POINTS_PER_CENTROID`` (the coarse quantiser and
+  every PQ sub-quantiser get >= 39 training points per centroid); both quantisers are trained
+  on all vectors stored at that moment. ``pq_m`` must divide ``dim`` (checked when the
+  ``Shard`` is built: ``ValueError`` naming the valid choices; nothing is picked silently).
+  Scores are PQ approximations of the inner product, and once trained ``get`` returns the
+  *PQ-decoded approximation* of the stored vector (centroid + decoded residual), not the
+  vector that was added (before training ``get`` is exact, like the flat fallback).
+
+``Shard.memory_bytes()`` is the size of the FAISS index as ``faiss.write_index`` serialises
+it (counted while streaming, nothing is materialised): vectors or codes, ids, graph links,
+direct map and quantisers. It excludes the Python-side id maps of the ``Shard`` and the
+in-memory overhead of ``std::unordered_map`` (the IVF direct map is written as 16-byte
+pairs) and of allocator slack, so it is a close lower bound of the resident size.
 
 GPU (``use_gpu``): only the flat kind, only if ``faiss.get_num_gpus() > 0`` (``"auto"``) or
 when forced with ``True``. The CPU index stays authoritative; a GPU copy is (re)built lazily
@@ -32,14 +49,15 @@ import io
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import faiss
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "hnsw", "ivf")
+KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+IVF_KINDS = ("ivf", "ivfpq")
 HNSW_REBUILD_FRACTION = 0.2
 IVF_MIN_POINTS_PER_CENTROID = 39
 _FORMAT_VERSION = 1
@@ -56,6 +74,8 @@ class IndexSpec:
     ivf_nlist: int = 1024
     nprobe: int = 16
     use_gpu: bool | str = "auto"  # True | False | "auto"
+    pq_m: int = 48  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); must divide dim
+    pq_nbits: int = 8  # ivfpq: bits per sub-quantiser code, 1..16
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,9 +84,18 @@ class IndexSpec:
             raise ValueError(
                 f"IndexSpec.use_gpu must be True, False or 'auto', got {self.use_gpu!r}"
             )
-        for name in ("hnsw_m", "hnsw_ef_construction", "ef_search", "ivf_nlist", "nprobe"):
+        for name in (
+            "hnsw_m",
+            "hnsw_ef_construction",
+            "ef_search",
+            "ivf_nlist",
+            "nprobe",
+            "pq_m",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"IndexSpec.{name} must be >= 1")
+        if not 1 <= self.pq_nbits <= 16:
+            raise ValueError(f"IndexSpec.pq_nbits must be in 1..16, got {self.pq_nbits}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +139,12 @@ class Shard:
             raise ValueError("dim must be >= 1")
         self.dim = int(dim)
         self.spec = spec or IndexSpec()
+        if self.spec.kind == "ivfpq" and self.dim % self.spec.pq_m:
+            divisors = [m for m in range(1, min(self.dim, 128) + 1) if self.dim % m == 0]
+            raise ValueError(
+                f"IndexSpec.pq_m={self.spec.pq_m} must divide dim={self.dim}; "
+                f"valid pq_m values up to 128: {divisors}"
+            )
         # id -> faiss label. Equal to the id except for HNSW (fresh label per insertion).
         self._labels: dict[int, int] = {}
         self._id_of_label: dict[int, int] = {}  # HNSW only: inverse of _labels
@@ -146,7 +181,11 @@ class Shard:
 
     @property
     def ivf_train_threshold(self) -> int:
-        return self.spec.ivf_nlist * IVF_MIN_POINTS_PER_CENTROID
+        """IVF kinds: stored vectors at which the shard trains and leaves its flat fallback."""
+        centroids = self.spec.ivf_nlist
+        if self.spec.kind == "ivfpq":
+            centroids = max(centroids, 2**self.spec.pq_nbits)
+        return centroids * IVF_MIN_POINTS_PER_CENTROID
 
     @property
     def count(self) -> int:
@@ -167,7 +206,7 @@ class Shard:
 
     @property
     def ivf_trained(self) -> bool:
-        """IVF: whether the shard has left its exact flat fallback."""
+        """IVF kinds: whether the shard has left its exact flat fallback."""
         return self._ivf_trained
 
     def __contains__(self, id_: int) -> bool:
@@ -200,7 +239,7 @@ class Shard:
         self._labels.update(zip(ids_arr.tolist(), labels.tolist(), strict=True))
         if self.spec.kind == "hnsw":
             self._id_of_label.update(zip(labels.tolist(), ids_arr.tolist(), strict=True))
-        if self.spec.kind == "ivf" and not self._ivf_trained:
+        if self.spec.kind in IVF_KINDS and not self._ivf_trained:
             self._maybe_train_ivf()
         self._gpu_index = None
 
@@ -250,16 +289,67 @@ class Shard:
             return
         ids, vecs = self._all_stored()  # flat fallback: labels == ids
         quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(
-            quantizer, self.dim, self.spec.ivf_nlist, faiss.METRIC_INNER_PRODUCT
-        )
+        if self.spec.kind == "ivfpq":
+            ivf = faiss.IndexIVFPQ(
+                quantizer,
+                self.dim,
+                self.spec.ivf_nlist,
+                self.spec.pq_m,
+                self.spec.pq_nbits,
+                faiss.METRIC_INNER_PRODUCT,
+            )
+        else:
+            ivf = faiss.IndexIVFFlat(
+                quantizer, self.dim, self.spec.ivf_nlist, faiss.METRIC_INNER_PRODUCT
+            )
         ivf.train(vecs)
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.add_with_ids(vecs, ids)
         ivf.nprobe = self.spec.nprobe
-        log.info("trained IVF shard (nlist=%d) on %d vectors", self.spec.ivf_nlist, len(ids))
+        log.info(
+            "trained %s shard (nlist=%d) on %d vectors",
+            self.spec.kind,
+            self.spec.ivf_nlist,
+            len(ids),
+        )
         self._index = ivf
         self._ivf_trained = True
+
+    def set_search_knobs(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change search-time knobs in place, without a rebuild (``spec`` is replaced).
+
+        ``nprobe`` applies to the IVF kinds (once trained), ``ef_search`` to HNSW; both are
+        recorded in ``spec`` for every kind. Not safe concurrently with ``search``.
+        """
+        changes = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v}
+        if (nprobe is not None and nprobe < 1) or (ef_search is not None and ef_search < 1):
+            raise ValueError("nprobe and ef_search must be >= 1")
+        if not changes:
+            return
+        self.spec = replace(self.spec, **changes)
+        if self._ivf_trained:
+            self._index.nprobe = self.spec.nprobe
+        if self.spec.kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = self.spec.ef_search
+        self._refresh_search_params()
+
+    def memory_bytes(self) -> int:
+        """Bytes of the FAISS index as serialised by ``faiss.write_index`` (module docstring).
+
+        Counted through a streaming writer, so no copy of the index is made. Includes HNSW
+        tombstones (they stay in the graph until a rebuild) and, for an untrained IVF kind,
+        the flat fallback.
+        """
+        total = 0
+
+        def count(chunk: bytes) -> None:
+            nonlocal total
+            total += len(chunk)
+
+        writer = faiss.PyCallbackIOWriter(count)
+        faiss.write_index(self._index, writer)
+        del writer  # flushes any buffered tail into ``count``
+        return total
 
     def _refresh_search_params(self) -> None:
         """Rebuild the HNSW search parameters (efSearch + tombstone filter)."""

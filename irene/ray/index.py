@@ -1,4 +1,4 @@
-"""The index actor: a Ray actor owning a ``DurableIndex`` (its single writer).
+"""The index actors: Ray actors each owning one shard's ``DurableIndex`` (its single writer).
 
 ``IndexActor`` is a plain class (usable and testable without Ray); ``get_or_create_index_actor``
 wraps it with ``ray.remote`` as a *named, detached* actor in an explicit namespace. The actor
@@ -9,6 +9,11 @@ after a crash (``max_restarts``) it comes back with every acknowledged batch. Wi
 Read replicas (``irene.index.feed``) long-poll ``poll`` in the ``"feed"`` concurrency group
 (its own threads, so polls never starve writes or searches); ``add``/``delete`` return only
 once every replica has applied the batch or been expelled.
+
+An index of ``n_owners`` shards is ``n_owners`` such actors (``index_actors``), each with its
+own log and snapshots under ``owner_uri(uri, i, n)`` and placed by Ray on any node;
+:class:`ActorShards` routes calls over them (``irene.index.router``: partition by id,
+scatter-gather top-k). With one owner the actor's name and uri are the index's own.
 
 Ray is imported lazily, so ``irene.index`` stays importable without it.
 """
@@ -24,7 +29,9 @@ import numpy as np
 
 from irene.index.feed import ChangeFeed, Changes
 from irene.index.log import DurableIndex
+from irene.index.router import RoutedIndex, ShardRouter, owner_name, owner_of, owner_uri
 from irene.index.shard import IndexSpec
+from irene.index.sharded import int_id
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +93,21 @@ class IndexActor:
         """The stored vector of each id (None where absent), in one call."""
         return [self._index.get(i) for i in ids]
 
-    def seed_from_bundle(self, bundle: str, chunk: int = 4096) -> int:
-        """Add a bundle's seen items (their trained classifiers) if the index is empty, through
-        the durable path; returns the number added (0 when the index already held items)."""
+    def seed_from_bundle(
+        self, bundle: str, chunk: int = 4096, owner: int = 0, n_owners: int = 1
+    ) -> int:
+        """Add a bundle's seen items (their trained classifiers) that belong to this owner if
+        its index is empty, through the durable path; returns the number added (0 when the
+        index already held items)."""
         from irene.bundle import load_seen_classifiers
 
         if self._index.count > 0:
             return 0
         t0 = time.perf_counter()
         ids, vecs = load_seen_classifiers(bundle)  # (S,), (S, d)
+        if n_owners > 1:
+            mine = [i for i, s in enumerate(ids) if owner_of(int_id(s), n_owners) == owner]
+            ids, vecs = [ids[i] for i in mine], vecs[mine]
         for s in range(0, len(ids), chunk):
             self.add(ids[s : s + chunk], vecs[s : s + chunk])
         log.info(
@@ -153,6 +166,7 @@ def get_or_create_index_actor(
     lease_s: float = 1.5,
     feed_concurrency: int = 64,
     env_vars: dict[str, str] | None = None,
+    resources: dict[str, float] | None = None,
 ):
     """Return the named detached ``IndexActor`` handle, creating it if it does not exist.
 
@@ -160,7 +174,8 @@ def get_or_create_index_actor(
     because ``add`` is an idempotent upsert. ``env_vars`` (e.g. the S3 endpoint/credentials)
     are set in the actor's process via its runtime environment. ``lease_s``: read replicas'
     lease (``irene.index.feed``); ``feed_concurrency``: threads for their long polls (one
-    per replica). A detached actor outlives
+    per replica); ``resources``: custom Ray resources, e.g. ``{"index_shard": 1}`` to place
+    shard actors on the cluster's memory-heavy index nodes. A detached actor outlives
     the driver: stop it with ``ray.kill(handle)``.
     """
     import ray
@@ -179,9 +194,114 @@ def get_or_create_index_actor(
     }
     if env_vars:
         options["runtime_env"] = {"env_vars": dict(env_vars)}
+    if resources:
+        options["resources"] = dict(resources)
     spec_dict = IndexSpec.from_dict(spec).to_dict()
     return (
         ray.remote(concurrency_groups={FEED_GROUP: feed_concurrency})(IndexActor)
         .options(**options)
         .remote(uri, dim, n_shards, spec_dict, snapshot_every, keep_snapshots, lease_s)
     )
+
+
+def index_actors(
+    name: str, namespace: str, uri: str, dim: int, n_owners: int = 1, **kwargs
+) -> list:
+    """The handles of the ``n_owners`` shard actors of one index (each created on first use,
+    see :func:`get_or_create_index_actor` for ``kwargs``)."""
+    return [
+        get_or_create_index_actor(
+            owner_name(name, i, n_owners), namespace, owner_uri(uri, i, n_owners), dim, **kwargs
+        )
+        for i in range(n_owners)
+    ]
+
+
+def actors_for(settings, uri: str, dim: int, env: dict | None = None, **options) -> ActorShards:
+    """The routed shard actors described by ``settings`` (any object with the fields of
+    ``irene.config.IndexConfig``: the Serve app's ``args.index`` or the ingest's
+    ``ingest.index``); ``options``: more :func:`get_or_create_index_actor` keywords."""
+    handles = index_actors(
+        settings.name,
+        settings.namespace,
+        uri,
+        dim,
+        settings.n_owners,
+        n_shards=settings.n_shards,
+        spec=settings.spec or None,
+        max_restarts=-1,
+        num_cpus=settings.num_cpus,
+        snapshot_every=settings.snapshot_every,
+        env_vars=env or None,
+        resources=settings.resources or None,
+        **options,
+    )
+    return ActorShards(handles)
+
+
+class ActorShards:
+    """The index over its shard actors: each ``IndexActor`` method as an ``async`` method
+    (scatter to the owners concerned, gather, combine: ``irene.index.router``), plus
+    :meth:`call` for synchronous callers (drivers, Ray Data workers)."""
+
+    def __init__(self, handles: list) -> None:
+        self.handles = list(handles)
+        self.router = ShardRouter(len(self.handles))
+
+    @property
+    def n_owners(self) -> int:
+        return len(self.handles)
+
+    def _refs(self, method: str, args: tuple):
+        plan = getattr(self.router, method)(*args)
+        return plan, [getattr(self.handles[o], m).remote(*a) for o, m, a in plan.calls]
+
+    async def _acall(self, method: str, *args):
+        import asyncio
+
+        plan, refs = self._refs(method, args)
+        return plan.combine(list(await asyncio.gather(*refs)))
+
+    def call(self, method: str, *args, timeout: float | None = None):
+        """Run one router method synchronously (``ray.get`` on every owner's answer)."""
+        return getattr(self.sync(timeout), method)(*args)
+
+    def sync(self, timeout: float | None = None) -> RoutedIndex:
+        """The same index for synchronous callers (drivers, Ray Data workers)."""
+        import ray
+
+        return RoutedIndex(self.handles, lambda ref: ray.get(ref, timeout=timeout))
+
+    async def add(self, ids: Sequence[str], vecs) -> int:
+        return await self._acall("add", ids, vecs)
+
+    async def delete(self, ids: Sequence[str]) -> list[bool]:
+        return await self._acall("delete", ids)
+
+    async def contains(self, ids: Sequence[str]) -> list[bool]:
+        return await self._acall("contains", ids)
+
+    async def get(self, id_: str):
+        return await self._acall("get", id_)
+
+    async def get_many(self, ids: Sequence[str]) -> list:
+        return await self._acall("get_many", ids)
+
+    async def search(self, queries, k: int) -> list:
+        return await self._acall("search", queries, k)
+
+    async def count(self) -> int:
+        return await self._acall("count")
+
+    async def snapshot(self) -> int:
+        return await self._acall("snapshot")
+
+    async def stats(self) -> dict:
+        return await self._acall("stats")
+
+    async def seed_from_bundle(self, bundle: str, chunk: int) -> int:
+        import asyncio
+
+        n = self.n_owners
+        refs = [h.seed_from_bundle.remote(bundle, chunk, i, n) for i, h in enumerate(self.handles)]
+        return sum(await asyncio.gather(*refs))

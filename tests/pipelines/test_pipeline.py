@@ -59,14 +59,16 @@ def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
     _check_manifest(manifest)
     check_bundle_scores(str(out), n_seen=manifest["num_seen_items"])
 
-    # the rest of `make demo`: serve the bundle, ingest the novel items and run the zero-shot
-    # queries over HTTP; the metrics must equal build_bundle's in-process evaluation
+    # the rest of `make demo`: serve the bundle, bulk-ingest the novel items (the Ray Data job,
+    # into the running app's shard actors) and run the zero-shot queries over HTTP; the
+    # metrics must equal build_bundle's in-process evaluation
     demo_out = tmp_path / "demo"
-    argv = [data, "--bundle", "bundle", "--work-dir", "work", "--out", "demo"]
+    argv = [data, "--bundle", "bundle", "--work-dir", "work", "--out", "demo", "--ingest", "bulk"]
     assert pipelines.demo.main([*argv, "--port", str(free_port())]) == 0
     report = json.loads((demo_out / "http_metrics.json").read_text())
     split = ZeroShotSplit.load(str(work / artifacts.SPLIT_DIR))
     assert report["ingest"]["items"] == len(split.novel) > 0
+    assert report["ingest"]["via"] == "bulk"
     assert report["query"]["queries"] == len(split.zero_rows) > 0
     assert (
         report["zero_shot_in_process"] == manifest["metrics"]["eval"]["arms"]["irene"]["zero_shot"]

@@ -215,3 +215,112 @@ def test_chaos_kill_actor_s3_log(ray_local, moto_s3):
 def test_rejects_serial_actor():
     with pytest.raises(ValueError):
         get_or_create_index_actor("x", NAMESPACE, "/tmp/unused", DIM, max_concurrency=1)
+
+
+def test_four_shard_actors_survive_kills_of_one_shard(ray_local, tmp_path):
+    """An index over 4 shard actors (one log each): shard 2's actor is SIGKILLed twice under
+    ingest + search through the router; every acknowledged item survives on its shard, a read
+    replica of shard 2 holds exactly that shard's items, and answers equal one in-process
+    index holding everything."""
+    from irene.index.router import owner_of
+    from irene.index.sharded import ShardedIndex, int_id
+    from irene.ray.index import ActorShards, index_actors
+
+    ray = ray_local
+    name = f"shards-{uuid.uuid4().hex[:8]}"
+    uri = str(tmp_path / "index")
+    handles = index_actors(
+        name, NAMESPACE, uri, DIM, 4, n_shards=2, max_task_retries=-1, max_concurrency=4,
+        num_cpus=0, snapshot_every=5,
+    )  # fmt: skip
+    shards = ActorShards(handles)
+    deadline = time.monotonic() + 120
+    victim = handles[2]
+    try:
+        pid0 = _call(ray, victim.stats, deadline=deadline)["pid"]
+        acked: list[int] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        copy, copy_lock = ReadReplica(), threading.Lock()  # follows shard 2 only
+
+        def retrying(method, *args):
+            while True:
+                try:
+                    return shards.call(method, *args, timeout=30)
+                except _ray_actor_errors():
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+        def ingest():
+            try:
+                b = 0
+                while not stop.is_set() and time.monotonic() < deadline:
+                    retrying("add", *_batch(b, 8))
+                    acked.append(b)
+                    b += 1
+            except BaseException as e:  # noqa: BLE001 -- surfaced by the assertion below
+                errors.append(e)
+
+        def searcher():
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    retrying("search", _batch(10_000)[1], 3)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def follower():
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    _poll(ray, victim, copy, copy_lock)
+                except _ray_actor_errors():
+                    copy.lost_contact()
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=f) for f in (ingest, searcher, follower)]
+        for t in threads:
+            t.start()
+        pids = [pid0]
+        for _ in range(2):
+            goal = len(acked) + 8
+            while len(acked) < goal and time.monotonic() < deadline and not errors:
+                time.sleep(0.05)
+            os.kill(pids[-1], signal.SIGKILL)
+            while time.monotonic() < deadline and not errors:
+                pid = _call(ray, victim.stats, deadline=deadline)["pid"]
+                if pid != pids[-1]:
+                    pids.append(pid)
+                    break
+                time.sleep(0.1)
+        goal = len(acked) + 8
+        while len(acked) < goal and time.monotonic() < deadline and not errors:
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors[0]
+        assert len(pids) == 3, "shard 2's actor was not restarted twice"
+
+        # every acknowledged item is on its own shard with its vector; nothing extra anywhere
+        ids = [i for b in acked for i in _batch(b, 8)[0]]
+        x = np.concatenate([_batch(b, 8)[1] for b in acked])
+        stats = shards.call("stats", timeout=30)
+        assert stats["count"] == len(ids) == stats["integrity"]["ids"]
+        assert stats["integrity"]["labels"] == len(ids)
+        for o, h in enumerate(handles):
+            mine = [i for i in ids if owner_of(int_id(i), 4) == o]
+            assert ray.get(h.count.remote(), timeout=30) == len(mine)
+        got = shards.call("get_many", ids, timeout=30)
+        np.testing.assert_allclose(np.stack(got), x, rtol=1e-6)
+        reference = ShardedIndex(DIM, 2)
+        reference.add(ids, x)
+        q = _batch(20_000, 10)[1]
+        assert shards.call("search", q, 5, timeout=30) == reference.search(q, 5)
+
+        # the replica copies one shard, not the index
+        _poll(ray, victim, copy, copy_lock)
+        on_2 = {i for i in ids if owner_of(int_id(i), 4) == 2}
+        assert set(copy.index.ids()) == on_2 and 0 < len(on_2) < len(ids)
+    finally:
+        for h in handles:
+            ray.kill(h)

@@ -41,6 +41,7 @@ class Served:
     start_count: int
     placement: str  # AppArgs.encoder_placement of this app
     read_replica: bool  # AppArgs.index.read_replica of this app
+    index: dict | None = None  # AppArgs.index of this app
 
     def count(self) -> int:
         r = self.client.get("/readyz")
@@ -69,11 +70,12 @@ class Served:
 
 
 # every test runs against both placements of the encoder (its own deployment, and in the
-# Ingress) and both query paths (index actor calls, a read replica in the encoding replica)
+# Ingress), both query paths (index actor calls, read replicas in the encoding replica) and
+# both index layouts (one index actor, and 2 shard actors behind the router)
 @pytest.fixture(
     scope="module",
-    params=[("deployment", False), ("ingress", True)],
-    ids=["deployment-actor-reads", "ingress-read-replica"],
+    params=[("deployment", False, 1), ("ingress", True, 2)],
+    ids=["deployment-actor-reads", "ingress-read-replica-2-shard-actors"],
 )
 def served(ray_local, tmp_path_factory, request):
     from ray import serve
@@ -88,13 +90,14 @@ def served(ray_local, tmp_path_factory, request):
     old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
     port = free_port()
     small = {"ray_actor_options": {"num_cpus": 0.1}}
-    placement, read_replica = request.param
+    placement, read_replica, n_owners = request.param
     args = {
         "bundle": bundle_dir,
         "index_uri": str(index_dir),
         "index": {
             "name": index_name,
             "namespace": NAMESPACE,
+            "n_owners": n_owners,
             "n_shards": 3,
             "num_cpus": 0.1,
             "read_replica": read_replica,
@@ -114,16 +117,23 @@ def served(ray_local, tmp_path_factory, request):
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "app did not become ready"
             time.sleep(0.2)
-        served = Served(client, load_bundle(bundle_dir), index_dir, 0, placement, read_replica)
+        served = Served(
+            client, load_bundle(bundle_dir), index_dir, 0, placement, read_replica, args["index"]
+        )
         served.start_count = served.count()
         yield served
     finally:
         client.close()
         serve.shutdown()
-        try:
-            ray_local.kill(ray_local.get_actor(index_name, namespace=NAMESPACE))
-        except ValueError:
-            pass
+        from irene.index.router import owner_name
+
+        for i in range(n_owners):
+            try:
+                ray_local.kill(
+                    ray_local.get_actor(owner_name(index_name, i, n_owners), namespace=NAMESPACE)
+                )
+            except ValueError:
+                pass
         if old_bundle_env is not None:
             os.environ["IRENE_BUNDLE"] = old_bundle_env
 
@@ -336,6 +346,43 @@ def test_novel_item_is_found_at_rank_1_with_its_own_text(served):
     np.testing.assert_allclose(served.vector("novel-1"), gen[texts.index(text)], atol=ATOL)
 
 
+@pytest.mark.slow  # ~45 s per app; `make test` covers it through the demo (test_pipeline.py)
+def test_bulk_ingest_job_is_queryable_without_a_restart(served, tmp_path):
+    """A Ray Data bulk ingest into the app's shard actors: its items are answered over HTTP
+    right after it returns (the read replicas have them), with the HTTP ingest's vectors."""
+    from irene.config import load_config
+    from irene.ray.ingest import ingest_ray
+
+    ids = [f"bulk-{i}" for i in range(12)]
+    texts = [tiny_item_text(300 + i) for i in range(12)]
+    items = tmp_path / "items.tsv"
+    items.write_text("".join(f"{i}\t{t}\n" for i, t in zip(ids, texts, strict=True)))
+    ix = served.index
+    index = {k: ix[k] for k in ("name", "namespace", "n_owners", "n_shards")}
+    cfg = load_config(
+        None,
+        ["ingest.batch_size=5", "ingest.encode_actors=1"],
+        bundle=str(served.index_dir.parent / "bundle"),
+        executor="ray",
+        ingest={"items": str(items), "index": {**index, "uri": str(served.index_dir)}},
+    )
+    before = served.count()
+    rep = ingest_ray(cfg, show_progress=False)
+    assert rep.written == 12 and rep.index_count == before + 12 == served.count()
+    emb, gen = served.expected(texts)
+    for i in (0, 7, 11):
+        np.testing.assert_allclose(served.vector(ids[i]), gen[i], atol=ATOL)
+    own = (emb * gen).sum(1)  # (12,) each bulk item's score for its own text
+    k = LIMITS["max_k"]
+    rows = [served.query(t, k) for t in texts]
+    found = 0
+    for row, id_, score in zip(rows, ids, own, strict=True):
+        if score > row[-1]["score"] + 1e-3:  # belongs in this top-k: must be there
+            assert {h["id"]: h["score"] for h in row}[id_] == pytest.approx(score, abs=ATOL)
+            found += 1
+    assert found > 0
+
+
 def test_upsert_replaces_the_vector_and_keeps_the_count(served):
     text_a, text_b = tiny_item_text(100), tiny_item_text(140)
     (emb_a, emb_b), (gen_a, gen_b) = served.expected([text_a, text_b])
@@ -463,7 +510,7 @@ def test_snapshot_is_written(served):
     assert r.status_code == 200
     seq = r.json()["seq"]
     assert seq >= 1
-    snaps = list((served.index_dir / "snapshots").glob("*.snap"))
+    snaps = list(served.index_dir.glob("**/snapshots/*.snap"))  # one snapshots/ per shard actor
     assert any(int(p.stem) == seq for p in snaps), snaps
 
 
