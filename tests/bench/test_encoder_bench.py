@@ -3,30 +3,21 @@ opt-in bf16 autocast of TextEncoder.encode that the bench measures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import faiss  # noqa: F401  faiss before anything that may pull in torch
 import numpy as np
 
+from tests.bench import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "encoder_bench.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("encoder_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["encoder_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_encoder_bench_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    bench = _load_bench()
+    bench = load_bench("encoder_bench")
     bench.main(["--smoke", "--out", str(tmp_path), "--data", str(ROOT / "data" / "wordnet")])
     result = json.loads((tmp_path / "encoder.json").read_text())
     assert (tmp_path / "encoder.md").read_text().startswith("# Encoder throughput")

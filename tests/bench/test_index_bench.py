@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import faiss  # noqa: F401  faiss before anything that may pull in torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "index_bench.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("index_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["index_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.bench import load_bench
 
 
 def test_index_bench_smoke(tmp_path):
-    bench = _load_bench()
+    bench = load_bench("index_bench")
     out = tmp_path / "index"
     bench.main(["--smoke", "--out", str(out), "--no-progress"])
     result = json.loads(out.with_suffix(".json").read_text())

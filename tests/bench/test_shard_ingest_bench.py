@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from tests.bench import load_bench
 
 
 def test_shard_bench_smoke(tmp_path, monkeypatch):
-    import shard_bench
+    shard_bench = load_bench("shard_bench")
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     rep = shard_bench.main(
@@ -29,8 +28,7 @@ def test_shard_bench_smoke(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(), reason="needs wordnet-base")
 def test_ingest_bench_smoke(tmp_path):
-    import ingest_bench
-
+    ingest_bench = load_bench("ingest_bench")
     from tests.helpers import make_tiny_bundle
 
     bundle = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=20)
