@@ -58,7 +58,8 @@ bench: venv wordnet-base $(BUNDLE)/manifest.json
 	$(PY) bench/shard_bench.py --n 100000 --out bench/results
 	$(PY) bench/ingest_bench.py --bundle $(BUNDLE) --items 2000 --out bench/results --no-progress
 	$(PY) bench/encoder_bench.py --texts 1000 --repeats 1 --no-compile --out bench/results
-	$(PY) bench/serve_bench.py --bundle $(BUNDLE) --concurrency 1,4,16,32 --variants fast \
+	$(PY) bench/serve_bench.py --bundle $(BUNDLE) --concurrency 1,4,16,32 \
+		--variants fast,fast-shard-readers,fast-2shard-actors \
 		--systems inprocess,plain,serve --duration-level-s 10 --out bench/results
 
 test: venv wordnet-base

@@ -182,6 +182,31 @@ SERVE_VARIANTS["fast-actor"] = {
     "args": _merge(SERVE_VARIANTS["fast"]["args"], {"index": {"read_replica": False}}),
 }
 
+# as fast, with the index in 2 shard actors: copies of both shards in each Ingress replica
+# (fast-2shards), one ShardReader deployment per shard answering for them (fast-shard-readers:
+# a query batch fans out to one reader replica of each shard), or the shard actors themselves
+# (fast-2shard-actors)
+_TWO = {"n_owners": 2}
+_READER = {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET}
+SERVE_VARIANTS["fast-2shards"] = {
+    **SERVE_VARIANTS["fast"],
+    "args": _merge(SERVE_VARIANTS["fast"]["args"], {"index": _TWO}),
+}
+SERVE_VARIANTS["fast-shard-readers"] = {
+    **SERVE_VARIANTS["fast"],
+    "args": _merge(
+        SERVE_VARIANTS["fast"]["args"],
+        {
+            "index": {**_TWO, "shard_readers": True},
+            "deployment_options": {"ShardReader": _READER},
+        },
+    ),
+}
+SERVE_VARIANTS["fast-2shard-actors"] = {
+    **SERVE_VARIANTS["fast"],
+    "args": _merge(SERVE_VARIANTS["fast"]["args"], {"index": {**_TWO, "read_replica": False}}),
+}
+
 QUERY_SUBJECTS = [
     "a small dog",
     "a wooden chair",

@@ -150,15 +150,18 @@ def main(argv=None) -> dict:
         "argv": ["python", "bench/shard_bench.py", *(argv if argv is not None else sys.argv[1:])],
         "cpus": os.cpu_count(), "n": args.n, "dim": args.dim, "queries": args.queries, "rows": [],
     }  # fmt: skip
-    ray.init(
-        num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="shard-bench",
-        _temp_dir=os.path.join(tmp, "ray"), log_to_driver=False, logging_level="WARNING",
-    )  # fmt: skip
+    own_ray = not ray.is_initialized()  # a caller's Ray (e.g. a test session's) is reused
+    if own_ray:
+        ray.init(
+            num_cpus=os.cpu_count() or 2, include_dashboard=False, namespace="shard-bench",
+            _temp_dir=os.path.join(tmp, "ray"), log_to_driver=False, logging_level="WARNING",
+        )  # fmt: skip
     try:
         for kind in args.kinds.split(","):
             report["rows"] += run_kind(kind, x, q, args, tmp)
     finally:
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     report["load_average"] = [round(v, 2) for v in os.getloadavg()]
     write_report(args.out, "shards", report, markdown(report))

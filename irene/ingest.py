@@ -307,7 +307,11 @@ class IngestReport:
         rate = self.written / self.seconds if self.seconds else 0.0
         total = sum(self.stage_seconds.values()) or 1.0
         after = self.seconds - self.first_batch_s
-        steady = (self.written - self.first_batch_items) / after if after > 0 else 0.0
+        # the rate after the first batch (start-up excluded); None where the rest arrived too
+        # close behind it to time (Ray Data may hand a short run's batches over together)
+        steady = None
+        if after > 0.1 * self.seconds and self.written > self.first_batch_items:
+            steady = round((self.written - self.first_batch_items) / after, 2)
         return {
             "executor": self.executor,
             "items": self.items,
@@ -316,7 +320,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "items_per_s": round(rate, 2),
             "first_batch_s": round(self.first_batch_s, 3),
-            "items_per_s_after_first_batch": round(steady, 2),
+            "items_per_s_after_first_batch": steady,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "stage_share": {k: round(v / total, 4) for k, v in self.stage_seconds.items()},
             "index_count": self.index_count,

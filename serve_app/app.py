@@ -39,16 +39,28 @@ def resolve_args(
 
 
 def build_app(args: dict[str, Any] | None = None):
-    """The Serve ``Application``: Ingress(Encoder, Generator) + the shared index actor
-    (Ingress(None, Generator) when the encoder runs in the Ingress)."""
-    from serve_app.deployments import Encoder, Generator, Ingress
+    """The Serve ``Application``: Ingress(Encoder, Generator) + the shared index actors
+    (Ingress(None, Generator) when the encoder runs in the Ingress), plus one
+    ``ShardReader-<i>`` deployment per shard actor with ``index.shard_readers``."""
+    from serve_app.deployments import Encoder, Generator, Ingress, ShardReader
 
     cfg = resolve_args(args)
     opts = cfg.deployment_options
+    readers = None  # index.shard_readers: ShardReader-<i> holds copies of shard actor i
+    if cfg.index.shard_readers:
+        readers = [
+            ShardReader.options(name=f"ShardReader-{i}", **opts.get("ShardReader", {})).bind(
+                cfg.model_dump(), i
+            )
+            for i in range(cfg.index.n_owners)
+        ]
     encoder = None  # encoder_placement "ingress": each Ingress replica runs the encoder
     if cfg.encoder_placement == "deployment":
-        encoder = Encoder.options(**opts.get("Encoder", {})).bind(cfg.model_dump())
+        encoder = Encoder.options(**opts.get("Encoder", {})).bind(cfg.model_dump(), readers)
+        readers = None  # the Encoder replicas run the queries
     generator = Generator.options(**opts.get("Generator", {})).bind(
         cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads
     )
-    return Ingress.options(**opts.get("Ingress", {})).bind(encoder, generator, cfg.model_dump())
+    return Ingress.options(**opts.get("Ingress", {})).bind(
+        encoder, generator, cfg.model_dump(), readers
+    )

@@ -1,4 +1,4 @@
-"""Ray Serve deployments: ``Encoder``, ``Generator`` and the FastAPI ``Ingress``.
+"""Ray Serve deployments: ``Encoder``, ``Generator``, ``ShardReader`` and the FastAPI ``Ingress``.
 
 Request flow::
 
@@ -13,7 +13,10 @@ With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
 (:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
 hop at all -- the fastest placement on CPU-only machines. With ``index.read_replica`` (the
 default) the encoding replica also searches its own copy of the index (``irene.index.feed``),
-so a query makes no Ray call; without it, one index actor call per batch.
+so a query makes no Ray call; without it, one index actor call per batch. With
+``index.shard_readers`` each shard actor gets a ``ShardReader-<i>`` deployment whose replicas
+hold a copy of that shard only (scaled on its own), and a query batch makes one call to one
+replica of each.
 
 The index is the named, detached actor of ``irene.ray.index`` (shared by every Ingress
 replica and surviving redeploys of the app; :func:`index_actor` is the one way to reach it;
@@ -48,6 +51,7 @@ from serve_app.batching import Coalescer
 from serve_app.encoding import BatchedEncoder, compute_pool, replica_threads
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serve_app.readers import ShardCopy, ShardReaders
 from serve_app.schemas import (
     AppArgs,
     BatchSettings,
@@ -114,23 +118,26 @@ class Encoder:
     concurrent calls are micro-batched (``@serve.batch`` + :class:`BatchedEncoder`).
     ``search`` also runs the index query for the whole batch."""
 
-    def __init__(self, args: dict) -> None:
+    def __init__(self, args: dict, readers: list | None = None) -> None:
+        """``readers``: handles to the ``ShardReader`` deployments (``index.shard_readers``)."""
         self.args = AppArgs(**args)
         settings = self.args.encoder_batch
         _configure_batch(self._encode_batch, settings)
         _configure_batch(self._search_batch, settings)
-        self._index = None
+        self._index = ShardReaders(readers) if readers else None
         self._model = BatchedEncoder(
             self.args.bundle,
             settings.max_batch_size,
             self.args.threads,
             self.args.device,
             index=self._index_actor,
-            read_replica=self.args.index.read_replica,
+            read_replica=self.args.index.copies_in_replica,
         )
         self.dim = self._model.dim
 
     def _index_actor(self):
+        """What queries search: the shard readers, or the shard actors (with or without
+        this replica's copies)."""
         if self._index is None:
             self._index = index_actor(self.args, self.dim)
         return self._index
@@ -208,6 +215,56 @@ class Generator:
         out = await self._rows.submit([r for emb in requests for r in emb])  # (N, d)
         out = np.asarray(out, np.float32).reshape(-1, self._bundle.dim)
         return _split(out, [len(r) for r in requests])
+
+
+# --------------------------------------------------------------------------- ShardReader
+@serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+class ShardReader:
+    """A copy of one shard of the index (``index.shard_readers``): deployment
+    ``ShardReader-<owner>`` follows shard actor ``owner``'s change feed and answers that
+    shard's part of each query batch; while its copy may be stale, the shard actor does."""
+
+    async def __init__(self, args: dict, owner: int) -> None:
+        from irene.bundle import read_manifest
+
+        self.args = AppArgs(**args)
+        self.owner = int(owner)
+        self._pool = compute_pool(replica_threads(self.args.threads))
+        self._index = index_actor(self.args, int(read_manifest(self.args.bundle)["dim"]))
+        self._copy = ShardCopy(lambda: self._index.handles[self.owner], self._pool)
+        self._copy.start()
+        self._answered = {"copy": 0, "actor": 0}  # query batches, by who answered
+
+    async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
+        if getattr(self, "_copy", None) is not None:
+            await self._copy.aclose()
+
+    async def search(self, queries: np.ndarray, k: int) -> list:
+        """Top-``k`` ``[(id, score), ...]`` per row of ``queries`` (n, d) in this shard."""
+        self._copy.start()  # restarts the follower if it ever ended
+        loop = asyncio.get_running_loop()
+        hits = await loop.run_in_executor(self._pool, self._copy.search, queries, int(k))
+        if hits is not None:
+            self._answered["copy"] += 1
+            return hits
+        self._answered["actor"] += 1
+        return await self._index.handles[self.owner].search.remote(queries, int(k))
+
+    def stats(self, with_ids: bool = False) -> dict:
+        """This replica's shard, the vectors in its copy (their ids too, if asked) and who
+        answered its query batches."""
+        rep = self._copy.replica
+        out = {
+            "owner": self.owner,
+            "n_owners": self.args.index.n_owners,
+            "fresh": rep.fresh(),
+            "seq": rep.seq,
+            "count": None if rep.index is None else int(rep.index.count),
+            "answered": dict(self._answered),
+        }
+        if with_ids:
+            out["ids"] = [] if rep.index is None else sorted(rep.index.ids())
+        return out
 
 
 class RemoteEncoder:
@@ -341,9 +398,10 @@ api = make_fastapi_app()
 class Ingress:
     """HTTP front: validation, auth, metrics; composes Encoder, Generator and the index."""
 
-    async def __init__(self, encoder, generator, args: dict) -> None:
+    async def __init__(self, encoder, generator, args: dict, readers: list | None = None) -> None:
         """``encoder``: a handle to the ``Encoder`` deployment, or None to encode in this
-        replica (``encoder_placement: ingress``)."""
+        replica (``encoder_placement: ingress``); ``readers``: handles to the ``ShardReader``
+        deployments, which then answer this replica's queries (``index.shard_readers``)."""
         self.args = AppArgs(**args)
         self.limits = self.args.limits
         self.body_limit = self.limits.max_body_bytes
@@ -355,14 +413,15 @@ class Ingress:
         self.dim = info["dim"]
         self._index = index_actor(self.args, self.dim)
         if encoder is None:  # encoder_placement: ingress
+            searched = ShardReaders(readers) if readers else self._index
             self._encoder = BatchedEncoder(
                 self.args.bundle,
                 self.args.encoder_batch.max_batch_size,
                 self.args.threads,
                 self.args.device,
-                index=lambda: self._index,
+                index=lambda: searched,
                 observe=self.metrics.observe_stage,
-                read_replica=self.args.index.read_replica,
+                read_replica=self.args.index.copies_in_replica,
             )
         else:
             self._encoder = RemoteEncoder(encoder)

@@ -18,8 +18,9 @@ in one call and searches them together:
   actor's change feed and applies the changes in the compute thread, so they are ordered with
   the searches. While a copy is not fresh (starting, or its actor unreachable for a lease)
   the batch goes to the shard actors as below;
-- else (or as that fallback): in one ``search`` call to the index actor, not part of the
-  batch's compute slot, so the next batch encodes while this one's index call is in flight.
+- else (or as that fallback): in one ``search`` call to the index (the shard actors, or the
+  ``ShardReader`` deployments with ``index.shard_readers``), not part of the batch's compute
+  slot, so the next batch encodes while this one's index call is in flight.
 """
 
 import asyncio
@@ -32,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from irene.index.feed import ReadReplica
 from irene.index.router import merge_topk
 from serve_app.batching import Coalescer
+from serve_app.readers import ShardCopy
 
 log = logging.getLogger("irene.serve")
 
@@ -90,8 +91,7 @@ class BatchedEncoder:
         self._texts = Coalescer(self._encode_rows, max_batch)
         self._queries = Coalescer(self._encode_then_search, max_batch)
         self._read_replica = read_replica
-        self.replicas: list[ReadReplica] = []  # one per shard actor, once following
-        self._followers: list[asyncio.Task] = []
+        self.copies: list[ShardCopy] = []  # one per shard actor, once following
         log.info("encoder loaded: bundle %s, dim %d", bundle, self.dim)
 
     async def _encode_rows(self, texts: list) -> np.ndarray:
@@ -134,11 +134,11 @@ class BatchedEncoder:
 
     def _replica_search(self, q: np.ndarray, k: int) -> list | None:
         """Merged top-k over this process's shard copies; None unless every copy is fresh."""
-        if not self.replicas:
+        if not self.copies:
             return None
         parts = []
-        for rep in self.replicas:
-            hits = rep.search(q, k)
+        for copy in self.copies:
+            hits = copy.search(q, k)
             if hits is None:
                 return None
             parts.append(hits)
@@ -149,55 +149,20 @@ class BatchedEncoder:
         """Start following each shard actor's change feed (idempotent; needs a running loop)."""
         if not self._read_replica:
             return
-        loop = asyncio.get_running_loop()
-        if not self._followers:
-            handles = self._index().handles
-            self.replicas = [ReadReplica() for _ in handles]
-            self._followers = [loop.create_task(self._follow(i)) for i in range(len(handles))]
-        for i, task in enumerate(self._followers):
-            if task.done():
-                self._followers[i] = loop.create_task(self._follow(i))
+        if not self.copies:
+            n = len(self._index().handles)
+            self.copies = [ShardCopy(self._shard_handle(i), self._pool) for i in range(n)]
+        for copy in self.copies:
+            copy.start()
 
-    async def _follow(self, owner: int) -> None:
-        from irene.ray.index import FEED_GROUP
-
-        loop = asyncio.get_running_loop()
-        rep = self.replicas[owner]
-        failures = 0
-        while True:
-            try:
-                timeout = rep.poll_timeout_s()
-                ch = await (
-                    self._index()
-                    .handles[owner]
-                    .poll.options(concurrency_group=FEED_GROUP)
-                    .remote(*rep.poll_args(), timeout)
-                )
-                if ch.state is not None or ch.records:  # ordered with searches
-                    await loop.run_in_executor(self._pool, rep.apply, ch)
-                else:
-                    rep.apply(ch)  # a heartbeat: lease and freshness only
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # actor restarting or gone: queries go to the actor meanwhile
-                rep.lost_contact()
-                failures += 1
-                log.warning("read replica %s: poll failed (%s); retrying", rep.name, e)
-                await asyncio.sleep(min(2.0, 0.1 * failures))
+    def _shard_handle(self, owner: int) -> Callable[[], Any]:
+        return lambda: self._index().handles[owner]
 
     async def aclose(self) -> None:
         """Stop following; tell the actors, so writes stop waiting for these copies."""
-        if not self._followers:
-            return
-        for task in self._followers:
-            task.cancel()
-        self._followers = []
-        for handle, rep in zip(self._index().handles, self.replicas, strict=True):
-            try:
-                await handle.leave.remote(rep.name)
-            except Exception as e:  # the actor may be gone too; it expels us after the lease
-                log.warning("read replica %s: could not leave the feed (%s)", rep.name, e)
+        copies, self.copies = self.copies, []
+        for copy in copies:
+            await copy.aclose()
 
     async def _index_search(self, q: np.ndarray, k: int) -> list:
         t0 = time.perf_counter()

@@ -87,9 +87,21 @@ class IndexSettings(_Frozen):
         "by the actor's change feed (no Ray call per query; one index copy in memory per "
         "replica; writes wait until every copy has them): see irene.index.feed",
     )
+    shard_readers: bool = Field(
+        False,
+        description="one ShardReader deployment per shard actor, each replica a copy of that "
+        "shard only (scaled on its own: deployment options 'ShardReader'); a query fans out to "
+        "one replica of each shard and the encoding replicas hold no copy (read_replica is "
+        "then ignored)",
+    )
     lease_s: float = Field(
         1.5, gt=0.0, description="a read replica answers from its copy only while in contact"
     )
+
+    @property
+    def copies_in_replica(self) -> bool:
+        """Does every encoding replica (Ingress or Encoder) keep a copy of every shard?"""
+        return self.read_replica and not self.shard_readers
 
 
 class AppArgs(_Frozen):
@@ -112,10 +124,13 @@ class AppArgs(_Frozen):
         "e.g. on GPU nodes) or inside each Ingress replica (no Serve hop; fastest on CPU)",
     )
     seed_index: bool = Field(True, description="add the seen items when the index is empty")
-    deployment_options: dict[Literal["Encoder", "Generator", "Ingress"], dict] = Field(
-        default_factory=dict,
-        description="per-deployment `.options(...)` for programmatic use (the Serve YAML's "
-        "`deployments:` section overrides these)",
+    deployment_options: dict[Literal["Encoder", "Generator", "Ingress", "ShardReader"], dict] = (
+        Field(
+            default_factory=dict,
+            description="per-deployment `.options(...)` for programmatic use (the Serve YAML's "
+            "`deployments:` section overrides these; 'ShardReader' applies to every "
+            "ShardReader-<i> deployment)",
+        )
     )
 
 

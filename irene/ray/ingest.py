@@ -41,6 +41,7 @@ from irene.ingest import (
 log = logging.getLogger(__name__)
 
 LIGHT_CPUS = 0.1  # read / parse / skip / generate / write: little compute next to the encoder
+READ_TASKS = 3  # read tasks at once: their CPUs are budgeted, so they never starve an actor
 
 
 def shard_actors(index: IndexConfig | dict, dim: int, env: dict[str, str] | None = None):
@@ -106,23 +107,30 @@ def read_items(uri: str, parts: int = 64):
             columns=["id", "text"],
             num_cpus=LIGHT_CPUS,
             override_num_blocks=parts,
+            concurrency=READ_TASKS,
         )
     ranges = byte_ranges(files, parts)
     return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-        _read_ranges(fmt), batch_size=1, batch_format="numpy", num_cpus=LIGHT_CPUS
+        _read_ranges(fmt),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=LIGHT_CPUS,
+        concurrency=READ_TASKS,
     )
 
 
 def _encoder_pool(ing, use_gpu: bool) -> tuple[int, float]:
     """(encoder actors, CPUs each): one per GPU, else the CPUs that are free now (other
-    actors, e.g. a running Serve app, keep theirs) left by the light stages."""
+    actors, e.g. a running Serve app or the shard actors, keep theirs) left by the light
+    stages. Every stage's CPUs fit at once: a read task holding the CPU an actor waits for
+    would stall the pipeline for good (measured: a 2-core job hung with its writer pending)."""
     import ray
 
     cpus = float(ray.available_resources().get("CPU", ray.cluster_resources().get("CPU", 1)))
-    light = LIGHT_CPUS * (3 + ing.generate_actors + ing.write_actors)
+    light = LIGHT_CPUS * (READ_TASKS + ing.generate_actors + ing.write_actors)
     if use_gpu:
         return ing.encode_actors or int(ray.cluster_resources().get("GPU", 1)), 1.0
-    actors = ing.encode_actors or max(1, int(cpus))
+    actors = ing.encode_actors or max(1, round(cpus))  # 1.6 CPUs free: 2 one-thread actors
     return actors, max(0.1, min(1.0, (cpus - light) / actors))
 
 
@@ -139,6 +147,7 @@ def ingest_ray(cfg: Config, show_progress: bool = True) -> IngestReport:
     dim = int(read_manifest(cfg.bundle)["dim"])
     env = {k: os.environ[k] for k in io.S3_ENV_VARS if os.environ.get(k)}
     index = shard_actors(ing.index, dim, env)  # create them here, once, before the workers
+    index.count()  # placed and holding their CPUs before the pools are sized
     use_gpu = resolve_use_gpu(cfg.ray.use_gpu)
     n_enc, enc_cpus = _encoder_pool(ing, use_gpu)
     remote = {"runtime_env": {"env_vars": env}} if env else {}

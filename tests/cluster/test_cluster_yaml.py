@@ -94,7 +94,7 @@ def test_rayservice_structure(rayservice):
             assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
         else:  # the shard actors' pods advertise the resource the actors ask for
             res = json.loads(json.loads(g["rayStartParams"]["resources"]))
-            assert res["index_shard"] >= 1
+            assert res["index_shard"] >= 1 and res["index_reader"] >= 1  # + ShardReaders
 
 
 def test_rayservice_serve_config_is_a_valid_serve_config(rayservice):
@@ -115,4 +115,11 @@ def test_rayservice_serve_config_is_a_valid_serve_config(rayservice):
         assert auto["min_replicas"] >= 1 and auto["min_replicas"] < auto["max_replicas"]
     assert deps["Encoder"]["ray_actor_options"]["num_gpus"] > 0
     assert args.index.n_owners > 1 and args.index.resources == {"index_shard": 1}
+    # queries fan out to one copy of each shard: ShardReader replicas on the index nodes
+    assert args.index.shard_readers and not args.index.copies_in_replica
+    reader = args.deployment_options["ShardReader"]
+    assert reader["ray_actor_options"]["resources"] == {"index_reader": 1}
+    assert (
+        reader["autoscaling_config"]["max_replicas"] > reader["autoscaling_config"]["min_replicas"]
+    )
     assert all(d["max_ongoing_requests"] >= 64 for d in deps.values())

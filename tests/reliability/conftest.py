@@ -135,27 +135,44 @@ class App:
     index_name: str
     bundle: object  # the bundle loaded in-process (expected vectors)
     bundle_dir: str
+    n_owners: int = 1  # shard actors of the index
 
     def http(self, timeout: float = 30.0, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout, **kw)
 
-    def actor(self):
+    def actors(self) -> list:
+        """The index's shard actors (one: the index actor), in owner order."""
         import ray
 
-        return ray.get_actor(self.index_name, namespace=NAMESPACE)
+        from irene.index.router import owner_name
+
+        return [
+            ray.get_actor(owner_name(self.index_name, i, self.n_owners), namespace=NAMESPACE)
+            for i in range(self.n_owners)
+        ]
+
+    def index(self):
+        """The index over its shard actors, called synchronously (the router's answers)."""
+        import ray
+
+        from irene.index.router import RoutedIndex
+
+        return RoutedIndex(self.actors(), lambda ref: ray.get(ref, timeout=10))
 
     def stats(self, timeout_s: float = 60.0) -> dict:
-        """The index actor's stats, waiting through a restart."""
-        import ray
-
+        """The index's stats (the router's sum over shard actors, ``owners``: each one's,
+        ``recovery_report.gaps``: all of theirs), waiting through a restart."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return ray.get(self.actor().stats.remote(), timeout=10)
+                stats = self.index().stats()
+                break
             except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        gaps = [g for o in stats["owners"] for g in o["recovery_report"]["gaps"]]
+        return {**stats, "recovery_report": {"gaps": gaps}}
 
     def expected(self, texts: list[str]) -> np.ndarray:
         """In-process generated classifiers (n, d) of ``texts``."""
@@ -188,10 +205,14 @@ def deploy(
     generator_replicas=1,
     auth=None,
     env=None,
+    index=None,
+    reader_replicas=2,
     **extra,
 ):
     """Deploy the app (encoder in the Ingress, read replicas on) under its own route prefix;
-    ``env``: environment of the Ingress replicas (which create the index actor)."""
+    ``env``: environment of the Ingress replicas (which create the index actor); ``index``:
+    more ``AppArgs.index`` settings (e.g. ``n_owners``, ``shard_readers``: then
+    ``reader_replicas`` replicas of each ShardReader deployment)."""
     import ray
     from ray import serve
 
@@ -204,7 +225,13 @@ def deploy(
     args = {
         "bundle": bundle_dir,
         "index_uri": index_uri,
-        "index": {"name": f"irene-{name}", "namespace": NAMESPACE, "n_shards": 3, "num_cpus": 0.05},
+        "index": {
+            "name": f"irene-{name}",
+            "namespace": NAMESPACE,
+            "n_shards": 3,
+            "num_cpus": 0.05,
+            **(index or {}),
+        },
         "limits": LIMITS,
         "auth": auth or {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
         "threads": 1,
@@ -212,6 +239,7 @@ def deploy(
         "deployment_options": {
             "Generator": {**small, "num_replicas": generator_replicas},
             "Ingress": {"ray_actor_options": ingress, "num_replicas": ingress_replicas},
+            "ShardReader": {**small, "num_replicas": reader_replicas},
         },
         **extra,
     }
@@ -222,6 +250,7 @@ def deploy(
         args["index"]["name"],
         load_bundle(bundle_dir),
         bundle_dir,
+        args["index"].get("n_owners", 1),
     )
     with app.http() as c:
         deadline = time.monotonic() + 90
@@ -238,7 +267,8 @@ def deploy(
     finally:
         serve.delete(name)
         try:
-            ray.kill(app.actor())
+            for actor in app.actors():
+                ray.kill(actor)
         except ValueError:
             pass
 
@@ -297,12 +327,26 @@ def shared_app(serve_port, bundle_dir, tmp_path_factory):
         yield app
 
 
-def kill_index_actor(app: App) -> float:
-    """SIGKILL the index actor's process; returns the seconds until Ray restarted it."""
-    pid = app.stats()["pid"]
+@pytest.fixture(scope="package")
+def sharded_app(serve_port, bundle_dir, tmp_path_factory):
+    """An app whose index is 2 shard actors, each copied by 2 ShardReader replicas that
+    answer the queries (``index.shard_readers``)."""
+    with deploy(
+        serve_port,
+        bundle_dir,
+        str(tmp_path_factory.mktemp("rel") / "sharded"),
+        index={"n_owners": 2, "shard_readers": True},
+    ) as app:
+        yield app
+
+
+def kill_index_actor(app: App, owner: int = 0) -> float:
+    """SIGKILL shard actor ``owner``'s process (the index actor when there is one); returns
+    the seconds until Ray restarted it."""
+    pid = app.stats()["owners"][owner]["pid"]
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    while app.stats()["pid"] == pid:
+    while app.stats()["owners"][owner]["pid"] == pid:
         time.sleep(0.05)
     return time.monotonic() - t0
 

@@ -31,9 +31,9 @@ from tests.reliability.conftest import (
 
 def _kill_actor_repeatedly(app, scale, rng, stop: threading.Event, out: dict) -> None:
     restarts = []
-    for _ in range(scale.kills):
+    for k in range(scale.kills):
         time.sleep(rng.uniform(*scale.kill_gap_s))
-        restarts.append(kill_index_actor(app))
+        restarts.append(kill_index_actor(app, k % app.n_owners))  # each shard in turn
     out["restarts"] = restarts
     time.sleep(1.0)  # some traffic after the last restart
     stop.set()
@@ -66,12 +66,10 @@ def _actor_chaos(app, scale, report, storage: str) -> None:
     with IreneClient(app.base_url, token=TOKEN, retries=6) as c:
         c.wait_ready()
         found = verify_ledger(app, ledger, c)
-        # every query replica agrees with the actor (queries over HTTP land on either copy)
+        # every query replica agrees with the actors (queries over HTTP land on any copy)
         texts = [random_text(rng) for _ in range(12)]
         emb = app.bundle.encoder.encode(texts)
-        import ray
-
-        want = ray.get(app.actor().search.remote(emb, 5))
+        want = app.index().search(emb, 5)
         disagree = sum(
             not hits_agree(got, exp)
             for _ in range(2)
@@ -82,6 +80,7 @@ def _actor_chaos(app, scale, report, storage: str) -> None:
     figures = {
         "storage": storage,
         "clients": scale.clients,
+        "shard actors": app.n_owners,
         "SIGKILLs of the index actor": scale.kills,
         "actor restart seconds (each)": [round(s, 2) for s in out["restarts"]],
         "acknowledged writes (batches)": ledger.acked_writes,
@@ -110,6 +109,12 @@ def test_index_actor_chaos_local_log(shared_app, scale, report):
 
 def test_index_actor_chaos_s3_log(s3_app, scale, report):
     _actor_chaos(s3_app[1], scale, report, "moto S3")
+
+
+def test_shard_actor_chaos_with_shard_readers(sharded_app, scale, report):
+    """The same under 2 shard actors killed in turn, queries answered by 2 ShardReader
+    replicas per shard: nothing acknowledged lost, no duplicates, answers == the router's."""
+    _actor_chaos(sharded_app, scale, report, "local, 2 shard actors, shard readers")
 
 
 # --------------------------------------------------------------------------- replicas
@@ -180,12 +185,16 @@ def _replica_kill_phase(app, deployment: str, n_clients: int, retrying, seconds,
     }
 
 
-def test_replica_kills_under_load(shared_app, serve_port, bundle_dir, tmp_path, scale, report):
-    app = shared_app
-    assert len(replica_pids(app.name, "Ingress")) == 2
+def test_replica_kills_under_load(
+    shared_app, sharded_app, serve_port, bundle_dir, tmp_path, scale, report
+):
+    assert len(replica_pids(shared_app.name, "Ingress")) == 2
+    assert len(replica_pids(sharded_app.name, "ShardReader-1")) == 2
     rows = []
     figures = {}
-    phases = [("Ingress", "query", True, 1)]
+    # (deployment, load, client retries, Generator replicas); ShardReader-1: one of the two
+    # copies of shard 1 of the sharded app
+    phases = [("Ingress", "query", True, 1), ("ShardReader-1", "query", True, 1)]
     if scale.name == "full":
         phases = [
             ("Ingress", "query", False, 1),
@@ -195,6 +204,7 @@ def test_replica_kills_under_load(shared_app, serve_port, bundle_dir, tmp_path, 
         ]
     for deployment, kind, retrying, n_gen in phases:
         n = scale.query_clients if kind == "query" else max(2, scale.query_clients // 4)
+        app = sharded_app if deployment.startswith("ShardReader") else shared_app
         if n_gen == 1:
             r = _replica_kill_phase(
                 app, deployment, n, retrying, scale.replica_phase_s, ingest=kind == "ingest"
@@ -208,7 +218,7 @@ def test_replica_kills_under_load(shared_app, serve_port, bundle_dir, tmp_path, 
                 )
         mode = "IreneClient retries=4" if retrying else "no retries"
         rows.append(
-            f"| {deployment} (of {2 if deployment == 'Ingress' else n_gen}) "
+            f"| {deployment} (of {n_gen if deployment == 'Generator' else 2}) "
             f"| {kind} x {n} clients | {mode} | {r['requests']} | {r['failed']} "
             f"({r['failed %']:.2f}%) | {r['p99 ms before the kill']:.0f} | "
             f"{r['p99 ms from the kill until replaced']:.0f} | "

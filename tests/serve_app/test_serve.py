@@ -40,8 +40,19 @@ class Served:
     index_dir: Path
     start_count: int
     placement: str  # AppArgs.encoder_placement of this app
-    read_replica: bool  # AppArgs.index.read_replica of this app
+    read_replica: bool  # do the encoding replicas answer from their own copies?
     index: dict | None = None  # AppArgs.index of this app
+
+    @property
+    def shard_readers(self) -> bool:
+        return bool(self.index and self.index.get("shard_readers"))
+
+    def reader_stats(self, owner: int) -> dict:
+        """Stats of one replica of deployment ShardReader-<owner> (ids included)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(f"ShardReader-{owner}", app_name="irene")
+        return handle.stats.remote(True).result(timeout_s=30)
 
     def count(self) -> int:
         r = self.client.get("/readyz")
@@ -70,12 +81,21 @@ class Served:
 
 
 # every test runs against both placements of the encoder (its own deployment, and in the
-# Ingress), both query paths (index actor calls, read replicas in the encoding replica) and
-# both index layouts (one index actor, and 2 shard actors behind the router)
+# Ingress), the three query paths (index actor calls, read replicas of every shard in the
+# encoding replica, ShardReader deployments of one shard each) and both index layouts (one
+# index actor, and 2 shard actors behind the router)
 @pytest.fixture(
     scope="module",
-    params=[("deployment", False, 1), ("ingress", True, 2)],
-    ids=["deployment-actor-reads", "ingress-read-replica-2-shard-actors"],
+    params=[
+        ("deployment", False, 1, False),
+        ("ingress", True, 2, False),
+        ("deployment", False, 2, True),
+    ],
+    ids=[
+        "deployment-actor-reads",
+        "ingress-read-replica-2-shard-actors",
+        "deployment-2-shard-readers-x2",
+    ],
 )
 def served(ray_local, tmp_path_factory, request):
     from ray import serve
@@ -90,7 +110,7 @@ def served(ray_local, tmp_path_factory, request):
     old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
     port = free_port()
     small = {"ray_actor_options": {"num_cpus": 0.1}}
-    placement, read_replica, n_owners = request.param
+    placement, read_replica, n_owners, shard_readers = request.param
     args = {
         "bundle": bundle_dir,
         "index_uri": str(index_dir),
@@ -101,12 +121,18 @@ def served(ray_local, tmp_path_factory, request):
             "n_shards": 3,
             "num_cpus": 0.1,
             "read_replica": read_replica,
+            "shard_readers": shard_readers,
         },
         "limits": LIMITS,
         "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
         "threads": 1,
         "encoder_placement": placement,
-        "deployment_options": {"Encoder": small, "Generator": small, "Ingress": small},
+        "deployment_options": {
+            "Encoder": small,
+            "Generator": small,
+            "Ingress": small,
+            "ShardReader": {**small, "num_replicas": 2},
+        },
     }
     serve.shutdown()  # a Serve instance left over would ignore our http_options
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -155,10 +181,13 @@ def test_encoder_runs_where_configured(served):
     from ray import serve
 
     deployments = set(serve.status().applications["irene"].deployments)
+    readers = {f"ShardReader-{i}" for i in range(served.index["n_owners"])}
+    if not served.shard_readers:
+        readers = set()
     if served.placement == "deployment":
-        assert deployments == {"Ingress", "Encoder", "Generator"}
+        assert deployments == {"Ingress", "Encoder", "Generator"} | readers
     else:  # the Ingress replicas encode themselves
-        assert deployments == {"Ingress", "Generator"}
+        assert deployments == {"Ingress", "Generator"} | readers
 
 
 def test_concurrent_queries_match_one_by_one(served):
@@ -561,9 +590,28 @@ def _stage_counts(served) -> dict[str, float]:
     return out
 
 
+def _reader_answers(served) -> list[int]:
+    """Query batches answered from a ShardReader copy so far, per shard (the replica that
+    Serve picks for the stats call; the sum grows when any answer came from a copy)."""
+    return [served.reader_stats(i)["answered"]["copy"] for i in range(served.index["n_owners"])]
+
+
 def test_read_replica_answers_right_after_an_ingest(served):
     """The query right after an acknowledged ingest is answered by the replica's own copy of
-    the index (no index actor call) and finds the new item: the write waited for the copy."""
+    the index (no index actor call) and finds the new item: the write waited for the copy.
+    With shard readers: answered by the ShardReader copies, never by a shard actor."""
+    if served.shard_readers:
+        deadline = time.monotonic() + 60
+        while not all(served.reader_stats(i)["fresh"] for i in range(served.index["n_owners"])):
+            assert time.monotonic() < deadline, "the shard readers never loaded their copies"
+            time.sleep(0.2)
+        for i in range(6):
+            text = tiny_item_text(420 + i)
+            assert served.ingest([(f"fresh-reader-{i}", text)]).status_code == 200
+            assert served.query(text, 1)[0]["id"] == f"fresh-reader-{i}"
+        assert sum(_reader_answers(served)) > 0
+        assert "batch_replica_search" not in _stage_counts(served)  # no copy in the Ingress
+        return
     if not served.read_replica:  # read_replica off: the copy never answers
         text = tiny_item_text(399)
         assert served.ingest([("fresh-actor", text)]).status_code == 200
@@ -584,6 +632,38 @@ def test_read_replica_answers_right_after_an_ingest(served):
         assert hits[0]["id"] == f"fresh-{i}"
         assert after["batch_replica_search"] == before["batch_replica_search"] + 1
         assert after.get("batch_index_search", 0) == before.get("batch_index_search", 0)
+
+
+def test_each_shard_holds_its_own_items(served):
+    """Every shard actor holds exactly the ids the router assigns it (the sum is the index);
+    with shard readers every reader replica's copy holds its shard's ids and no other."""
+    import ray
+
+    from irene.index.router import owner_name, owner_of
+    from irene.index.sharded import int_id
+
+    n = served.index["n_owners"]
+    assert served.ingest([(f"part-{i}", tiny_item_text(440 + i)) for i in range(8)]).is_success
+    counts = [
+        ray.get(
+            ray.get_actor(
+                owner_name(served.index["name"], i, n), namespace=served.index["namespace"]
+            ).count.remote()
+        )
+        for i in range(n)
+    ]
+    assert sum(counts) == served.count()
+    if n > 1:
+        assert all(c > 0 for c in counts), counts
+    if not served.shard_readers:
+        return
+    for i in range(n):
+        deadline = time.monotonic() + 30
+        while (st := served.reader_stats(i))["count"] != counts[i]:  # caught up with the write
+            assert time.monotonic() < deadline, (i, st["count"], counts[i])
+            time.sleep(0.1)
+        assert {owner_of(int_id(x), n) for x in st["ids"]} == {i}
+        assert st["owner"] == i and st["n_owners"] == n
 
 
 def test_fuzzed_requests_never_get_a_5xx(served):
