@@ -110,14 +110,16 @@ def tiny_item_text(i: int) -> str:
 
 @contextmanager
 def tmpfs_mount(path, size: str = "1m"):
-    """A real tmpfs of ``size`` mounted at ``path`` (created) for the block; skips the test
-    where the machine may not mount one (needs root / CAP_SYS_ADMIN)."""
+    """A real tmpfs of ``size`` mounted at ``path`` (created) for the block. As root (CI) a
+    failed mount fails the test; only a non-root run, which cannot mount, skips it."""
     import pytest
 
     os.makedirs(path, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
     if r.returncode != 0:
-        pytest.skip("this machine may not mount a tmpfs (needs root / CAP_SYS_ADMIN)")
+        if os.geteuid() == 0:
+            pytest.fail(f"mount -t tmpfs failed as root (exit {r.returncode})")
+        pytest.skip("not root: this machine cannot mount a tmpfs (needs CAP_SYS_ADMIN)")
     try:
         yield path
     finally:
