@@ -72,6 +72,8 @@ class ClassifierConfig:
     lr: float = 2e-3
     mined_negatives: int = 10  # kNN pool of hard negatives per query (item embeddings)
     hard_negatives: int = 4  # sampled from the pool per query and step
+    drop_likely_positives: bool = True  # no mined item the encoder ranks above all positives
+    cluster_size: int = 0  # pairs per cluster of similar queries in a batch (NGAME); 0 = uniform
     max_positives: int = 64  # positives per query kept in the pair table (padded)
     logit_scale: float = 20.0
     seed: int = 0
@@ -473,6 +475,10 @@ def validate(cfg: Config) -> Config:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"'{name}' must be >= 1, got {value}")
+    if not 0 <= t.classifiers.cluster_size <= t.classifiers.batch_size:
+        raise ConfigError(
+            "'train.classifiers.cluster_size' must be in [0, train.classifiers.batch_size]"
+        )
     if t.classifiers.hard_negatives > t.classifiers.mined_negatives:
         raise ConfigError(
             "'train.classifiers.hard_negatives' must be <= 'train.classifiers.mined_negatives'"

@@ -248,7 +248,14 @@ def encoder_config(cfg: Config) -> EncoderConfig:
 def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
     """Split, [fine-tune the encoder], encode, mine negatives, write the pair table and the
     leave-one-out neighbour table."""
-    from irene.train.batches import item_columns, mine_hard_negatives, pair_columns
+    from irene.train.batches import (
+        cluster_order,
+        drop_likely_positives,
+        group_columns,
+        item_columns,
+        mine_hard_negatives,
+        pair_columns,
+    )
     from irene.train.stages import leave_one_out_neighbours
 
     preflight("prepare", cfg)
@@ -273,9 +280,18 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
     seen_emb = item_emb[split.seen]  # (S, d)
     c = tc.classifiers
     hard_neg = mine_hard_negatives(trn_emb, seen_emb, c.mined_negatives)
+    if c.drop_likely_positives:
+        hard_neg = drop_likely_positives(hard_neg, trn_emb, seen_emb, Y_seen)
+    dropped = int((hard_neg < 0).sum())
     columns = pair_columns(trn_emb, Y_seen, hard_neg, c.max_positives)
+    num_pairs, rows_per_file, table = len(columns["pos"]), PAIRS_PER_FILE, columns
+    if c.cluster_size:  # NGAME's clustered batches: rows = clusters of similar queries' pairs
+        rank = np.empty(n_trn, dtype=np.int64)
+        rank[cluster_order(trn_emb, c.cluster_size, c.seed)] = np.arange(n_trn)
+        table = group_columns(columns, rank[Y_seen.tocoo().row], c.cluster_size)
+        rows_per_file = max(1, PAIRS_PER_FILE // c.cluster_size)
     n_files = artifacts.write_table_parts(
-        io.join(w, artifacts.PAIRS_DIR), columns, PAIRS_PER_FILE, tc.split.seed
+        io.join(w, artifacts.PAIRS_DIR), table, rows_per_file, tc.split.seed
     )
     g = tc.generator
     items = item_columns(trn_emb, Y_seen, c.max_positives, g.max_queries_per_item, g.seed)
@@ -296,7 +312,8 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
         "num_novel": int(len(split.novel)),
         "num_train_queries": n_trn,
         "num_test_queries": len(ds.tst_X),
-        "num_pairs": int(len(columns["pos"])),
+        "num_pairs": int(num_pairs),
+        "mined_negatives_dropped": dropped,  # of n_trn x mined_negatives (likely positives)
         "num_trained_items": int(len(items["item"])),
         "pair_files": n_files,
         "encode_s": round(encode_s, 3),

@@ -63,6 +63,18 @@ def synthetic_xc(n_labels: int = 40, n_train: int = 300, n_test: int = 100, seed
     return XCDataset(trn_X=trn_X, tst_X=tst_X, Y=Y, trn_X_Y=trn_Y, tst_X_Y=tst_Y, name="synthetic")
 
 
+def random_pairs(n: int, S: int, d: int, density: float, m: int, seed: int = 0):
+    """(q (n', d) float32, Y (n', S) csr of 1s, neg (n', m) item ids): random queries, labels
+    and mined negatives, rows without a label dropped."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, d)).astype(np.float32)
+    Y = sp.random(n, S, density=density, format="csr", random_state=seed, dtype=np.float32)
+    Y.data[:] = 1
+    keep = np.diff(Y.indptr) > 0
+    Y, q = Y[keep], q[keep]
+    return q, Y, rng.integers(0, S, size=(Y.shape[0], m))
+
+
 def make_tiny_bundle(path: str, n_seen: int = 30, seed: int = 0) -> str:
     """Write a small but complete bundle (tiny random encoder, untrained parts) to ``path``.
 

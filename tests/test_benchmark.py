@@ -119,3 +119,32 @@ def test_finetuned_encoder_base(tmp_path):
     b = load_bundle(str(tmp_path / "bundle"))
     np.testing.assert_allclose(b.encoder.encode(["w1 w2"]), tuned.encode(["w1 w2"]), atol=1e-5)
     assert res["arms"]["irene"]["zero_shot"]["n_eval"] > 0
+
+
+def test_clustered_batches_and_the_likely_positive_filter(tmp_path):
+    """cluster_size: the pair table's rows are groups of similar queries' pairs, trained as
+    whole groups; drop_likely_positives (default): mined items the encoder scores above every
+    positive of the query are no negatives (-1 in the table), and none are dropped when off."""
+    from irene.pipeline import make_executor, prepare
+    from irene.train import artifacts
+
+    g = 16
+    cfg = tiny_config(tmp_path, f"train.classifiers.cluster_size={g}")
+    res = run_benchmark(cfg, str(tmp_path / "out"))
+    prep = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    table = artifacts.read_table_parts(str(tmp_path / "out" / artifacts.PAIRS_DIR))
+    n_groups = -(-prep["num_pairs"] // g)
+    assert table["pos"].shape == (n_groups, g) and table["q_emb"][0].shape[0] == g
+    assert np.concatenate(list(table["neg"])).min() == -1 and prep["mined_negatives_dropped"] > 0
+    hist = res["training"]["classifiers"]
+    assert all(h["pairs"] == n_groups * g for h in hist)  # every pair once + the padding
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    seen = res["seen"]
+    assert seen["classifiers"]["R@10"] > seen["encoder"]["R@10"]  # it learns
+    off = tiny_config(tmp_path, "train.classifiers.drop_likely_positives=false")
+    from dataclasses import replace
+
+    meta = prepare(replace(off, work_dir=str(tmp_path / "off")), make_executor(off))
+    assert meta["mined_negatives_dropped"] == 0
+    neg = artifacts.read_table_parts(str(tmp_path / "off" / artifacts.PAIRS_DIR))["neg"]
+    assert neg.min() >= 0

@@ -18,6 +18,13 @@ with its positive queries, of which every epoch samples ``queries_per_item``::
 :func:`item_rows` turns a batch of item rows into pair rows (``q_emb``, ``pos``, ``q_pos``),
 so both stages feed the same loss. Every sampling draw depends on (seed, epoch, item) only, so
 every executor and every sharding draws the same queries for an item.
+
+With ``classifiers.cluster_size = g > 0`` the pair table is **grouped** (NGAME's clustered
+batches): pairs are ordered by a balanced recursive 2-means tree over their queries'
+embeddings and cut into rows of ``g`` pairs (cells ``(g, d)``, ``(g,)``, ``(g, P)``,
+``(g, m)``), so every batch is a random set of clusters of similar queries whose positives are
+each other's hard negatives. :func:`group_rows` turns a batch of such rows back into pair
+rows. The encoder is frozen, so the clusters are computed once, in ``prepare``.
 """
 
 from __future__ import annotations
@@ -55,6 +62,32 @@ def mine_hard_negatives(query_emb: np.ndarray, item_emb: np.ndarray, m: int) -> 
     return idx.astype(np.int64)
 
 
+def drop_likely_positives(
+    hard_neg: np.ndarray,  # (n, m) mined items per query, -1 = none
+    query_emb: np.ndarray,  # (n, d)
+    item_emb: np.ndarray,  # (S, d)
+    Y: sp.csr_matrix,  # (n, S) positives
+    chunk: int = 8192,
+) -> np.ndarray:
+    """``hard_neg`` with -1 wherever a mined item scores above every positive of its query
+    (by embedding): such an item is more likely a missing label than a negative."""
+    Y = Y.tocsr()
+    coo = Y.tocoo()
+    pair = np.empty(Y.nnz, dtype=np.float32)  # (nnz,) each positive pair's score
+    for a in range(0, Y.nnz, chunk * 8):
+        r, c = coo.row[a : a + chunk * 8], coo.col[a : a + chunk * 8]
+        pair[a : a + len(r)] = np.einsum("nd,nd->n", query_emb[r], item_emb[c])
+    best = np.full(Y.shape[0], np.inf, dtype=np.float32)  # rows without positives: keep all
+    has = np.diff(Y.indptr) > 0
+    best[has] = np.maximum.reduceat(pair, Y.indptr[:-1][has])
+    out = np.array(hard_neg, dtype=np.int64, copy=True)
+    for a in range(0, len(out), chunk):
+        neg = out[a : a + chunk]  # (c, m) view
+        score = np.einsum("cd,cmd->cm", query_emb[a : a + chunk], item_emb[np.maximum(neg, 0)])
+        neg[score > best[a : a + chunk, None]] = -1
+    return out
+
+
 def pair_columns(
     query_emb: np.ndarray,  # (n, d)
     Y: sp.csr_matrix,  # (n, S) positives over seen-item positions
@@ -70,6 +103,59 @@ def pair_columns(
         "q_pos": padded_positives(Y, max_positives)[q],
         "neg": np.asarray(hard_neg, dtype=np.int64)[q],
     }
+
+
+def cluster_order(emb: np.ndarray, leaf_size: int, seed: int = 0, iters: int = 4) -> np.ndarray:
+    """(n,) permutation of the rows of ``emb`` (n, d) that keeps similar rows together: a
+    balanced recursive 2-means tree (every split halves its node), leaves of <= ``leaf_size``
+    rows, read in depth-first order."""
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    stack = [np.arange(len(emb))]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= max(1, leaf_size):
+            out.append(idx)
+            continue
+        x = emb[idx]  # (m, d)
+        c = x[rng.choice(len(idx), 2, replace=False)]  # (2, d) two random members
+        half = len(idx) // 2
+        for _ in range(iters):
+            order = np.argsort(x @ (c[1] - c[0]), kind="stable")  # closer to c[0] first
+            c = np.stack([x[order[:half]].mean(0), x[order[half:]].mean(0)])
+        stack += [idx[order[half:]], idx[order[:half]]]  # the c[0] half is read first
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def group_columns(
+    columns: dict[str, np.ndarray], row_key: np.ndarray, group_size: int
+) -> dict[str, np.ndarray]:
+    """Table rows of ``group_size`` consecutive rows of ``columns`` ordered by ``row_key``
+    (e.g. each pair's rank in :func:`cluster_order` of the queries). The order is padded to a
+    multiple of ``group_size`` by repeating its start, so every group is full."""
+    n = len(row_key)
+    order = np.argsort(row_key, kind="stable")
+    n_groups = max(1, -(-n // group_size))
+    order = np.resize(order, n_groups * group_size).reshape(n_groups, group_size)
+    out = {}
+    for k, v in columns.items():
+        cells = np.empty(n_groups, dtype=object)
+        cells[:] = [np.ascontiguousarray(v[o]) for o in order]
+        out[k] = cells if v.ndim > 1 else np.stack(list(cells))  # (G,) cells or (G, g)
+    return out
+
+
+def group_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pair rows of a batch of grouped rows (:func:`group_columns`): the groups concatenated."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.dtype == object:  # (B,) cells of (g, k) arrays
+            out[k] = np.concatenate([_matrix(c, NUMERIC.get(k, np.float32)) for c in v])
+        else:  # (B, g, ...) -> (B * g, ...)
+            out[k] = v.reshape(-1, *v.shape[2:])
+    return out
 
 
 def item_columns(

@@ -22,7 +22,7 @@ from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
 from irene.model.selector import Selector, score_buckets
 from irene.train import artifacts
-from irene.train.batches import item_rows, to_tensors
+from irene.train.batches import group_rows, item_rows, to_tensors
 from irene.train.contrastive import ContrastiveObjective, collate_text_pairs
 from irene.train.loop import TrainContext, run_stage
 from irene.train.objectives import (
@@ -43,18 +43,21 @@ def leave_one_out_neighbours(item_emb: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def train_classifiers(config: dict[str, Any], ctx: TrainContext) -> None:
-    """Seen-item classifiers ``normalize(e + delta)``, delta = 0 at the start."""
+    """Seen-item classifiers ``normalize(e + delta)``, delta = 0 at the start. With
+    ``cluster_size`` > 0 the table rows are clusters of pairs (batches of whole clusters)."""
     cfg = from_dict(TrainConfig, config["train"]).classifiers
     _, seen_emb = artifacts.read_seen_items(config["work_dir"])  # (S, d)
     torch.manual_seed(cfg.seed)
     clf = OVAClassifiers(torch.from_numpy(seen_emb))
+    g = cfg.cluster_size
     run_stage(
         ClassifierObjective(clf, cfg, ctx.gather),
         ctx,
         lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr),
         cfg.epochs,
-        cfg.batch_size,
+        max(1, cfg.batch_size // g) if g else cfg.batch_size,  # table rows per global batch
         checkpoint_every=int(config.get("checkpoint_every", 1)),
+        collate=(lambda b, epoch: to_tensors(group_rows(b))) if g else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from irene.config import load_config
 from irene.eval.protocol import ARMS
@@ -23,7 +24,7 @@ LOSS_TOLERANCE = 0.06  # relative, every epoch of both stages (measured: <= 3%)
 METRICS = ("P@1", "nDCG@5", "R@10")
 
 
-def _cfg(tmp_path, data, enc, name, executor, workers):
+def _cfg(tmp_path, data, enc, name, executor, workers, *extra):
     return load_config(
         None,
         [
@@ -41,6 +42,7 @@ def _cfg(tmp_path, data, enc, name, executor, workers):
             "ray.encode_actors=1",
             "ray.encode_batch_size=64",
             "ray.shuffle_buffer=64",
+            *extra,
         ],
         data=data,
         work_dir=str(tmp_path / name),
@@ -90,3 +92,26 @@ def test_local_and_ray_executors_agree(ray_local, tmp_path):
     # arms that do not depend on training are identical
     for n in ("ray1", "ray2"):
         assert runs[n]["eval"]["arms"]["encoder"] == runs["local"]["eval"]["arms"]["encoder"]
+
+
+@pytest.mark.slow
+def test_clustered_batches_local_and_ray_agree(ray_local, tmp_path):
+    """NGAME's clustered batches (rows = groups of 8 pairs): 2 DDP workers (4 groups each per
+    global batch of 64 pairs) train as the local executor does, within the same tolerances."""
+    data, enc = write_inputs(tmp_path)
+    extra = ("train.classifiers.cluster_size=8",)
+    runs = {
+        name: run(_cfg(tmp_path, data, enc, name, ex, w, *extra))["metrics"]
+        for name, ex, w in (("local", "local", 1), ("ray2", "ray", 2))
+    }
+    local = [h["loss"] for h in runs["local"]["training"]["classifiers"]["epochs"]]
+    ray = [h["loss"] for h in runs["ray2"]["training"]["classifiers"]["epochs"]]
+    print("clustered classifiers ray2", [round(x, 3) for x in ray], "local", local)
+    np.testing.assert_allclose(ray, local, rtol=LOSS_TOLERANCE)
+    assert runs["ray2"]["prepare"]["num_pairs"] == runs["local"]["prepare"]["num_pairs"]
+    for arm in ARMS:
+        for setting in ("zero_shot", "full"):
+            for m in METRICS:
+                a = runs["ray2"]["eval"]["arms"][arm][setting][m]
+                b = runs["local"]["eval"]["arms"][arm][setting][m]
+                assert abs(a - b) <= TOLERANCE, (arm, setting, m, a, b)

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from irene.model.classifiers import OVAClassifiers
 from irene.ray.train import FaultInjection, read_table, reduce_stats
 from irene.train import artifacts
-from irene.train.batches import item_columns, item_rows, pair_columns, to_tensors
+from irene.train.batches import (
+    group_columns,
+    group_rows,
+    item_columns,
+    item_rows,
+    pair_columns,
+    to_tensors,
+)
 from irene.train.loop import EpochStats
+from tests.helpers import random_pairs
 
 
 def _tables(n=50, S=12, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(n, d)).astype(np.float32)
-    Y = sp.random(n, S, density=0.2, format="csr", random_state=seed, dtype=np.float32)
-    Y.data[:] = 1
-    keep = np.diff(Y.indptr) > 0
-    Y, q = Y[keep], q[keep]
-    neg = rng.integers(0, S, size=(Y.shape[0], 3))
+    q, Y, neg = random_pairs(n, S, d, density=0.2, m=3, seed=seed)
     return pair_columns(q, Y, neg, max_positives=4), item_columns(q, Y, 4, max_queries=3)
 
 
@@ -70,9 +71,11 @@ def test_tables_round_trip_through_parquet_parts(tmp_path):
 
 def test_ray_data_streams_the_same_batches(ray_local, tmp_path):
     """Batches read by Ray Data from the Parquet parts turn into the same tensors (dtypes,
-    shapes, values) as the in-memory columns, for the pair table and the item table."""
+    shapes, values) as the in-memory columns, for the pair table (plain and grouped into
+    clusters) and the item table."""
     pairs, items = _tables()
-    for name, cols in (("pairs", pairs), ("items", items)):
+    groups = group_columns(pairs, np.arange(len(pairs["pos"]))[::-1], 4)
+    for name, cols in (("pairs", pairs), ("groups", groups), ("items", items)):
         uri = str(tmp_path / name)
         artifacts.write_table_parts(uri, cols, rows_per_file=7, seed=None)
         batches = list(read_table(uri).iter_batches(batch_size=1000, batch_format="numpy"))
@@ -80,6 +83,8 @@ def test_ray_data_streams_the_same_batches(ray_local, tmp_path):
         b = batches[0]
         if name == "pairs":
             t, ref = to_tensors(b), to_tensors(cols)
+        elif name == "groups":
+            t, ref = to_tensors(group_rows(b)), to_tensors(group_rows(cols))
         else:
             t, ref = to_tensors(item_rows(b, 2, 0, 1)), to_tensors(item_rows(cols, 2, 0, 1))
         assert t.keys() == ref.keys()
