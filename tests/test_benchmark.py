@@ -129,7 +129,12 @@ def test_clustered_batches_and_the_likely_positive_filter(tmp_path):
     from irene.train import artifacts
 
     g = 16
-    cfg = tiny_config(tmp_path, f"train.classifiers.cluster_size={g}")
+    cfg = tiny_config(
+        tmp_path,
+        f"train.classifiers.cluster_size={g}",
+        "train.classifiers.epochs=2",
+        "train.generator.epochs=1",
+    )
     res = run_benchmark(cfg, str(tmp_path / "out"))
     prep = json.loads((tmp_path / "out" / "prepare.json").read_text())
     table = artifacts.read_table_parts(str(tmp_path / "out" / artifacts.PAIRS_DIR))

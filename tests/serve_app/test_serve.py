@@ -83,18 +83,18 @@ class Served:
 # every test runs against both placements of the encoder (its own deployment, and in the
 # Ingress), the three query paths (index actor calls, read replicas of every shard in the
 # encoding replica, ShardReader deployments of one shard each) and both index layouts (one
-# index actor, and 2 shard actors behind the router)
+# index actor, and 2 shard actors behind the router). The ShardReader app runs in `make
+# test-slow` (~80 s); the default suite covers ShardReaders in the reliability chaos tests.
 @pytest.fixture(
     scope="module",
     params=[
-        ("deployment", False, 1, False),
-        ("ingress", True, 2, False),
-        ("deployment", False, 2, True),
-    ],
-    ids=[
-        "deployment-actor-reads",
-        "ingress-read-replica-2-shard-actors",
-        "deployment-2-shard-readers-x2",
+        pytest.param(("deployment", False, 1, False), id="deployment-actor-reads"),
+        pytest.param(("ingress", True, 2, False), id="ingress-read-replica-2-shard-actors"),
+        pytest.param(
+            ("deployment", False, 2, True),
+            id="deployment-2-shard-readers-x2",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def served(ray_local, tmp_path_factory, request):
