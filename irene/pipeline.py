@@ -255,6 +255,7 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
         item_columns,
         mine_hard_negatives,
         pair_columns,
+        pair_rows,
     )
     from irene.train.stages import leave_one_out_neighbours
 
@@ -288,7 +289,7 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
     if c.cluster_size:  # NGAME's clustered batches: rows = clusters of similar queries' pairs
         rank = np.empty(n_trn, dtype=np.int64)
         rank[cluster_order(trn_emb, c.cluster_size, c.seed)] = np.arange(n_trn)
-        table = group_columns(columns, rank[Y_seen.tocoo().row], c.cluster_size)
+        table = group_columns(columns, rank[pair_rows(Y_seen)[0]], c.cluster_size)
         rows_per_file = max(1, PAIRS_PER_FILE // c.cluster_size)
     n_files = artifacts.write_table_parts(
         io.join(w, artifacts.PAIRS_DIR), table, rows_per_file, tc.split.seed

@@ -88,6 +88,12 @@ def drop_likely_positives(
     return out
 
 
+def pair_rows(Y: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(query, item) int64 of every stored entry of ``Y``, row-major: the pair table's rows."""
+    coo = Y.tocsr().tocoo()
+    return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+
 def pair_columns(
     query_emb: np.ndarray,  # (n, d)
     Y: sp.csr_matrix,  # (n, S) positives over seen-item positions
@@ -95,8 +101,7 @@ def pair_columns(
     max_positives: int = 64,
 ) -> dict[str, np.ndarray]:
     """The pair table as flat columns, one row per stored entry of ``Y`` (row-major order)."""
-    coo = Y.tocsr().tocoo()
-    q, item = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    q, item = pair_rows(Y)
     return {
         "q_emb": np.ascontiguousarray(query_emb[q], dtype=np.float32),
         "pos": item,

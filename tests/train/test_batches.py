@@ -16,6 +16,7 @@ from irene.train.batches import (
     group_columns,
     group_rows,
     pair_columns,
+    pair_rows,
     to_tensors,
 )
 from tests.helpers import random_pairs
@@ -58,7 +59,7 @@ def test_groups_hold_every_pair_in_cluster_order_and_round_trip(tmp_path):
     n, g = len(pairs["pos"]), 8
     rank = np.empty(len(q), dtype=np.int64)
     rank[cluster_order(q, g)] = np.arange(len(q))
-    key = rank[Y.tocoo().row]  # each pair's query rank
+    key = rank[pair_rows(Y)[0]]  # each pair's query rank
     groups = group_columns(pairs, key, g)
     G = -(-n // g)
     assert len(groups["pos"]) == G and groups["pos"].shape == (G, g)
