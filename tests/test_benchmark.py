@@ -125,6 +125,8 @@ def test_clustered_batches_and_the_likely_positive_filter(tmp_path):
     """cluster_size: the pair table's rows are groups of similar queries' pairs, trained as
     whole groups; drop_likely_positives (default): mined items the encoder scores above every
     positive of the query are no negatives (-1 in the table), and none are dropped when off."""
+    from dataclasses import replace
+
     from irene.pipeline import make_executor, prepare
     from irene.train import artifacts
 
@@ -147,8 +149,6 @@ def test_clustered_batches_and_the_likely_positive_filter(tmp_path):
     seen = res["seen"]
     assert seen["classifiers"]["R@10"] > seen["encoder"]["R@10"]  # it learns
     off = tiny_config(tmp_path, "train.classifiers.drop_likely_positives=false")
-    from dataclasses import replace
-
     meta = prepare(replace(off, work_dir=str(tmp_path / "off")), make_executor(off))
     assert meta["mined_negatives_dropped"] == 0
     neg = artifacts.read_table_parts(str(tmp_path / "off" / artifacts.PAIRS_DIR))["neg"]

@@ -62,6 +62,12 @@ def mine_hard_negatives(query_emb: np.ndarray, item_emb: np.ndarray, m: int) -> 
     return idx.astype(np.int64)
 
 
+def pair_rows(Y: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(query, item) int64 of every stored entry of ``Y``, row-major: the pair table's rows."""
+    coo = Y.tocsr().tocoo()
+    return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+
 def drop_likely_positives(
     hard_neg: np.ndarray,  # (n, m) mined items per query, -1 = none
     query_emb: np.ndarray,  # (n, d)
@@ -72,10 +78,10 @@ def drop_likely_positives(
     """``hard_neg`` with -1 wherever a mined item scores above every positive of its query
     (by embedding): such an item is more likely a missing label than a negative."""
     Y = Y.tocsr()
-    coo = Y.tocoo()
+    rows, cols = pair_rows(Y)
     pair = np.empty(Y.nnz, dtype=np.float32)  # (nnz,) each positive pair's score
     for a in range(0, Y.nnz, chunk * 8):
-        r, c = coo.row[a : a + chunk * 8], coo.col[a : a + chunk * 8]
+        r, c = rows[a : a + chunk * 8], cols[a : a + chunk * 8]
         pair[a : a + len(r)] = np.einsum("nd,nd->n", query_emb[r], item_emb[c])
     best = np.full(Y.shape[0], np.inf, dtype=np.float32)  # rows without positives: keep all
     has = np.diff(Y.indptr) > 0
@@ -86,12 +92,6 @@ def drop_likely_positives(
         score = np.einsum("cd,cmd->cm", query_emb[a : a + chunk], item_emb[np.maximum(neg, 0)])
         neg[score > best[a : a + chunk, None]] = -1
     return out
-
-
-def pair_rows(Y: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """(query, item) int64 of every stored entry of ``Y``, row-major: the pair table's rows."""
-    coo = Y.tocsr().tocoo()
-    return coo.row.astype(np.int64), coo.col.astype(np.int64)
 
 
 def pair_columns(
@@ -157,7 +157,7 @@ def group_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k, v in batch.items():
         v = np.asarray(v)
         if v.dtype == object:  # (B,) cells of (g, k) arrays
-            out[k] = np.concatenate([_matrix(c, NUMERIC.get(k, np.float32)) for c in v])
+            out[k] = np.concatenate([_matrix(c, NUMERIC.get(k)) for c in v])  # None: as stored
         else:  # (B, g, ...) -> (B * g, ...)
             out[k] = v.reshape(-1, *v.shape[2:])
     return out
