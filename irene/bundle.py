@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import faiss  # noqa: I001
@@ -29,6 +30,7 @@ import yaml
 
 from irene import __version__, io
 from irene.config import TrainConfig, config_hash, from_dict, to_dict
+from irene.index.records import Records
 from irene.model.classifiers import OVAClassifiers
 from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
@@ -199,6 +201,27 @@ def load_seen_classifiers(uri: str, verify: bool = True) -> tuple[list[str], np.
         ids = json.load(f)
     clf = OVAClassifiers.load(os.path.join(local, "classifiers"))
     return ids, clf.weights().numpy()
+
+
+def bundle_version(manifest: dict) -> str:
+    """The version string of a bundle (what index records name as the maker of a vector)."""
+    return str(manifest.get("version") or manifest.get("config_hash") or "")
+
+
+def iter_index_items(
+    uri: str, chunk: int = 4096, verify: bool = True
+) -> Iterator[tuple[list[str], np.ndarray, Records]]:
+    """What a fresh index is seeded with, ``chunk`` items at a time: (ids, vectors (n, d)
+    float32, records). Every catalogue item of the bundle: trained items with their trained
+    classifiers, items without interactions with the classifiers generated at bundle time."""
+    local, manifest = _local_copy(uri, verify, parts=("classifiers", "items.json"))
+    version = bundle_version(manifest)
+    with open(os.path.join(local, "items.json")) as f:
+        ids = json.load(f)
+    vecs = OVAClassifiers.load(os.path.join(local, "classifiers")).weights().numpy()
+    for s in range(0, len(ids), chunk):
+        part = ids[s : s + chunk]
+        yield part, vecs[s : s + chunk], Records.of([""] * len(part), None, "trained", version)
 
 
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
