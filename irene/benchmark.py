@@ -32,7 +32,7 @@ def peak_memory_mb() -> float:
 def run_benchmark(cfg: Config, out_dir: str, executor=None) -> dict:
     """One run of the pipeline with ``work_dir = out_dir``; returns results.json's content."""
     set_threads()
-    cfg = replace(cfg, work_dir=out_dir)
+    cfg = replace(cfg, work_dir=out_dir, protocol="zero-shot")
     t0 = time.perf_counter()
     manifest = run(cfg, executor or make_executor(cfg))
     results = json.loads(io.read_text(io.join(out_dir, "results.json")))

@@ -8,7 +8,14 @@ Layout (a local directory or an ``s3://`` prefix)::
     classifiers/         seen-item classifiers (base + delta, safetensors) + JSON
     generator/           IRENE generator (safetensors) + JSON
     selector/            seen-item embeddings for kNN (safetensors) + JSON
-    items.json           the seen items' string ids, in classifier order
+    items.json           the trained items' ids, in classifier order
+    items.parquet        every catalogue item: id, text, metadata (JSON), source (trained |
+                         generated), row (its row in classifiers/ or in generated.npy)
+    generated.npy        (n_generated, d) float32 classifiers generated at bundle time for the
+                         catalogue items without interactions
+
+``manifest.json`` also names the bundle ``version`` (what index records name as the maker of
+a vector) and what it was ``trained_on`` (inputs, fingerprints, counts).
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss  # noqa: I001
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -35,7 +45,7 @@ from irene.model.classifiers import OVAClassifiers
 from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
 from irene.model.selector import Selector
-from irene.model.synthesis import generate
+from irene.model.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +58,46 @@ class BundleError(RuntimeError):
 
 
 @dataclass
+class BundleItems:
+    """Every catalogue item of a bundle, in catalogue order."""
+
+    ids: list[str]
+    texts: list[str]
+    metadata: list[dict[str, Any]]
+    trained_row: np.ndarray  # (n,) int64: row in the classifiers, -1 = generated
+    generated: np.ndarray  # (n_generated, d) float32, for the rows with trained_row == -1
+
+    def __post_init__(self) -> None:
+        n, n_gen = len(self.ids), int((self.trained_row < 0).sum())
+        if not (len(self.texts) == len(self.metadata) == len(self.trained_row) == n):
+            raise BundleError("bundle items: ids, texts, metadata and rows differ in length")
+        if len(self.generated) != n_gen:
+            raise BundleError(
+                f"bundle items: {n_gen} generated items, {len(self.generated)} vectors"
+            )
+
+    def table(self) -> pa.Table:
+        gen = self.trained_row < 0
+        row = self.trained_row.copy()
+        row[gen] = np.arange(int(gen.sum()))
+        return pa.table(
+            {
+                "id": self.ids,
+                "text": self.texts,
+                "metadata": [Records.metadata_json(m) for m in self.metadata],
+                "source": np.where(gen, "generated", "trained").tolist(),
+                "row": row,
+            }
+        )
+
+
+@dataclass
 class Bundle:
     encoder: TextEncoder
     classifiers: OVAClassifiers
     generator: IreneGenerator
     selector: Selector
-    item_ids: list[str]  # seen items, in classifier order
+    item_ids: list[str]  # trained items, in classifier order
     config: TrainConfig
     manifest: dict[str, Any] = field(default_factory=dict)
     _weights_cache: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -69,8 +113,7 @@ class Bundle:
     def synthesize(self, item_emb: np.ndarray, k: int | None = None) -> np.ndarray:
         """(n, d) generated classifiers for novel items from their text embeddings."""
         k = k or self.config.generator.num_neighbors
-        idx, scores = self.selector.search(item_emb, k)
-        return generate(self.generator, item_emb, idx, scores, self._weights())
+        return synthesize(self.generator, self.selector, self._weights(), item_emb, k)
 
     def _weights(self) -> np.ndarray:
         if self._weights_cache is None:
@@ -106,13 +149,29 @@ def save_bundle(
     item_ids: list[str],
     config: TrainConfig,
     metrics: dict[str, Any] | None = None,
+    items: BundleItems | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a bundle to a local directory or s3:// prefix; returns the manifest."""
+    """Write a bundle to a local directory or s3:// prefix; returns the manifest. ``items``:
+    every catalogue item (trained ones and those generated at bundle time) with its record;
+    without it the index is seeded with the trained items only, with empty records."""
     if len(item_ids) != classifiers.num_items or len(item_ids) != selector.num_items:
         raise BundleError("item_ids, classifiers and selector disagree on the number of seen items")
     if len(set(item_ids)) != len(item_ids):
         raise BundleError("seen item ids must be unique")
+    created = dt.datetime.now(dt.UTC)
+    version = f"{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
+        if items is not None:
+            if len(set(items.ids)) != len(items.ids):
+                raise BundleError("catalogue item ids must be unique")
+            trained = items.trained_row[items.trained_row >= 0]
+            if [
+                items.ids[i] for i in np.flatnonzero(items.trained_row >= 0)[np.argsort(trained)]
+            ] != list(item_ids):
+                raise BundleError("bundle items: the trained rows do not match item_ids")
+            pq.write_table(items.table(), os.path.join(tmp, "items.parquet"))
+            np.save(os.path.join(tmp, "generated.npy"), items.generated.astype(np.float32))
         encoder.save(os.path.join(tmp, "encoder"))
         classifiers.save(os.path.join(tmp, "classifiers"))
         generator.save(os.path.join(tmp, "generator"))
@@ -129,10 +188,14 @@ def save_bundle(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            "version": version,
+            "created_at": created.isoformat(),
             "versions": _versions(),
             "config_hash": config_hash(config),
+            "trained_on": trained_on or {},
             "num_seen_items": len(item_ids),
+            "num_items": len(items.ids) if items is not None else len(item_ids),
+            "num_generated_items": len(items.generated) if items is not None else 0,
             "dim": selector.item_emb.shape[1],
             "metrics": metrics or {},
             "files": dict(sorted(files.items())),
@@ -142,7 +205,13 @@ def save_bundle(
         if io.exists(uri) and io.listdir(uri):
             log.warning("overwriting existing bundle at %s", uri)
         io.copy_tree(tmp, uri)
-    log.info("bundle written to %s (%d seen items)", uri, len(item_ids))
+    log.info(
+        "bundle %s written to %s (%d trained, %d generated items)",
+        version,
+        uri,
+        len(item_ids),
+        manifest["num_generated_items"],
+    )
     return manifest
 
 
@@ -214,14 +283,35 @@ def iter_index_items(
     """What a fresh index is seeded with, ``chunk`` items at a time: (ids, vectors (n, d)
     float32, records). Every catalogue item of the bundle: trained items with their trained
     classifiers, items without interactions with the classifiers generated at bundle time."""
-    local, manifest = _local_copy(uri, verify, parts=("classifiers", "items.json"))
+    parts = ("classifiers", "items.json", "items.parquet", "generated.npy")
+    local, manifest = _local_copy(uri, verify, parts=parts)
     version = bundle_version(manifest)
-    with open(os.path.join(local, "items.json")) as f:
-        ids = json.load(f)
-    vecs = OVAClassifiers.load(os.path.join(local, "classifiers")).weights().numpy()
-    for s in range(0, len(ids), chunk):
-        part = ids[s : s + chunk]
-        yield part, vecs[s : s + chunk], Records.of([""] * len(part), None, "trained", version)
+    trained = OVAClassifiers.load(os.path.join(local, "classifiers")).weights().numpy()
+    if "items.parquet" not in manifest["files"]:  # a bundle of the zero-shot protocol
+        with open(os.path.join(local, "items.json")) as f:
+            ids = json.load(f)
+        for s in range(0, len(ids), chunk):
+            part = ids[s : s + chunk]
+            yield (
+                part,
+                trained[s : s + chunk],
+                Records.of([""] * len(part), None, "trained", version),
+            )
+        return
+    generated = np.load(os.path.join(local, "generated.npy"))
+    for batch in pq.ParquetFile(os.path.join(local, "items.parquet")).iter_batches(chunk):
+        cols = batch.to_pydict()
+        source, row = cols["source"], np.asarray(cols["row"], dtype=np.int64)
+        gen = np.asarray(source) == "generated"
+        vecs = np.where(
+            gen[:, None], generated[np.where(gen, row, 0)], trained[np.where(gen, 0, row)]
+        )
+        meta = [json.loads(m) for m in cols["metadata"]]
+        yield (
+            cols["id"],
+            vecs.astype(np.float32),
+            Records(cols["text"], meta, source, [version] * len(row)),
+        )
 
 
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:

@@ -47,13 +47,18 @@ def data_wordnet(
     wordnet_dir: str = typer.Option("/usr/share/wordnet", help="wordnet-base database dir"),
     seed: int = typer.Option(0),
     max_queries: int | None = typer.Option(None, help="seeded subsample of queries"),
+    new_items: int = typer.Option(2000, help="non-label synsets written to new_items.jsonl"),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
-    """Build the WordNet noun-hypernym dataset (queries: synsets, labels: hypernyms <= 2 hops)."""
+    """Build the WordNet noun-hypernym dataset (queries: synsets, labels: hypernyms <= 2 hops):
+    the XC files plus catalogue.parquet, interactions.parquet, eval_interactions.parquet,
+    Y_ids.txt and new_items.jsonl."""
     _setup_logging(verbose)
     from irene.data.wordnet import write_wordnet
 
-    ds = write_wordnet(out_dir, wordnet_dir=wordnet_dir, seed=seed, max_queries=max_queries)
+    ds = write_wordnet(
+        out_dir, new_items=new_items, wordnet_dir=wordnet_dir, seed=seed, max_queries=max_queries
+    )
     typer.echo(json.dumps(ds.stats(), indent=2))
 
 
@@ -110,47 +115,96 @@ def benchmark(
 
 @app.command()
 def train(
-    data_dir: str = typer.Argument(..., help="XC-format dataset directory (local or s3://)"),
+    data_dir: str = typer.Argument(
+        ...,
+        help="dataset directory (local or s3://): catalogue.{parquet,csv,jsonl} + "
+        "interactions.* (+ eval_interactions.*), or the XC raw files",
+    ),
     bundle: str = typer.Option(..., "--bundle", help="bundle output (local dir or s3:// prefix)"),
     config: str | None = typer.Option(None, help=CONFIG_HELP),
     work_dir: str | None = typer.Option(None, help="artifacts location; default: a temp dir"),
+    catalogue: str | None = typer.Option(None, help="catalogue table (default DATA/catalogue.*)"),
+    interactions: str | None = typer.Option(
+        None, help="interactions table (default DATA/interactions.*)"
+    ),
+    queries: str | None = typer.Option(None, help="queries table, when interactions use query_id"),
+    eval_fraction: float | None = typer.Option(
+        None, help="share of the queries held out for the quality report (default 0)"
+    ),
+    min_interactions: int | None = typer.Option(
+        None, help="training queries an item needs for a trained classifier (default 1)"
+    ),
+    drop_unknown: bool = typer.Option(
+        False, "--drop-unknown", help="drop interactions naming items not in the catalogue"
+    ),
     num_workers: int | None = typer.Option(None, help="Ray Train workers per stage"),
     address: str | None = typer.Option(None, help="Ray address; default: a local Ray"),
     executor: str = typer.Option("ray", help="ray | local"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     verbose: bool = typer.Option(False, "-v"),
 ) -> None:
-    """Run prepare -> train_classifiers -> train_generator -> build_bundle (on Ray)."""
+    """Train a production bundle on your catalogue: every item with interactions gets a trained
+    classifier, every other item a generated one; nothing is held out (quality is reported on
+    held-out queries: --eval-fraction or eval_interactions.*). prepare -> train_classifiers ->
+    train_generator -> build_bundle, on Ray."""
     _setup_logging(verbose)
     from irene.config import replace
+    from irene.data.catalogue import DataError
+    from irene.data.production import read_training_data
     from irene.pipeline import PipelineError, make_executor, preflight_all, run
 
-    dotted = {"ray.num_workers": num_workers, "ray.address": address}
+    dotted = {
+        "ray.num_workers": num_workers,
+        "ray.address": address,
+        "catalogue.items": catalogue,
+        "catalogue.interactions": interactions,
+        "catalogue.queries": queries,
+        "catalogue.eval_fraction": eval_fraction,
+        "catalogue.min_interactions": min_interactions,
+        "catalogue.drop_unknown": drop_unknown or None,
+    }
     cfg = _config(
         config, set_, dotted, data=data_dir, bundle=bundle, work_dir=work_dir, executor=executor
     )
-    if not cfg.work_dir:
-        cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
-    try:
+    try:  # the whole input is read and checked before anything is written
+        if cfg.protocol == "production":
+            read_training_data(cfg.data, cfg.catalogue)
+        if not cfg.work_dir:
+            cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
         preflight_all(cfg)
-    except PipelineError as e:
+    except (DataError, PipelineError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     logging.getLogger(__name__).info("work_dir: %s", cfg.work_dir)
     manifest = run(cfg, make_executor(cfg))
-    summary = {"bundle": cfg.bundle, "work_dir": cfg.work_dir}
-    summary["config_hash"] = manifest["config_hash"]
-    summary["num_seen_items"] = manifest["num_seen_items"]
-    summary["stage_seconds"] = manifest["stage_seconds"]
-    irene = manifest["metrics"].get("eval", {}).get("arms", {}).get("irene")
+    prep = manifest["metrics"]["prepare"]
+    summary = {
+        "bundle": cfg.bundle,
+        "version": manifest.get("version"),
+        "work_dir": cfg.work_dir,
+        "config_hash": manifest["config_hash"],
+        "num_items": manifest.get("num_items"),
+        "num_trained_items": manifest["num_seen_items"],
+        "num_generated_items": manifest.get("num_generated_items"),
+        "train_queries": prep["num_train_queries"],
+        "eval_queries": prep["num_test_queries"],
+        "stage_seconds": manifest["stage_seconds"],
+    }
+    ev = manifest["metrics"].get("eval", {})
+    irene = ev.get("arms", {}).get("irene")
     if irene:
-        summary["irene_zero_shot"] = irene["zero_shot"]
+        summary["irene_" + ev["setting"].replace(" ", "_")] = {
+            "full": irene["full"],
+            "generated_items_only": irene["zero_shot"],
+        }
     typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()
 def ingest(
-    items: str = typer.Argument(..., help="Parquet / JSONL / TSV (id<TAB>text), local or s3://"),
+    items: str = typer.Argument(
+        ..., help="Parquet / JSONL (id, text, metadata + extra columns) or TSV (id<TAB>text)"
+    ),
     bundle: str = typer.Option(..., "--bundle", help="bundle (local dir or s3:// prefix)"),
     index: str = typer.Option(..., "--index", help="index log + snapshots (dir or s3://)"),
     config: str | None = typer.Option(None, help=CONFIG_HELP),

@@ -3,7 +3,10 @@
     client = IreneClient("http://127.0.0.1:8000", token=os.environ["IRENE_API_TOKEN"])
     client.wait_ready()
     client.ingest([("sku-1", "red running shoe"), ...])     # batched POST /v1/items
-    hits = client.query(["trail shoes"], k=10)              # [[("sku-1", 0.83), ...]]
+    client.ingest([("sku-2", "blue sandal", {"brand": "acme", "price": 19.5})])  # + metadata
+    hits = client.query(["trail shoes"], k=10)  # [[{"id": "sku-1", "score": 0.83, "source": ...}]]
+    hits = client.query(["trail shoes"], k=10, with_payload=True)  # + "text", "metadata"
+    item = client.get("sku-2")  # {"id", "dim", "norm", "text", "metadata", "source", "version"}
 
 Batches go out over ``concurrency`` connections; results keep the input order. Any non-2xx
 reply raises :class:`IreneHTTPError` with the server's message.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -60,22 +65,27 @@ class IreneClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _post(self, path: str, body: dict) -> dict:
+    def _request(self, method: str, path: str, ok404: bool = False, **kw) -> dict | None:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                r = self.http.post(path, json=body)
+                r = self.http.request(method, path, **kw)
             except httpx.TransportError:
                 if last:
                     raise
             else:
                 if r.status_code < 300:
                     return r.json()
+                if ok404 and r.status_code == 404:
+                    return None
                 if r.status_code not in RETRY_STATUS or last:
-                    raise IreneHTTPError(f"POST {path}: HTTP {r.status_code}: {r.text[:500]}")
+                    raise IreneHTTPError(f"{method} {path}: HTTP {r.status_code}: {r.text[:500]}")
             self.retried += 1
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _post(self, path: str, body: dict) -> dict:
+        return self._request("POST", path, json=body)
 
     def wait_ready(self, timeout_s: float = 120.0) -> dict:
         """Poll ``GET /readyz`` until it answers 200; returns its body."""
@@ -97,30 +107,49 @@ class IreneClient:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(fn, chunks))
 
-    def ingest(self, items: Sequence[tuple[str, str]], batch_size: int = 256) -> list[dict]:
-        """Add/upsert ``(id, text)`` items; returns the per-item statuses, in order."""
+    def ingest(self, items: Sequence[tuple | dict], batch_size: int = 256) -> list[dict]:
+        """Add/upsert items: ``(id, text)`` or ``(id, text, metadata)`` tuples, or
+        ``{"id", "text"[, "metadata"]}`` dicts; returns the per-item statuses, in order.
+        Metadata: a flat dict of strings, numbers, bools and lists of strings."""
         chunks = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
 
         def send(chunk):
-            body = {"items": [{"id": i, "text": t} for i, t in chunk]}
+            body = {"items": [_item(it) for it in chunk]}
             return self._post("/v1/items", body)["results"]
 
         return [st for res in self._map(send, chunks) for st in res]
 
     def query(
-        self, texts: Sequence[str], k: int, batch_size: int = 64
-    ) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(id, score)`` lists for every text, in order."""
+        self,
+        texts: Sequence[str],
+        k: int,
+        batch_size: int = 64,
+        with_payload: bool | Sequence[str] = False,
+    ) -> list[list[dict]]:
+        """Top-``k`` hits for every text, in order, as the server answers them: ``{"id",
+        "score", "source"}`` plus the fields ``with_payload`` asks for (True: text + metadata;
+        a list of "text", "metadata", "version"). :func:`pairs` makes ``(id, score)`` rows."""
         chunks = [list(texts[s : s + batch_size]) for s in range(0, len(texts), batch_size)]
+        body: dict[str, Any] = {"k": k}
+        if with_payload:
+            body["with_payload"] = (
+                with_payload if isinstance(with_payload, bool) else list(with_payload)
+            )
 
         def send(chunk):
-            res = self._post("/v1/query", {"texts": chunk, "k": k})["results"]
-            return [[(h["id"], h["score"]) for h in hits] for hits in res]
+            return self._post("/v1/query", {**body, "texts": chunk})["results"]
 
         return [hits for res in self._map(send, chunks) for hits in res]
 
+    def get(self, id_: str, vector: bool = False) -> dict | None:
+        """One item ``{"id", "dim", "norm", "text", "metadata", "source", "version"[,
+        "vector"]}``, or None when absent (ids a URL path cannot carry: use :meth:`fetch`)."""
+        params = {"include_vector": "true"} if vector else None
+        return self._request("GET", f"/v1/items/{quote(id_, safe='')}", ok404=True, params=params)
+
     def fetch(self, ids: Sequence[str], vectors: bool = False, batch_size: int = 256) -> list:
-        """``{"id", "dim", "norm"[, "vector"]}`` per id (None where absent), in order."""
+        """``{"id", "dim", "norm", "text", "metadata", "source", "version"[, "vector"]}`` per
+        id (None where absent), in order."""
         chunks = [list(ids[s : s + batch_size]) for s in range(0, len(ids), batch_size)]
 
         def send(chunk):
@@ -141,3 +170,18 @@ class IreneClient:
 
     def count(self) -> int:
         return int(self.wait_ready(timeout_s=0)["index_count"])
+
+
+def _item(it: tuple | dict) -> dict:
+    if isinstance(it, dict):
+        return {k: v for k, v in it.items() if v is not None}
+    id_, text, *meta = it
+    out = {"id": id_, "text": text}
+    if meta and meta[0] is not None:
+        out["metadata"] = meta[0]
+    return out
+
+
+def pairs(rows: list[list[dict]]) -> list[list[tuple[str, float]]]:
+    """``(id, score)`` per hit of :meth:`IreneClient.query`'s rows."""
+    return [[(h["id"], h["score"]) for h in row] for row in rows]

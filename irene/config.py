@@ -20,7 +20,17 @@ T = TypeVar("T")
 
 DEFAULT_ENCODER = "packaged:all-MiniLM-L6-v2"
 EXECUTORS = ("local", "ray")
+PROTOCOLS = ("production", "zero-shot")
 USE_GPU_VALUES = ("auto", "true", "false")
+ENCODER_RUNTIMES = (
+    "auto",
+    "torch",
+    "torch-bf16",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-bf16",
+)
 
 
 class ConfigError(ValueError):
@@ -37,6 +47,15 @@ class EncoderConfig:
     max_length: int = 64
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda
+    # how TextEncoder.encode runs the model on CPU (CUDA always runs torch): one of
+    # ENCODER_RUNTIMES; "auto" = the fastest exact one for this CPU (irene.model.runtime)
+    runtime: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ENCODER_RUNTIMES:
+            raise ConfigError(
+                f"'encoder.runtime' must be one of {ENCODER_RUNTIMES}, got {self.runtime!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -245,12 +264,36 @@ class IngestConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# production training on a user's catalogue (irene.data.catalogue)
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """The tables ``irene train`` reads (Parquet / CSV / JSONL, local or s3://). Empty paths
+    default to ``<data>/catalogue.*``, ``<data>/interactions.*``, ``<data>/eval_interactions.*``
+    (the last one optional)."""
+
+    items: str = ""  # id, text, metadata columns
+    interactions: str = ""  # query (or query_id + queries table), item_id, optional weight
+    queries: str = ""  # query_id, text: when interactions name queries by id
+    eval_interactions: str = ""  # held-out queries for the quality report
+    eval_fraction: float = 0.0  # no eval table: this seeded share of the queries is held out
+    min_interactions: int = 1  # training queries an item needs for a trained classifier
+    drop_unknown: bool = False  # drop interactions naming items not in the catalogue
+    seed: int = 0  # of the eval_fraction split
+
+
+# ----------------------------------------------------------------------------------------------
 # the root
 
 
 @dataclass(frozen=True)
 class Config:
-    data: str = ""  # XC dataset directory, local or s3://
+    data: str = ""  # dataset directory (catalogue tables or XC raw files), local or s3://
+    # production: every catalogue item in the bundle (trained if it has interactions, else
+    # generated); zero-shot: the benchmark protocol (a share of the items held out as novel)
+    protocol: str = "production"
+    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
     work_dir: str = ""  # prepared artifacts and stage outputs, local or s3://
     bundle: str = ""  # bundle output, local or s3:// ("" = none)
     executor: str = "local"  # local (in-process) | ray (Ray Data + Ray Train)
@@ -417,6 +460,14 @@ def _abs(uri: str) -> str:
 def absolute_paths(cfg: Config) -> Config:
     changes: dict[str, Any] = {f: _abs(getattr(cfg, f)) for f in PATH_FIELDS}
     changes["ray"] = dataclasses.replace(cfg.ray, storage_path=_abs(cfg.ray.storage_path))
+    cat = cfg.catalogue
+    changes["catalogue"] = dataclasses.replace(
+        cat,
+        **{
+            k: _abs(getattr(cat, k))
+            for k in ("items", "interactions", "queries", "eval_interactions")
+        },
+    )
     ing = cfg.ingest
     changes["ingest"] = dataclasses.replace(
         ing,
@@ -430,6 +481,13 @@ def validate(cfg: Config) -> Config:
     """Check values (not locations); raises :class:`ConfigError`."""
     if cfg.executor not in EXECUTORS:
         raise ConfigError(f"'executor' must be one of {EXECUTORS}, got {cfg.executor!r}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"'protocol' must be one of {PROTOCOLS}, got {cfg.protocol!r}")
+    cat = cfg.catalogue
+    if not 0.0 <= cat.eval_fraction < 1.0:
+        raise ConfigError(f"'catalogue.eval_fraction' must be in [0, 1), got {cat.eval_fraction}")
+    if cat.min_interactions < 1:
+        raise ConfigError(f"'catalogue.min_interactions' must be >= 1, got {cat.min_interactions}")
     r = cfg.ray
     if r.use_gpu not in USE_GPU_VALUES:
         raise ConfigError(f"'ray.use_gpu' must be one of {USE_GPU_VALUES}, got {r.use_gpu!r}")

@@ -1,4 +1,5 @@
-"""Bulk ingest of novel items: (id, text) rows -> encode -> select + generate -> the index.
+"""Bulk ingest of novel items: (id, text, metadata) rows -> encode -> select + generate -> the
+index, each item stored with its record (text, metadata, source "generated", bundle version).
 
 The stages are plain callables over Ray-Data-style batches (``{"id": array, ...}``), so the
 same code runs in-process (:func:`ingest_local`, ``irene ingest``) and as Ray Data
@@ -13,7 +14,10 @@ same code runs in-process (:func:`ingest_local`, ``irene ingest``) and as Ray Da
 Every stage adds a ``t_<stage>`` column (its seconds spread over the batch's rows) so the
 driver can report the share of time per stage. Input formats: Parquet or JSONL with ``id``
 and ``text`` columns, or TSV lines ``id<TAB>text``; a file or a directory of files, local or
-``s3://``.
+``s3://``. In Parquet and JSONL a ``metadata`` column (an object: struct, map or JSON string)
+and every other column become the item's metadata (nulls skipped), checked by the same
+validator as ``POST /v1/items`` (:func:`irene.metadata.check_metadata`); it travels through the
+stages as canonical JSON in a ``meta`` column.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ import numpy as np
 
 from irene import io
 from irene.config import Config, IndexConfig
+from irene.index.records import Records
+from irene.metadata import MAX_METADATA_BYTES, MetadataError, check_metadata
 
 log = logging.getLogger(__name__)
 
 FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".tsv": "tsv", ".txt": "tsv"}
 STAGES = ("skip", "encode", "generate", "write")
+RESERVED = ("id", "text", "metadata")  # columns that are not metadata
+NO_META = "{}"
 
 
 class IngestError(ValueError):
@@ -91,8 +99,70 @@ def check_rows(ids: list, texts: list, where: str) -> None:
             raise IngestError(f"{where}: every row needs a non-empty string id and text")
 
 
-def iter_items(uri: str, batch_size: int) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) batches of at most ``batch_size`` rows, in file order."""
+def _metadata_object(v: Any, where: str) -> dict:
+    """A row's ``metadata`` cell as a dict: an object (JSON, Parquet struct), a Parquet map
+    (key/value pairs) or a JSON string of an object; null = none."""
+    if v is None:
+        return {}
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except ValueError as e:
+            raise IngestError(f"{where}: metadata is not a JSON object ({e})") from None
+    if isinstance(v, list) and all(isinstance(p, tuple) and len(p) == 2 for p in v):
+        v = dict(v)  # a Parquet map column
+    if not isinstance(v, dict):
+        raise IngestError(f"{where}: metadata must be an object, got {type(v).__name__}")
+    return {k: x for k, x in v.items() if x is not None}  # struct fields a row lacks: None
+
+
+def row_metadata(row: dict, where: str, max_bytes: int = MAX_METADATA_BYTES) -> str:
+    """The metadata of one input row (its ``metadata`` object plus every column other than
+    id / text / metadata, nulls skipped), validated, as canonical JSON."""
+    meta = _metadata_object(row.get("metadata"), where)
+    for key, v in row.items():
+        if key in RESERVED or v is None:
+            continue
+        if key in meta:
+            raise IngestError(f"{where}: {key!r} is both a column and a metadata key")
+        meta[key] = v
+    if not meta:
+        return NO_META
+    try:
+        meta = check_metadata(meta, f"{where}: metadata", max_bytes)
+    except MetadataError as e:
+        raise IngestError(str(e)) from None
+    return Records.metadata_json(meta)
+
+
+def parse_rows(rows: list[dict], where: str, first: int = 0) -> tuple[list, list, list]:
+    """Row dicts (JSONL objects, Parquet rows) -> (ids, texts, metadata JSON strings);
+    ``first``: the row number of ``rows[0]`` in its file (for messages)."""
+    ids, texts = [r.get("id") for r in rows], [r.get("text") for r in rows]
+    check_rows(ids, texts, where)
+    metas = [row_metadata(r, f"{where} row {first + n + 1}") for n, r in enumerate(rows)]
+    return ids, texts, metas
+
+
+def parse_jsonl(lines: list[str], where: str, first: int = 0) -> tuple[list, list, list]:
+    """JSONL lines (blank lines skipped) -> (ids, texts, metadata JSON strings)."""
+    rows = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise IngestError(f"{where} line {first + n + 1}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise IngestError(f"{where} line {first + n + 1}: expected a JSON object")
+        rows.append(row)
+    return parse_rows(rows, where, first)
+
+
+def iter_items(uri: str, batch_size: int) -> Iterator[tuple[list[str], list[str], list[str]]]:
+    """(ids, texts, metadata JSON strings) batches of at most ``batch_size`` rows, in file
+    order (TSV rows have no metadata: ``"{}"``)."""
     fmt, files = item_files(uri)
     for f in files:
         if fmt == "parquet":
@@ -100,22 +170,21 @@ def iter_items(uri: str, batch_size: int) -> Iterator[tuple[list[str], list[str]
 
             fs, path = io.resolve(f)
             with fs.open_input_file(path) as fh:
-                for rb in pq.ParquetFile(fh).iter_batches(batch_size, columns=["id", "text"]):
-                    ids, texts = rb.column("id").to_pylist(), rb.column("text").to_pylist()
-                    check_rows(ids, texts, f)
-                    yield ids, texts
+                done = 0
+                for rb in pq.ParquetFile(fh).iter_batches(batch_size):
+                    yield parse_rows(rb.to_pylist(), f, done)
+                    done += rb.num_rows
             continue
         lines = io.read_text(f).splitlines()
         for s in range(0, len(lines), batch_size):
             chunk = lines[s : s + batch_size]
             if fmt == "tsv":
                 ids, texts = parse_tsv(chunk, f"{f}:{s}")
+                metas = [NO_META] * len(ids)
             else:
-                rows = [json.loads(line) for line in chunk if line.strip()]
-                ids, texts = [r.get("id") for r in rows], [r.get("text") for r in rows]
-                check_rows(ids, texts, f)
+                ids, texts, metas = parse_jsonl(chunk, f, s)
             if ids:
-                yield ids, texts
+                yield ids, texts, metas
 
 
 def write_tsv(path: str, items: list[tuple[str, str]]) -> str:
@@ -203,7 +272,7 @@ class Skip:
 
 
 class Encode:
-    """``text`` -> ``emb`` (B, d) with the bundle's encoder."""
+    """``text`` -> ``emb`` (B, d) with the bundle's encoder (the text stays: Write stores it)."""
 
     def __init__(self, bundle: str, device: str = "auto") -> None:
         from irene.bundle import load_encoder
@@ -214,7 +283,7 @@ class Encode:
         t0 = time.perf_counter()
         texts = [str(t) for t in batch["text"]]
         emb = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
-        out = {k: v for k, v in batch.items() if k != "text"}
+        out = dict(batch)
         out["emb"] = np.asarray(emb, np.float32)  # (B, d)
         return _timed(out, "encode", t0)
 
@@ -239,19 +308,26 @@ class Generate:
 
 
 class Write:
-    """One durable upsert of the batch through the index's router; keeps only ids + times."""
+    """One durable upsert of the batch (vectors + records: text, metadata, source
+    "generated", ``version``) through the index's router; keeps only ids + times."""
 
-    def __init__(self, index) -> None:
+    def __init__(self, index, version: str = "") -> None:
         self.index = index
+        self.version = version  # the bundle's (irene.bundle.bundle_version)
+
+    def records(self, batch: dict) -> Records:
+        texts = [str(t) for t in batch["text"]]
+        metas = batch.get("meta")
+        meta = None if metas is None else [json.loads(str(m)) for m in metas]
+        return Records.of(texts, meta, "generated", self.version)
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
         ids = [str(i) for i in batch["id"]]
         if ids:
-            self.index.add(
-                ids, np.asarray(batch["clf"], np.float32).reshape(len(ids), -1)
-            )  # (B, d)
-        out = {k: v for k, v in batch.items() if k != "clf"}
+            clf = np.asarray(batch["clf"], np.float32).reshape(len(ids), -1)  # (B, d)
+            self.index.add(ids, clf, self.records(batch))
+        out = {k: v for k, v in batch.items() if k not in ("clf", "text", "meta")}
         return _timed(out, "write", t0)
 
 
@@ -336,20 +412,27 @@ def progress(total: int | None, enabled: bool = True):
 
 def ingest_local(cfg: Config, show_progress: bool = True) -> IngestReport:
     """Run the stages in this process over ``cfg.ingest.items`` into ``cfg.ingest.index``."""
-    from irene.bundle import read_manifest
+    from irene.bundle import bundle_version, read_manifest
 
     ing = cfg.ingest
     check_ingest_config(cfg)
-    dim = int(read_manifest(cfg.bundle)["dim"])
+    manifest = read_manifest(cfg.bundle)
+    dim = int(manifest["dim"])
     index = open_local_index(ing.index, dim)
-    skip, write = Skip(index), Write(index)
+    skip, write = Skip(index), Write(index, bundle_version(manifest))
     encode, generate = Encode(cfg.bundle), Generate(cfg.bundle)
     report = IngestReport(executor="local")
     t0 = time.perf_counter()
     try:
         with progress(count_items(ing.items), show_progress) as bar:
-            for n_batches, (ids, texts) in enumerate(iter_items(ing.items, ing.batch_size), 1):
-                batch = {"id": np.asarray(ids, dtype=object), "text": np.asarray(texts, object)}
+            for n_batches, (ids, texts, metas) in enumerate(
+                iter_items(ing.items, ing.batch_size), 1
+            ):
+                batch = {
+                    "id": np.asarray(ids, dtype=object),
+                    "text": np.asarray(texts, object),
+                    "meta": np.asarray(metas, object),
+                }
                 read = len(ids)
                 if ing.skip_existing:
                     batch = skip(batch)

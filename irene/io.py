@@ -68,6 +68,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def basename(uri: str | os.PathLike) -> str:
+    """The last path component of a local path or s3:// URI (trailing '/' ignored)."""
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
 def exists(uri: str | os.PathLike) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -30,6 +30,15 @@ import numpy as np
 from irene import io
 from irene.config import Config, ConfigError, EncoderConfig, config_hash, load_config, to_dict
 from irene.data import xc
+from irene.data.catalogue import DataError
+from irene.data.production import (
+    TrainingData,
+    is_catalogue_dir,
+    production_split,
+    read_training_data,
+    read_xc_data,
+)
+from irene.data.split import ZeroShotSplit, validation_dataset, zero_shot_split
 from irene.train import artifacts
 
 log = logging.getLogger(__name__)
@@ -138,15 +147,27 @@ def make_executor(cfg: Config, **kwargs: Any) -> Executor:
 # fail-fast checks
 
 
-def check_data(data: str) -> None:
-    if not data:
-        raise PipelineError("no dataset given: set 'data' (an XC directory, local or s3://)")
+def check_data(cfg: Config) -> None:
+    """The dataset is there: catalogue tables (production) or the XC files."""
+    data = cfg.data
+    if not data and not cfg.catalogue.items:
+        raise PipelineError(
+            "no dataset given: set 'data' (a directory with catalogue + interactions tables, "
+            "or an XC directory; local or s3://)"
+        )
     try:
+        if cfg.protocol == "production" and is_catalogue_dir(data, cfg.catalogue):
+            return
         missing = [f for f in XC_FILES if not io.exists(io.join(data, f))]
     except OSError as e:
         raise PipelineError(f"dataset location {data} is unreachable: {e}") from e
+    except DataError as e:
+        raise PipelineError(str(e)) from e
     if missing:
-        raise PipelineError(f"dataset {data} is missing or incomplete: no {', '.join(missing)}")
+        raise PipelineError(
+            f"dataset {data} has neither catalogue tables (catalogue.parquet|csv|jsonl + "
+            f"interactions.*) nor the XC files: no {', '.join(missing)}"
+        )
 
 
 def check_writable(uri: str, what: str) -> None:
@@ -187,7 +208,7 @@ def preflight(stage: str, cfg: Config) -> None:
     """Every check a stage needs before it starts work."""
     ray_storage = cfg.executor == "ray"
     if stage == "prepare":
-        check_data(cfg.data)
+        check_data(cfg)
         check_writable(cfg.work_dir, "work_dir")
     elif stage in ("train_classifiers", "train_generator"):
         check_inputs(cfg.work_dir, PREPARED, "pipelines.prepare")
@@ -201,7 +222,7 @@ def preflight(stage: str, cfg: Config) -> None:
         check_inputs(cfg.work_dir, [artifacts.CLASSIFIERS_DIR], "pipelines.train_classifiers")
         check_inputs(cfg.work_dir, [artifacts.GENERATOR_DIR], "pipelines.train_generator")
         if cfg.evaluate:
-            check_data(cfg.data)
+            check_data(cfg)
         if cfg.bundle:
             check_writable(cfg.bundle, "bundle")
     else:
@@ -210,7 +231,7 @@ def preflight(stage: str, cfg: Config) -> None:
 
 def preflight_all(cfg: Config) -> None:
     """Checks for the whole chain: data, work_dir, storage, bundle."""
-    check_data(cfg.data)
+    check_data(cfg)
     check_writable(cfg.work_dir, "work_dir")
     if cfg.executor == "ray":
         check_writable(cfg.storage(), "storage_path")
@@ -222,19 +243,30 @@ def preflight_all(cfg: Config) -> None:
 # prepare
 
 
-def dataset_and_split(cfg: Config):
-    """(dataset, zero-shot split, {"trn": rows, "tst": rows} into the original train queries
-    or None): the real test split, or with ``train.split.validation_fraction`` > 0 the
-    validation dataset (training side only) and its own split."""
-    from irene.data.split import validation_dataset, zero_shot_split
-
+def load_data(cfg: Config) -> tuple[TrainingData, ZeroShotSplit]:
+    """(training data, split). ``production``: the catalogue (or XC directory) whole, items
+    with interactions trained, the others generated (:mod:`irene.data.production`).
+    ``zero-shot``: the benchmark protocol on an XC directory -- the real test split, or with
+    ``train.split.validation_fraction`` > 0 the validation dataset (training side only) and
+    its own split."""
+    if cfg.protocol == "production":
+        data = read_training_data(cfg.data, cfg.catalogue)
+        return data, production_split(data.ds, cfg.catalogue.min_interactions)
     s = cfg.train.split
-    ds = xc.read_xc(cfg.data)
-    split = zero_shot_split(ds, s.novel_fraction, s.seed)
+    data = read_xc_data(cfg.data)
+    split = zero_shot_split(data.ds, s.novel_fraction, s.seed)
     if s.validation_fraction <= 0:
-        return ds, split
-    val = validation_dataset(ds, split, s.validation_fraction, s.seed)
-    return val.ds, zero_shot_split(val.ds, s.novel_fraction, s.seed)
+        return data, split
+    val = validation_dataset(data.ds, split, s.validation_fraction, s.seed)
+    ids = [data.ids[i] for i in val.labels]
+    val_data = TrainingData(val.ds, ids, [data.metadata[i] for i in val.labels], data.trained_on)
+    return val_data, zero_shot_split(val.ds, s.novel_fraction, s.seed)
+
+
+def dataset_and_split(cfg: Config):
+    """(dataset, split) of :func:`load_data`."""
+    data, split = load_data(cfg)
+    return data.ds, split
 
 
 def encoder_config(cfg: Config) -> EncoderConfig:
@@ -262,7 +294,8 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
     preflight("prepare", cfg)
     t0 = time.perf_counter()
     tc, w = cfg.train, cfg.work_dir
-    ds, split = dataset_and_split(cfg)
+    data, split = load_data(cfg)
+    ds = data.ds
     split.save(io.join(w, artifacts.SPLIT_DIR))
     trn_texts = [ds.trn_X[i] for i in split.trn_rows]
     Y_seen = split.Y_trn.tocsc()[:, split.seen].tocsr()  # (n_trn, S)
@@ -275,7 +308,9 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
     encode_s = time.perf_counter() - t_enc
     L, n_trn = len(ds.Y), len(trn_texts)
     item_emb, trn_emb, tst_emb = emb[:L], emb[L : L + n_trn], emb[L + n_trn :]
-    artifacts.write_items(io.join(w, artifacts.ITEMS), item_emb, split.seen)
+    artifacts.write_items(
+        io.join(w, artifacts.ITEMS), item_emb, split.seen, data.ids, ds.Y, data.metadata
+    )
     artifacts.write_embeddings(io.join(w, artifacts.QUERIES_TRN), split.trn_rows, trn_emb)
     artifacts.write_embeddings(io.join(w, artifacts.QUERIES_TST), np.arange(len(ds.tst_X)), tst_emb)
     seen_emb = item_emb[split.seen]  # (S, d)
@@ -305,6 +340,8 @@ def prepare(cfg: Config, ex: Executor) -> dict[str, Any]:
         "prepare_id": uuid.uuid4().hex,  # new inputs => new training runs (no stale resume)
         "dataset": ds.name,
         "data": cfg.data,
+        "protocol": cfg.protocol,
+        "trained_on": data.trained_on,
         "executor": ex.name,
         "config_hash": config_hash(tc),
         "dim": int(emb.shape[1]),
@@ -502,12 +539,21 @@ def load_trained(cfg: Config):
 def evaluate(cfg: Config) -> dict[str, Any]:
     """Every arm on the split's test queries (or the validation queries) and the seen
     diagnostic -> ``work_dir/results.json``."""
-    from irene.data.split import ZeroShotSplit
     from irene.eval.protocol import EvalData, evaluate_arms, novel_vectors, seen_diagnostic
 
     w = cfg.work_dir
     ds, _ = dataset_and_split(cfg)
     split = ZeroShotSplit.load(io.join(w, artifacts.SPLIT_DIR))
+    if cfg.protocol == "production":
+        setting = "held-out queries"
+    else:
+        setting = "validation" if cfg.train.split.validation_fraction > 0 else "test"
+    if not len(ds.tst_X):  # production without held-out queries: nothing to measure
+        results = {"dataset": ds.name, "setting": "none", "arms": {}, "seen": {}}
+        results["stats"] = {**ds.stats(), **split.stats()}
+        results["timings"] = {}
+        artifacts.write_json(io.join(w, artifacts.RESULTS), results)
+        return results
     _, _, item_emb = artifacts.read_items(io.join(w, artifacts.ITEMS))
     _, tst_emb = artifacts.read_embeddings(io.join(w, artifacts.QUERIES_TST))
     _, trained = load_trained(cfg)
@@ -517,7 +563,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     gen_ms = 1000 * (time.perf_counter() - t0) / max(len(split.novel), 1)
     results = {
         "dataset": ds.name,
-        "setting": "validation" if cfg.train.split.validation_fraction > 0 else "test",
+        "setting": setting,
         "stats": {**ds.stats(), **split.stats()},
         "config": to_dict(cfg.train),
         "arms": evaluate_arms(data, trained, novel, cfg.eval),
@@ -553,6 +599,7 @@ def build_bundle(cfg: Config) -> dict[str, Any]:
     item_ids, trained = load_trained(cfg)
     classifiers = artifacts.load_dir(io.join(w, artifacts.CLASSIFIERS_DIR), OVAClassifiers.load)
     encoder = TextEncoder.from_config(encoder_config(cfg))
+    items = bundle_items(cfg, trained) if cfg.protocol == "production" else None
     return save_bundle(
         cfg.bundle,
         encoder,
@@ -562,7 +609,29 @@ def build_bundle(cfg: Config) -> dict[str, Any]:
         item_ids,
         cfg.train,
         metrics,
+        items,
+        metrics["prepare"].get("trained_on"),
     )
+
+
+def bundle_items(cfg: Config, trained):
+    """Every catalogue item with its record (``irene.bundle.BundleItems``); the items without
+    (enough) interactions get their classifiers generated now (cold start on day one)."""
+    from irene.bundle import BundleItems
+    from irene.model.synthesis import synthesize
+
+    uri = io.join(cfg.work_dir, artifacts.ITEMS)
+    ids, seen_pos, emb = artifacts.read_items(uri)
+    texts, metadata = artifacts.read_item_payloads(uri)
+    cold = np.flatnonzero(seen_pos < 0)
+    generated = synthesize(
+        trained.generator,
+        trained.selector,
+        trained.classifiers,
+        emb[cold],
+        cfg.train.generator.num_neighbors,
+    )
+    return BundleItems(ids, texts, metadata, seen_pos, generated)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ Request flow::
                                and once every read replica has the batch)
     POST /v1/query  -> Ingress -> Encoder.search (batched: one encode, then one search of
                                    this replica's copy of the index, or one index actor
-                                   .search call, for all concurrent queries)
+                                   .search call, for all concurrent queries; the hits'
+                                   records from where the search ran: see serve_app.readers)
+
+An ingested item is stored with its record (text, metadata, source "generated", the serving
+bundle's version): ``GET /v1/items/{id}`` and ``POST /v1/items/fetch`` return it, query hits
+carry ``source`` and, with ``with_payload``, ``text`` / ``metadata`` / ``version``.
 
 With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
 (:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
@@ -46,12 +51,13 @@ from ray import serve
 
 from irene import io
 from irene.index.log import StorageUnavailable
+from irene.index.records import Records
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.batching import Coalescer
 from serve_app.encoding import BatchedEncoder, compute_pool, replica_threads
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
-from serve_app.readers import ShardCopy, ShardReaders
+from serve_app.readers import ShardCopy, ShardReaders, awith_records, with_records
 from serve_app.schemas import (
     AppArgs,
     BatchSettings,
@@ -71,6 +77,7 @@ from serve_app.schemas import (
     check_ids,
     check_ingest,
     check_query,
+    payload_fields,
 )
 
 log = logging.getLogger("irene.serve")
@@ -155,8 +162,8 @@ class Encoder:
         return await self._encode_batch(list(texts))
 
     async def search(self, texts: list, k: int) -> list:
-        """Top-``k`` ``[(id, score), ...]`` per text: encoded and searched in one batch with
-        the other concurrent queries of this replica."""
+        """Top-``k`` ``[(id, score, record), ...]`` per text: encoded and searched in one
+        batch with the other concurrent queries of this replica."""
         return await self._search_batch((list(texts), int(k)))
 
     @serve.batch(**SERVE_BATCH)
@@ -193,8 +200,11 @@ class Generator:
         log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
 
     def info(self) -> dict:
+        from irene.bundle import bundle_version
+
         manifest = self._bundle.manifest
         return {
+            "version": bundle_version(manifest),  # what ingested items' records name
             "bundle": self._uri,
             "dim": int(self._bundle.dim),
             "num_seen": len(self._bundle.item_ids),
@@ -240,15 +250,23 @@ class ShardReader:
             await self._copy.aclose()
 
     async def search(self, queries: np.ndarray, k: int) -> list:
-        """Top-``k`` ``[(id, score), ...]`` per row of ``queries`` (n, d) in this shard."""
+        """Top-``k`` ``[(id, score, record), ...]`` per row of ``queries`` (n, d) in this
+        shard (records from the copy that answered, else one ``get_records`` actor call)."""
         self._copy.start()  # restarts the follower if it ever ended
         loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(self._pool, self._copy.search, queries, int(k))
+        hits = await loop.run_in_executor(self._pool, self._search_copy, queries, int(k))
         if hits is not None:
             self._answered["copy"] += 1
             return hits
         self._answered["actor"] += 1
-        return await self._index.handles[self.owner].search.remote(queries, int(k))
+        actor = self._index.handles[self.owner]
+        hits = await actor.search.remote(queries, int(k))
+        return await awith_records(hits, lambda ids: actor.get_records.remote(ids))
+
+    def _search_copy(self, queries: np.ndarray, k: int) -> list | None:
+        """In the compute thread: the copy's hits with its records, or None while stale."""
+        hits = self._copy.search(queries, k)
+        return None if hits is None else with_records(hits, self._copy.get_records)
 
     def stats(self, with_ids: bool = False) -> dict:
         """This replica's shard, the vectors in its copy (their ids too, if asked) and who
@@ -287,14 +305,24 @@ class RemoteEncoder:
 
 
 # --------------------------------------------------------------------------- Ingress
-def _item_out(item_id: str, vec, include_vector: bool) -> ItemOut:
+def _item_out(item_id: str, vec, include_vector: bool, record: dict | None) -> ItemOut:
     vec = np.asarray(vec, dtype=np.float32)  # (d,)
     return ItemOut(
         id=item_id,
         dim=int(vec.shape[0]),
         norm=float(np.linalg.norm(vec)),
         vector=vec.tolist() if include_vector else None,
+        **(record or {}),
     )
+
+
+def _hit(hit: tuple, fields: tuple[str, ...]) -> dict:
+    """One query hit as JSON: id, score, source, and the record ``fields`` asked for."""
+    id_, score, rec = hit
+    out = {"id": id_, "score": score, "source": rec["source"] if rec else None}
+    for f in fields:
+        out[f] = rec[f] if rec else None
+    return out
 
 
 def _replica() -> Any:
@@ -411,6 +439,7 @@ class Ingress:
         info = await generator.info.remote()
         self.bundle_info = info
         self.dim = info["dim"]
+        self.version = info["version"]  # the bundle version ingested items' records name
         self._index = index_actor(self.args, self.dim)
         if encoder is None:  # encoder_placement: ingress
             searched = ShardReaders(readers) if readers else self._index
@@ -478,7 +507,8 @@ class Ingress:
         emb = await self._timed("encode", self._encoder.encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
         before = await existed
-        seq = await self._timed("index_add", self._index.add(ids, clf))
+        records = Records.of(texts, [it.metadata for it in req.items], "generated", self.version)
+        seq = await self._timed("index_add", self._index.add(ids, clf, records))
         self.metrics.observe_ingest(len(ids))
         results = [
             {"id": i, "status": "updated" if e else "created"}
@@ -521,13 +551,18 @@ class Ingress:
         return SnapshotResponse(seq=int(seq))
 
     # ----------------------------------------------------------------- reads
-    @api.post("/v1/query", response_model=QueryResponse, dependencies=[Depends(require_read)])
+    @api.post(
+        "/v1/query",
+        response_model=QueryResponse,
+        dependencies=[Depends(require_read)],
+        summary="Top-k items per text: id, score, source; text / metadata with `with_payload`",
+    )
     async def query(self, req: QueryRequest) -> JSONResponse:
         texts, k = check_query(req, self.limits)
+        fields = payload_fields(req.with_payload)
         hits = await self._timed("encode_search", self._encoder.search(texts, k))
         self.metrics.queries.inc(len(texts))
-        results = [[{"id": i, "score": s} for i, s in row] for row in hits]
-        return JSONResponse({"results": results})
+        return JSONResponse({"results": [[_hit(h, fields) for h in row] for row in hits]})
 
     @api.get(
         "/v1/items/{item_id:path}",
@@ -535,12 +570,15 @@ class Ingress:
         response_model_exclude_none=True,
         dependencies=[Depends(require_read)],
         responses={404: {"description": "no such item"}},
+        summary="Read an item: its text, metadata, source, bundle version (vector if asked)",
     )
     async def get_item(self, item_id: str, include_vector: bool = False) -> ItemOut:
-        vec = await self._index.get(item_id)
+        vec, (record,) = await asyncio.gather(
+            self._index.get(item_id), self._index.get_records([item_id])
+        )
         if vec is None:
             raise HTTPException(404, f"item {item_id!r} not found")
-        return _item_out(item_id, vec, include_vector)
+        return _item_out(item_id, vec, include_vector, record)
 
     @api.post(
         "/v1/items/fetch",
@@ -551,12 +589,14 @@ class Ingress:
     )
     async def fetch_items(self, req: IdsRequest) -> JSONResponse:
         ids = check_ids(req, self.limits)
-        vecs = await self._index.get_many(ids)
+        vecs, records = await asyncio.gather(
+            self._index.get_many(ids), self._index.get_records(ids)
+        )
         items = [
             None
             if v is None
-            else _item_out(i, v, req.include_vectors).model_dump(exclude_none=True)
-            for i, v in zip(ids, vecs, strict=True)
+            else _item_out(i, v, req.include_vectors, r).model_dump(exclude_none=True)
+            for i, v, r in zip(ids, vecs, records, strict=True)
         ]
         return JSONResponse({"items": items})
 

@@ -21,6 +21,11 @@ in one call and searches them together:
 - else (or as that fallback): in one ``search`` call to the index (the shard actors, or the
   ``ShardReader`` deployments with ``index.shard_readers``), not part of the batch's compute
   slot, so the next batch encodes while this one's index call is in flight.
+
+Each hit carries its item's record (``(id, score, record)``, see :mod:`serve_app.readers`),
+read where the search ran, for the hits each query keeps (its own k, after the merge over
+shards): from the copies in the same compute call (no Ray call), else in one batched
+``get_records`` call after the index search.
 """
 
 import asyncio
@@ -33,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from irene.index.router import merge_topk
+from irene.index.router import ShardRouter, merge_topk, run_plan
 from serve_app.batching import Coalescer
-from serve_app.readers import ShardCopy
+from serve_app.readers import ShardCopy, search_records, with_records
 
 log = logging.getLogger("irene.serve")
 
@@ -102,17 +107,18 @@ class BatchedEncoder:
         return emb
 
     async def _encode_then_search(self, items: list) -> list:
-        """items: (text, k) pairs -> one (index call, row, k) per item.
+        """items: (text, k) pairs -> one (index call, row) per item; the call's answer is one
+        ``[(id, score, record), ...]`` list per item (its own k).
 
         Runs one batch at a time (Coalescer); the index call is started but not awaited here,
         so the next batch's encode overlaps this batch's index round trip."""
         if self._index is None:
             raise RuntimeError("BatchedEncoder.search needs an index")
-        k_max = max(k for _, k in items)
+        ks = [k for _, k in items]
         self.start_replica()
         loop = asyncio.get_running_loop()
         q, hits, encode_s, search_s = await loop.run_in_executor(
-            self._pool, self._encode_search_local, [t for t, _ in items], k_max
+            self._pool, self._encode_search_local, [t for t, _ in items], ks
         )
         self._observe("batch_encode", encode_s)
         if hits is not None:  # answered by the read replica
@@ -120,29 +126,39 @@ class BatchedEncoder:
             call = loop.create_future()
             call.set_result(hits)
         else:
-            call = asyncio.ensure_future(self._index_search(q, k_max))
-        return [(call, row, k) for row, (_, k) in enumerate(items)]
+            call = asyncio.ensure_future(self._index_search(q, ks))
+        return [(call, row) for row in range(len(items))]
 
-    def _encode_search_local(self, texts: list, k: int) -> tuple:
-        """In the compute thread: embeddings (N, d), the read replica's hits (None without a
-        replica or when the copy may be stale), and the seconds each took."""
+    def _encode_search_local(self, texts: list, ks: list[int]) -> tuple:
+        """In the compute thread: embeddings (N, d), the read replica's hits with their
+        records (None without a replica or when the copy may be stale), and the seconds each
+        took."""
         t0 = time.perf_counter()
         q = np.asarray(self._encoder.encode(texts), np.float32)  # (N, d)
         t1 = time.perf_counter()
-        hits = self._replica_search(q, k)
+        hits = self._replica_search(q, ks)
         return q, hits, t1 - t0, time.perf_counter() - t1
 
-    def _replica_search(self, q: np.ndarray, k: int) -> list | None:
-        """Merged top-k over this process's shard copies; None unless every copy is fresh."""
+    def _replica_search(self, q: np.ndarray, ks: list[int]) -> list | None:
+        """Top-``ks[i]`` ``(id, score, record)`` of row i, merged over this process's shard
+        copies (records read from the copy holding each id); None unless every copy is fresh."""
         if not self.copies:
             return None
+        k = max(ks)
         parts = []
         for copy in self.copies:
             hits = copy.search(q, k)
             if hits is None:
                 return None
             parts.append(hits)
-        return parts[0] if len(parts) == 1 else merge_topk(parts, k)
+        hits = parts[0] if len(parts) == 1 else merge_topk(parts, k)
+        return with_records([row[:n] for row, n in zip(hits, ks, strict=True)], self._records)
+
+    def _records(self, ids: list[str]) -> list:
+        """Records of ``ids`` from the copies that hold them (compute thread; no Ray call)."""
+        if len(self.copies) == 1:
+            return self.copies[0].get_records(ids)
+        return run_plan(ShardRouter(len(self.copies)).get_records(ids), self.copies)
 
     # ----------------------------------------------------------------- read replica
     def start_replica(self) -> None:
@@ -164,9 +180,9 @@ class BatchedEncoder:
         for copy in copies:
             await copy.aclose()
 
-    async def _index_search(self, q: np.ndarray, k: int) -> list:
+    async def _index_search(self, q: np.ndarray, ks: list[int]) -> list:
         t0 = time.perf_counter()
-        hits = await self._index().search(q, k)  # one [(id, score), ...] per row of q
+        hits = await search_records(self._index(), q, ks)  # [(id, score, record)] per row
         self._observe("batch_index_search", time.perf_counter() - t0)
         return hits
 
@@ -176,14 +192,14 @@ class BatchedEncoder:
         return np.asarray(emb, np.float32).reshape(-1, self.dim)
 
     async def search(self, texts: list, k: int) -> list:
-        """Top-``k`` ``[(id, score), ...]`` per text."""
+        """Top-``k`` ``[(id, score, record), ...]`` per text."""
         return await self.search_pairs([(t, int(k)) for t in texts])
 
     async def search_pairs(self, pairs: list) -> list:
-        """``[(id, score), ...]`` per ``(text, k)`` pair (each with its own k)."""
+        """``[(id, score, record), ...]`` per ``(text, k)`` pair (each with its own k)."""
         out = []
-        for call, row, k in await self._queries.submit(list(pairs)):
-            out.append((await call)[row][:k])
+        for call, row in await self._queries.submit(list(pairs)):
+            out.append((await call)[row])
         return out
 
     def stats(self) -> dict:

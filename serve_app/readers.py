@@ -9,13 +9,18 @@
   replica of each shard's ``ShardReader`` deployment (Serve picks the replica), merged top-k.
   Each replica answers from its copy, or from its shard actor while the copy may be stale, so a
   query that starts after a write was acknowledged sees it (the write waited for every copy).
+
+Hits carry their item's record: ``(id, score, record)`` with record ``{"text", "metadata",
+"source", "version"}`` (None when the item is gone by the time it is read), looked up where
+the search ran -- in the copy that answered (no Ray call), else in one batched
+``get_records`` call to the shard actors (:func:`search_records`) -- never one call per hit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -25,6 +30,40 @@ from irene.index.feed import ReadReplica
 from irene.index.router import merge_topk
 
 log = logging.getLogger("irene.serve")
+
+
+def _distinct_ids(hits: list) -> list[str]:
+    return list(dict.fromkeys(h[0] for row in hits for h in row))
+
+
+def _attach(hits: list, ids: list[str], records: list) -> list:
+    by_id = dict(zip(ids, records, strict=True))
+    return [[(h[0], h[1], by_id[h[0]]) for h in row] for row in hits]
+
+
+def with_records(hits: list, get_records: Callable[[list[str]], list]) -> list:
+    """``[(id, score, record), ...]`` per row of ``[(id, score), ...]`` rows: one
+    ``get_records`` call for the distinct ids of the whole batch."""
+    ids = _distinct_ids(hits)
+    return _attach(hits, ids, get_records(ids) if ids else [])
+
+
+async def awith_records(hits: list, get_records: Callable[[list[str]], Awaitable]) -> list:
+    """:func:`with_records` with an async ``get_records`` (a Ray call)."""
+    ids = _distinct_ids(hits)
+    return _attach(hits, ids, list(await get_records(ids)) if ids else [])
+
+
+async def search_records(index, queries: np.ndarray, ks: list[int]) -> list:
+    """Top-``ks[i]`` ``(id, score, record)`` of row i of ``queries`` from ``index``: the
+    :class:`ShardReaders` (each attaches its own records), or the shard actors
+    (:class:`irene.ray.index.ActorShards`: one search call, then one ``get_records`` call
+    for the hits kept)."""
+    hits = await index.search(queries, max(ks))
+    hits = [row[:k] for row, k in zip(hits, ks, strict=True)]
+    if isinstance(index, ShardReaders):
+        return hits
+    return await awith_records(hits, index.get_records)
 
 
 class ShardCopy:
@@ -46,8 +85,14 @@ class ShardCopy:
             self._task = asyncio.get_running_loop().create_task(self._follow())
 
     def search(self, queries: np.ndarray, k: int) -> list | None:
-        """Top-k per row from the copy (call in ``pool``); None while it may be stale."""
+        """Top-k ``(id, score)`` per row from the copy (call in ``pool``); None while it may
+        be stale."""
         return self.replica.search(queries, k)
+
+    def get_records(self, ids: list[str]) -> list:
+        """The records of ``ids`` in the copy (call in ``pool``, right after a search that
+        found them: the copy changes in that thread only)."""
+        return self.replica.index.get_records(ids)
 
     async def _follow(self) -> None:
         from irene.ray.index import FEED_GROUP
@@ -96,7 +141,7 @@ class ShardReaders:
         self.handles = list(handles)
 
     async def search(self, queries: np.ndarray, k: int) -> list:
-        """Top-``k`` ``[(id, score), ...]`` per row of ``queries`` (n, d)."""
+        """Top-``k`` ``[(id, score, record), ...]`` per row of ``queries`` (n, d)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         parts = await asyncio.gather(*(h.search.remote(q, k) for h in self.handles))
         return parts[0] if len(parts) == 1 else merge_topk(list(parts), k)

@@ -8,11 +8,14 @@ are checked by the routes, so they can change per deployment without a code chan
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from irene.metadata import MAX_METADATA_BYTES, MetadataError, check_metadata, metadata_bytes
+
 MAX_ID_CHARS = 256
+PAYLOAD_FIELDS = ("text", "metadata", "version")  # what `with_payload` may name
 
 
 class _Strict(BaseModel):
@@ -33,6 +36,9 @@ class ServeLimits(_Frozen):
     max_k: int = Field(100, ge=1, description="largest k of a query")
     default_k: int = Field(10, ge=1, description="k when a query does not give one")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body")
+    max_metadata_bytes: int = Field(
+        MAX_METADATA_BYTES, ge=2, description="largest metadata of one item (its JSON, bytes)"
+    )
 
     @model_validator(mode="after")
     def _default_k_in_range(self) -> ServeLimits:
@@ -147,9 +153,17 @@ ItemId = Annotated[
 ]
 
 
+METADATA_DOC = (
+    "a flat object: keys are non-empty strings, values a string, an integer, a finite "
+    "number, a bool or a list of strings (nothing nested, no nulls); stored with the item "
+    "and returned by GET /v1/items/{id}, POST /v1/items/fetch and queries `with_payload`"
+)
+
+
 class ItemIn(_Strict):
     id: ItemId
     text: str
+    metadata: dict[str, Any] | None = Field(None, description=METADATA_DOC)
 
 
 class IdsRequest(_Strict):
@@ -160,11 +174,27 @@ class IdsRequest(_Strict):
 class IngestRequest(_Strict):
     items: list[ItemIn]
 
+    @model_validator(mode="after")
+    def _metadata_is_flat(self) -> IngestRequest:
+        """422 naming the first bad field, e.g. ``items[3].metadata.price``."""
+        for i, item in enumerate(self.items):
+            if item.metadata:
+                try:
+                    check_metadata(item.metadata, f"items[{i}].metadata")
+                except MetadataError as e:
+                    raise ValueError(str(e)) from None
+        return self
+
 
 class QueryRequest(_Strict):
     text: str | None = Field(None, description="one query text (or give `texts`)")
     texts: list[str] | None = Field(None, description="several query texts (or give `text`)")
     k: int | None = Field(None, description="results per query; default from the config")
+    with_payload: bool | list[Literal["text", "metadata", "version"]] = Field(
+        False,
+        description="what each hit carries beside `id`, `score` and `source`: true = `text` "
+        "and `metadata`; a list names the fields (of text, metadata, version); false = none",
+    )
 
 
 # --------------------------------------------------------------------------- responses
@@ -182,6 +212,15 @@ class IngestResponse(BaseModel):
 class Hit(BaseModel):
     id: str
     score: float
+    source: str | None = Field(
+        description="'trained' (a classifier learned from interactions) or 'generated' "
+        "(IRENE, from the item's text); null if the item was deleted while the query ran"
+    )
+    text: str | None = Field(None, description="with `with_payload`: the item's text")
+    metadata: dict[str, Any] | None = Field(None, description="with `with_payload`")
+    version: str | None = Field(
+        None, description='with `with_payload: ["version"]`: the bundle version that made it'
+    )
 
 
 class QueryResponse(BaseModel):
@@ -193,6 +232,10 @@ class ItemOut(BaseModel):
     dim: int
     norm: float
     vector: list[float] | None = None
+    text: str | None = Field(None, description="the text the vector was made from")
+    metadata: dict[str, Any] | None = Field(None, description="the item's metadata")
+    source: str | None = Field(None, description="'trained' or 'generated'")
+    version: str | None = Field(None, description="the bundle version that made the vector")
 
 
 class DeleteResponse(BaseModel):
@@ -257,6 +300,12 @@ def check_ingest(req: IngestRequest, limits: ServeLimits) -> None:
     dups: list[str] = []
     for i, item in enumerate(req.items):
         _check_text(item.text, f"items[{i}] (id {item.id!r})", limits)
+        if item.metadata and (size := metadata_bytes(item.metadata)) > limits.max_metadata_bytes:
+            raise InputError(
+                413,
+                f"items[{i}].metadata: {size} bytes of JSON, more than max_metadata_bytes="
+                f"{limits.max_metadata_bytes}",
+            )
         if item.id in seen and item.id not in dups:
             dups.append(item.id)
         seen.add(item.id)
@@ -275,6 +324,15 @@ def check_ids(req: IdsRequest, limits: ServeLimits) -> list[str]:
     if len(set(req.ids)) != len(req.ids):
         raise InputError(422, "duplicate ids in one request")
     return list(req.ids)
+
+
+def payload_fields(with_payload: bool | list[str]) -> tuple[str, ...]:
+    """The record fields a query's hits carry beside id, score and source."""
+    if with_payload is True:
+        return ("text", "metadata")
+    if not with_payload:
+        return ()
+    return tuple(f for f in PAYLOAD_FIELDS if f in with_payload)
 
 
 def check_query(req: QueryRequest, limits: ServeLimits) -> tuple[list[str], int]:

@@ -142,3 +142,60 @@ def remount(path, opts: str) -> bool:
     """``mount -o remount,OPTS path``; whether it succeeded."""
     cmd = ["mount", "-o", f"remount,{opts}", str(path)]
     return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+N_ITEMS, N_COLD = 40, 6  # the last N_COLD catalogue items have no interactions
+
+
+def write_catalogue_dir(path, ext: str = "parquet", new_items: int = 0) -> dict:
+    """A catalogue of N_ITEMS items with metadata, interactions for all but the last N_COLD,
+    held-out queries and ``new_items`` items that arrive after training (new_items.jsonl);
+    returns what was written."""
+    import json
+
+    import pyarrow as pa
+
+    from irene.data.catalogue import write_table
+
+    ds = synthetic_xc(n_labels=N_ITEMS, n_train=300, n_test=60, seed=3)
+    ids = [f"sku-{i:03d}" for i in range(N_ITEMS)]
+    meta = {
+        "category": [f"cat{i % 4}" for i in range(N_ITEMS)],
+        "price": [float(i) + 0.5 for i in range(N_ITEMS)],
+        "in_stock": [i % 3 != 0 for i in range(N_ITEMS)],
+        "tags": [[f"t{i % 5}", "all"] for i in range(N_ITEMS)],
+    }
+    write_table(str(path / f"catalogue.{ext}"), pa.table({"id": ids, "text": ds.Y, **meta}))
+
+    def pairs(texts, Y, drop_cold: bool):
+        coo = Y.tocoo()
+        keep = coo.col < N_ITEMS - N_COLD if drop_cold else np.ones(len(coo.col), bool)
+        return pa.table(
+            {
+                "query": [texts[r] for r in coo.row[keep]],
+                "item_id": [ids[c] for c in coo.col[keep]],
+                "weight": np.ones(int(keep.sum()), dtype=np.float64),
+            }
+        )
+
+    train = pairs(ds.trn_X, ds.trn_X_Y, True)
+    write_table(str(path / f"interactions.{ext}"), train)
+    write_table(str(path / f"eval_interactions.{ext}"), pairs(ds.tst_X, ds.tst_X_Y, False))
+    rng = np.random.default_rng(7)
+    new = [
+        {
+            "id": f"new-{i:03d}",
+            "text": " ".join(rng.choice(WORDS, size=3, replace=False)),
+            "metadata": {"category": "new", "price": float(i)},
+        }
+        for i in range(new_items)
+    ]
+    if new:
+        (path / "new_items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in new))
+    return {
+        "new": new,
+        "ids": ids,
+        "texts": ds.Y,
+        "meta": meta,
+        "trained": set(train["item_id"].to_pylist()),
+    }

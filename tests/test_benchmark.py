@@ -9,6 +9,7 @@ from irene.eval.protocol import ARMS, REPORT_METRICS, SEEN_ARMS
 from tests.helpers import make_tiny_encoder, synthetic_xc
 
 TINY = [
+    "protocol=zero-shot",
     "train.encoder.max_length=16",
     "train.split.novel_fraction=0.2",
     "train.split.seed=1",

@@ -1,5 +1,5 @@
-"""Bulk ingest in-process: formats, equality with the serving path, idempotence, and a run
-SIGKILLed mid-way then resumed with nothing lost and nothing twice."""
+"""Bulk ingest in-process: formats, metadata, equality with the serving path, idempotence, and
+a run SIGKILLed mid-way then resumed with nothing lost and nothing twice."""
 
 from __future__ import annotations
 
@@ -75,6 +75,101 @@ def test_every_format_reads_the_same_items(tmp_path, fmt):
     assert [len(b[0]) for b in batches] == [16, 16, 5]
     assert [i for b in batches for i in b[0]] == ids
     assert [t for b in batches for t in b[1]] == texts
+    metas = [json.loads(m) for b in batches for m in b[2]]
+    # Parquet's extra column is metadata; TSV / JSONL rows without metadata have none
+    assert metas == ([{"extra": n} for n in range(N)] if fmt == "parquet" else [{}] * N)
+
+
+def _meta(n: int) -> dict:
+    return {"brand": f"b{n % 3}", "price": 1.5 * n, "tags": ["x", f"t{n}"], "new": n % 2 == 0}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_metadata_column_and_extra_columns_become_the_items_metadata(bundle, tmp_path, fmt):
+    """A `metadata` object column plus other columns -> each item's record (text, metadata,
+    source "generated", the bundle's version), readable from the index after the ingest."""
+    from irene.bundle import bundle_version, read_manifest
+
+    ids, texts = _items(12)
+    metas = [_meta(n) for n in range(12)]
+    rows = [
+        {"id": i, "text": t, "metadata": m, "stock": n}
+        for n, (i, t, m) in enumerate(zip(ids, texts, metas, strict=True))
+    ]
+    rows[3]["metadata"] = None  # no metadata object: the extra column only
+    if fmt == "jsonl":
+        del rows[5]["stock"]  # a column a row lacks is no key of its metadata
+        items = tmp_path / "items.jsonl"
+        items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        items = tmp_path / "items.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), items)  # metadata: a struct column
+    want = [{**(m if n != 3 else {}), "stock": n} for n, m in enumerate(metas)]
+    if fmt == "jsonl":
+        del want[5]["stock"]
+    cfg = _cfg(bundle, str(items), str(tmp_path / "index"), batch_size=5)
+    assert ingest_local(cfg, show_progress=False).written == 12
+    index = open_local_index(cfg.ingest.index, 32)
+    try:
+        recs = index.get_records([*ids, "absent"])
+    finally:
+        index.close()
+    version = bundle_version(read_manifest(bundle))
+    assert version and recs[-1] is None
+    assert [r["metadata"] for r in recs[:-1]] == want
+    assert [r["text"] for r in recs[:-1]] == texts
+    assert {(r["source"], r["version"]) for r in recs[:-1]} == {("generated", version)}
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"metadata": {"price": {"eur": 3}}}, r"row 2: metadata\.price: expected a string"),
+        ({"metadata": {"tags": ["a", 1]}}, r"row 2: metadata\.tags\[1\]: a list may hold"),
+        ({"metadata": [1, 2]}, "metadata must be an object"),
+        ({"metadata": "{not json"}, "not a JSON object"),
+        ({"metadata": {"a": 1}, "a": 2}, "'a' is both a column and a metadata key"),
+        ({"size": {"w": 1}}, r"row 2: metadata\.size: expected"),
+        ({"metadata": {"blob": "x" * 5000}}, "max_metadata_bytes=4096"),
+    ],
+    ids=["nested", "list of ints", "not an object", "bad JSON string", "both", "nested column",
+         "too large"],
+)  # fmt: skip
+def test_bad_metadata_is_rejected_naming_the_field(tmp_path, row, match):
+    ids, texts = _items(3)
+    rows = [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
+    rows[1].update(row)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(IngestError, match=match):
+        list(iter_items(str(items), 8))
+
+
+@pytest.mark.parametrize(
+    ("meta", "error"),
+    [
+        ({"a": "x", "b": 1, "c": -2.5, "d": True, "e": ["x", "y"], "f": []}, None),
+        ({"a": None}, "items[0].metadata.a: expected a string"),
+        ({"a": {"b": 1}}, "items[0].metadata.a: expected a string, number, bool or list"),
+        ({"a": float("nan")}, "items[0].metadata.a: numbers must be finite"),
+        ({"a": float("inf")}, "items[0].metadata.a: numbers must be finite"),
+        ({"a": 1 << 63}, "items[0].metadata.a: integer out of the int64 range"),
+        ({"a": [["x"]]}, "items[0].metadata.a[0]: a list may hold strings only"),
+        ({"": 1}, "keys must be non-empty strings"),
+        ({"k\n": 1}, "control characters"),
+        ({"k" * 129: 1}, "longer than 128"),
+        ([1], "items[0].metadata: expected an object"),
+    ],
+)
+def test_check_metadata(meta, error):
+    from irene.metadata import MetadataError, check_metadata
+
+    if error is None:
+        assert check_metadata(meta, "items[0].metadata") == meta
+        return
+    with pytest.raises(MetadataError) as e:
+        check_metadata(meta, "items[0].metadata")
+    assert error in str(e.value)
 
 
 def test_ingest_stores_the_generated_classifiers_and_a_rerun_skips_them(bundle, tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import posixpath
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,11 +297,6 @@ def write_filter(path, F: np.ndarray) -> None:
 # whole dataset
 
 
-def _basename(path) -> str:
-    s = str(path).rstrip("/")
-    return posixpath.basename(s) if io.is_s3(s) else os.path.basename(s)
-
-
 def read_xc(path, name: str | None = None) -> XCDataset:
     """Read a dataset directory (local or ``s3://``); ``name`` defaults to its base name."""
     j = lambda f: io.join(path, f)  # noqa: E731
@@ -325,7 +319,7 @@ def read_xc(path, name: str | None = None) -> XCDataset:
         tst_X_Y=tst_X_Y,
         filter_train=f_trn,
         filter_test=f_tst,
-        name=name if name is not None else _basename(path),
+        name=name if name is not None else io.basename(path),
     )
     log.info("read XC dataset %s: %d train, %d test, %d labels", ds.name, len(trn_X), len(tst_X), L)
     return ds

@@ -27,6 +27,9 @@ queries go to the actor (the caller falls back when :meth:`ReadReplica.search` r
 Costs: one copy of the index per replica (memory), and each write waits for one poll round
 trip of every follower (a few ms; up to ``expel_after_s`` once when a follower dies).
 
+Records travel as ``LogRecord``s and state dicts like the vectors, so a copy also holds the
+items' records (``replica.index.get_records``).
+
 Both classes are plain Python (threads, no Ray): the actor wires the feed to its
 ``DurableIndex`` (``add_listener``/``export_state``), Serve replicas drive a ``ReadReplica``.
 """
@@ -240,3 +243,9 @@ class ReadReplica:
         if not self.fresh():
             return None
         return self.index.search(queries, k)
+
+    def get_records(self, ids: list[str]) -> list[dict | None] | None:
+        """The copy's record of each id (None where absent), or None when it may be stale."""
+        if not self.fresh():
+            return None
+        return self.index.get_records(ids)

@@ -12,9 +12,11 @@ Record framing (little-endian)::
     [magic u32 = 0x47524C49 "ILRG"][seq u64][payload length u32][crc32 u32][payload]
 
 ``crc32`` covers ``seq``, ``length`` and the payload. The payload is
-``[header length u32][JSON header {"op", "ids", "dim"}][n * dim float32 vectors]``.
+``[header length u32][JSON header {"op", "ids", "dim", "records"?}][n * dim float32 vectors]``.
 One record = one acknowledged batch (``op`` is ``"upsert"`` or ``"delete"``); sequence
-numbers start at 1 and increase by exactly 1 per record.
+numbers start at 1 and increase by exactly 1 per record. An upsert's item records
+(``irene.index.records.Records``) are the header's ``"records"`` columns; a record without
+them (written before records existed, or ``add(..., records=None)``) stores none.
 
 Durability contract: ``DurableIndex.add``/``delete`` validate the batch, append the record
 and make it durable (local: ``write`` + ``flush`` + ``os.fsync``, plus an fsync of the
@@ -71,7 +73,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from irene import io as iio
-from irene.index.shard import IndexSpec
+from irene.index.records import Records
+from irene.index.shard import IndexSpec, as_vectors
 from irene.index.sharded import ShardedIndex, check_str_ids
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,7 @@ class LogRecord:
     op: str  # "upsert" | "delete"
     ids: list[str]
     vectors: np.ndarray | None = None  # (n, dim) float32 for "upsert", else None
+    records: Records | None = None  # the items' records ("upsert" only; None: none)
 
 
 @dataclass
@@ -161,7 +165,12 @@ def encode_record(rec: LogRecord) -> bytes:
     if rec.op not in OPS:
         raise ValueError(f"op must be one of {OPS}")
     dim = 0 if rec.vectors is None else int(rec.vectors.shape[1])
-    header = json.dumps({"op": rec.op, "ids": list(rec.ids), "dim": dim}).encode()
+    head = {"op": rec.op, "ids": list(rec.ids), "dim": dim}
+    if rec.records is not None:
+        if rec.op != "upsert" or len(rec.records) != len(rec.ids):
+            raise ValueError("records go with an upsert, one per id")
+        head["records"] = rec.records.to_json()
+    header = json.dumps(head, ensure_ascii=False, allow_nan=False).encode()
     parts = [struct.pack("<I", len(header)), header]
     if rec.op == "upsert":
         vecs = np.ascontiguousarray(rec.vectors, dtype="<f4")  # (n, dim)
@@ -181,7 +190,9 @@ def decode_payload(seq: int, payload) -> LogRecord:
     if header["op"] == "upsert":
         vecs = np.frombuffer(payload, dtype="<f4", offset=4 + hlen).astype(np.float32)
         vecs = vecs.reshape(len(ids), header["dim"])  # (n, dim)
-        return LogRecord(seq, "upsert", ids, vecs)
+        records = header.get("records")
+        records = None if records is None else Records.from_json(records)
+        return LogRecord(seq, "upsert", ids, vecs, records)
     return LogRecord(seq, header["op"], ids, None)
 
 
@@ -745,15 +756,16 @@ class DurableIndex:
             ) from e
         self._last_seq = rec.seq
 
-    def add(self, ids: Sequence[str], vecs) -> int:
-        """Upsert a batch (ids (n,), vecs (n, dim)); durable when it returns. Returns its seq."""
+    def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> int:
+        """Upsert a batch (ids (n,), vecs (n, dim), records (n rows) or None: no records);
+        validated, then durable when it returns. Returns its seq."""
         with self._write_lock:
-            ids, x = self.index.prepare_upsert(ids, vecs)
+            ids, x, records = self.index.prepare_batch(ids, vecs, records)
             if not ids:
                 return self._last_seq
-            rec = LogRecord(self._last_seq + 1, "upsert", ids, x)
+            rec = LogRecord(self._last_seq + 1, "upsert", ids, x, records)
             self._commit(rec)
-            self.index.add(ids, x)
+            self.index.add_prepared(ids, x, records)
             self._publish(rec)
             seq = self._last_seq
         self._maybe_snapshot()
@@ -798,6 +810,10 @@ class DurableIndex:
 
     def get(self, id_: str) -> np.ndarray | None:
         return self.index.get(id_)
+
+    def get_records(self, ids: Sequence[str]) -> list[dict | None]:
+        """Per id its record dict, or None when absent (``ShardedIndex.get_records``)."""
+        return self.index.get_records(ids)
 
     def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
         return self.index.search(queries, k)
@@ -872,8 +888,9 @@ class DurableIndex:
 
 
 def apply_record(index: ShardedIndex, rec: LogRecord) -> None:
-    """Apply one logged batch to an in-memory index (replay, read replicas)."""
+    """Apply one logged batch to an in-memory index (replay, read replicas): it was
+    validated before it was logged, so only its vectors' shape is checked again."""
     if rec.op == "upsert":
-        index.add(rec.ids, rec.vectors)
+        index.add_prepared(list(rec.ids), as_vectors(rec.vectors, index.dim), rec.records)
     else:
         index.delete(rec.ids)

@@ -2,7 +2,8 @@
 
 :class:`Records` is one batch of them, column by column and aligned with a batch of ids; it
 travels with the vectors through the write-ahead log, snapshots, the change feed and Ray
-calls. Only the HTTP edge turns records into per-item dicts.
+calls. :class:`RecordStore` keeps the records of an index column-wise beside its vectors.
+Only the HTTP edge (and ``get_records``) turns records into per-item dicts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 SOURCES = ("trained", "generated")
 FIELDS = ("text", "metadata", "source", "version")
@@ -76,3 +79,314 @@ class Records:
     def metadata_json(meta: dict[str, Any]) -> str:
         """Canonical JSON of one metadata dict (sorted keys, no NaN)."""
         return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+_EMPTY = {"text": "", "metadata": {}, "source": "generated", "version": ""}
+_MERGE_MIN = 4096  # the position map's unsorted part is merged in beyond this many ids
+
+
+def empty_record() -> dict[str, Any]:
+    """The record of an id stored without one (``add(..., records=None)``, old snapshots)."""
+    return {**_EMPTY, "metadata": {}}
+
+
+def as_records(records: Records | dict | None) -> Records | None:
+    """``records`` as :class:`Records` (also accepts the ``to_json`` columns), or None."""
+    if records is None or isinstance(records, Records):
+        return records
+    if isinstance(records, dict):
+        return Records.from_json(records)
+    raise TypeError(f"records must be Records or None, got {type(records).__name__}")
+
+
+_META_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _meta_bytes(meta: dict[str, Any]) -> bytes:
+    """How the store keeps one metadata dict: canonical UTF-8 JSON, empty for ``{}``."""
+    return _META_JSON.encode(meta).encode("utf-8") if meta else b""
+
+
+def check_records(records: Records, n: int) -> None:
+    """Validate a batch of ``n`` records beyond :class:`Records`' own checks: value types,
+    sources, UTF-8-encodable strings and metadata that is JSON-serialisable without NaN/inf
+    (so nothing can fail once the batch is logged). Raises ``ValueError``/``TypeError``."""
+    if len(records) != n:
+        raise ValueError(f"{n} ids but {len(records)} records")
+    for name in ("text", "version"):
+        for i, v in enumerate(getattr(records, name)):
+            if not isinstance(v, str):
+                raise TypeError(f"records: {name}[{i}] must be a string, got {type(v).__name__}")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"records: {name}[{i}] is not valid text: {e}") from None
+    bad = set(records.source) - set(SOURCES)
+    if bad:
+        raise ValueError(f"records: source must be one of {SOURCES}, got {sorted(bad)}")
+    for i, meta in enumerate(records.metadata):
+        if not isinstance(meta, dict):
+            raise TypeError(f"records: metadata[{i}] must be a dict, got {type(meta).__name__}")
+    try:
+        _META_JSON.encode(list(records.metadata)).encode("utf-8")  # one call for the batch
+    except (TypeError, ValueError):
+        for i, meta in enumerate(records.metadata):  # which row
+            try:
+                _meta_bytes(meta)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"records: metadata[{i}] is not JSON-serialisable: {e}") from None
+        raise
+
+
+def _grow(a: np.ndarray, need: int) -> np.ndarray:
+    if len(a) >= need:
+        return a
+    out = np.zeros(max(need, 2 * len(a), 16), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def _gather(off: np.ndarray, buf, rows: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """Offsets (len(rows)+1,) and bytes of the values of ``rows`` (sorted ascending), copied
+    run by run (a run: consecutive rows, contiguous bytes)."""
+    lens = off[rows + 1] - off[rows]  # (r,)
+    new_off = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    if not len(rows):
+        return new_off, b""
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    first = np.concatenate([[0], cut])
+    last = np.concatenate([cut, [len(rows)]]) - 1
+    view = memoryview(buf)
+    try:
+        data = b"".join(
+            view[off[rows[a]] : off[rows[b] + 1]]
+            for a, b in zip(first.tolist(), last.tolist(), strict=True)
+        )
+    finally:
+        view.release()
+    return new_off, data
+
+
+class RecordStore:
+    """The records of a set of int64 ids, held as columns (not one dict per item).
+
+    Row ``r`` holds ``text`` (UTF-8 bytes ``text[text_off[r]:text_off[r+1]]`` of one shared
+    buffer), ``metadata`` (canonical JSON bytes the same way, empty for ``{}``), ``source``
+    (uint8 index into ``SOURCES``) and ``version`` (int32 code into a small list of strings).
+    Ids find their row through a position map: a sorted int64 array of ids with their rows
+    (``searchsorted``) plus a dict of the ids added since its last merge (merged once it holds
+    more than ``max(4096, n/8)`` ids, so a write costs amortised O(batch)). An upsert appends
+    rows; the rows it replaces, and those of deleted ids, are garbage until :meth:`compact`
+    (run when garbage outnumbers live rows; snapshots hold live rows only).
+
+    Not thread-safe: ``ShardedIndex`` calls it under its readers-writer lock (reads don't
+    mutate)."""
+
+    def __init__(self) -> None:
+        self._n = 0  # rows in use (live + garbage)
+        self._live = 0
+        self._text_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._text = bytearray()
+        self._meta_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._meta = bytearray()
+        self._source = np.zeros(0, dtype=np.uint8)  # (capacity,)
+        self._version = np.zeros(0, dtype=np.int32)  # (capacity,)
+        self._versions: list[str] = []
+        self._version_code: dict[str, int] = {}
+        self._keys = np.zeros(0, dtype=np.int64)  # sorted ids
+        self._rows = np.zeros(0, dtype=np.int64)  # row of _keys[i]; -1: none
+        self._recent: dict[int, int] = {}  # id -> row for ids not in _keys
+        self.writes = 0  # puts so far (``ShardedIndex`` swaps in a compacted copy if unchanged)
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def garbage(self) -> int:
+        return self._n - self._live
+
+    # ----------------------------------------------------------------- writes
+    def put(self, iids: np.ndarray, records: Records | None) -> None:
+        """Store ``records`` for unique ``iids`` (n,), replacing what they had; ``None``: the
+        ids keep no record (they read as :func:`empty_record`)."""
+        iids = np.asarray(iids, dtype=np.int64)
+        self.writes += 1
+        if records is None:
+            self._map(iids, np.full(len(iids), -1, dtype=np.int64))
+        else:
+            self._map(iids, self._append(records))
+        if self.garbage > self._live:
+            self.compact()
+
+    def discard(self, iids: np.ndarray) -> None:
+        self.put(iids, None)
+
+    def _append(self, records: Records) -> np.ndarray:
+        k, n0 = len(records), self._n
+        n1 = n0 + k
+        texts = [t.encode("utf-8") for t in records.text]
+        metas = [_meta_bytes(m) for m in records.metadata]
+        self._text_off = _grow(self._text_off, n1 + 1)
+        self._meta_off = _grow(self._meta_off, n1 + 1)
+        self._source = _grow(self._source, n1)
+        self._version = _grow(self._version, n1)
+        tl = np.fromiter(map(len, texts), dtype=np.int64, count=k)
+        ml = np.fromiter(map(len, metas), dtype=np.int64, count=k)
+        self._text_off[n0 + 1 : n1 + 1] = self._text_off[n0] + np.cumsum(tl)
+        self._meta_off[n0 + 1 : n1 + 1] = self._meta_off[n0] + np.cumsum(ml)
+        self._text += b"".join(texts)
+        self._meta += b"".join(metas)
+        self._source[n0:n1] = [SOURCES.index(s) for s in records.source]
+        self._version[n0:n1] = [self._code(v) for v in records.version]
+        self._n = n1
+        return np.arange(n0, n1, dtype=np.int64)
+
+    def _code(self, version: str) -> int:
+        code = self._version_code.get(version)
+        if code is None:
+            code = self._version_code[version] = len(self._versions)
+            self._versions.append(version)
+        return code
+
+    def _map(self, iids: np.ndarray, rows: np.ndarray) -> None:
+        """Point ``iids`` at ``rows`` (-1: no record), keeping the live count."""
+        pos = np.searchsorted(self._keys, iids)  # (n,)
+        hit = pos < len(self._keys)
+        hit[hit] = self._keys[pos[hit]] == iids[hit]
+        p = pos[hit]
+        self._live += int((rows[hit] >= 0).sum() - (self._rows[p] >= 0).sum())
+        self._rows[p] = rows[hit]
+        recent = self._recent
+        for iid, row in zip(iids[~hit].tolist(), rows[~hit].tolist(), strict=True):
+            old = recent.pop(iid, -1)
+            self._live -= old >= 0
+            if row >= 0:
+                recent[iid] = row
+                self._live += 1
+        if len(recent) > max(_MERGE_MIN, len(self._keys) // 8):
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the recent ids into the sorted arrays (and drop ids without a record)."""
+        live = self._rows >= 0
+        keys = np.concatenate([self._keys[live], np.fromiter(self._recent, np.int64)])
+        rows = np.concatenate(
+            [self._rows[live], np.fromiter(self._recent.values(), np.int64, len(self._recent))]
+        )
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._rows, self._recent = keys[order], rows[order], {}
+
+    def _live_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, rows) of every live row, in row order."""
+        live = self._rows >= 0
+        keys = np.concatenate([self._keys[live], np.fromiter(self._recent, np.int64)])
+        rows = np.concatenate(
+            [self._rows[live], np.fromiter(self._recent.values(), np.int64, len(self._recent))]
+        )
+        order = np.argsort(rows, kind="stable")
+        return keys[order], rows[order]
+
+    def compact(self) -> None:
+        """Drop garbage rows (live rows keep their order)."""
+        if self.garbage == 0:
+            return
+        self._load(self._columns())
+
+    # ----------------------------------------------------------------- reads
+    def rows_of(self, iids: np.ndarray) -> np.ndarray:
+        """Row of each id (n,) int64, -1 where it has no record."""
+        iids = np.asarray(iids, dtype=np.int64)
+        out = np.full(len(iids), -1, dtype=np.int64)
+        if len(self._keys):
+            pos = np.minimum(np.searchsorted(self._keys, iids), len(self._keys) - 1)
+            hit = self._keys[pos] == iids
+            out[hit] = self._rows[pos[hit]]
+        if self._recent:
+            get = self._recent.get
+            for j, iid in enumerate(iids.tolist()):
+                row = get(iid)
+                if row is not None:
+                    out[j] = row
+        return out
+
+    def row(self, r: int) -> dict[str, Any]:
+        """Row ``r`` as a dict (``Records.row``'s fields)."""
+        t0, t1 = self._text_off[r], self._text_off[r + 1]
+        m0, m1 = self._meta_off[r], self._meta_off[r + 1]
+        return {
+            "text": self._text[t0:t1].decode("utf-8"),
+            "metadata": json.loads(self._meta[m0:m1]) if m1 > m0 else {},
+            "source": SOURCES[self._source[r]],
+            "version": self._versions[self._version[r]],
+        }
+
+    def get(self, iids: np.ndarray) -> list[dict[str, Any]]:
+        """The record of each id (:func:`empty_record` where it has none)."""
+        return [self.row(r) if r >= 0 else empty_record() for r in self.rows_of(iids).tolist()]
+
+    def nbytes(self) -> dict[str, int]:
+        """Memory held: ``values`` (text + metadata bytes) and ``bookkeeping`` (everything
+        else: offsets, codes, the position map; array capacity included)."""
+        import sys
+
+        arrays = (self._text_off, self._meta_off, self._source, self._version)
+        book = sum(a.nbytes for a in arrays) + self._keys.nbytes + self._rows.nbytes
+        book += sys.getsizeof(self._recent) + 2 * 32 * len(self._recent)  # + int objects
+        book += sum(sys.getsizeof(v) for v in self._versions)
+        return {"values": len(self._text) + len(self._meta), "bookkeeping": book}
+
+    # ----------------------------------------------------------------- snapshots
+    def _columns(self) -> dict[str, Any]:
+        keys, rows = self._live_pairs()
+        if len(rows) == self._n:  # no garbage: rows == arange(n)
+            text_off, text = self._text_off[: self._n + 1].copy(), bytes(self._text)
+            meta_off, meta = self._meta_off[: self._n + 1].copy(), bytes(self._meta)
+        else:
+            text_off, text = _gather(self._text_off, self._text, rows)
+            meta_off, meta = _gather(self._meta_off, self._meta, rows)
+        return {
+            "ids": keys,
+            "text_off": text_off,
+            "text": np.frombuffer(text, dtype=np.uint8),
+            "meta_off": meta_off,
+            "meta": np.frombuffer(meta, dtype=np.uint8),
+            "source": self._source[rows],
+            "version": self._version[rows],
+            "versions": list(self._versions),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The live records as arrays (``ids`` int64 (r,), ``text_off``/``meta_off`` int64
+        (r+1,), ``text``/``meta`` uint8, ``source`` uint8 (r,), ``version`` int32 (r,)) plus
+        ``versions`` (list of str)."""
+        return self._columns()
+
+    def _load(self, st: dict[str, Any]) -> None:
+        ids = np.asarray(st["ids"], dtype=np.int64)
+        n = len(ids)
+        self._n = self._live = n
+        self._text_off = np.asarray(st["text_off"], dtype=np.int64).copy()
+        self._meta_off = np.asarray(st["meta_off"], dtype=np.int64).copy()
+        self._text = bytearray(np.asarray(st["text"], dtype=np.uint8).tobytes())
+        self._meta = bytearray(np.asarray(st["meta"], dtype=np.uint8).tobytes())
+        self._source = np.asarray(st["source"], dtype=np.uint8).copy()
+        self._version = np.asarray(st["version"], dtype=np.int32).copy()
+        self._versions = list(st["versions"])
+        self._version_code = {v: i for i, v in enumerate(self._versions)}
+        if not (len(self._text_off) == len(self._meta_off) == n + 1):
+            raise ValueError("record state: offsets do not match the ids")
+        if len(self._source) != n or len(self._version) != n:
+            raise ValueError("record state: columns do not match the ids")
+        order = np.argsort(ids, kind="stable")
+        self._keys, self._rows, self._recent = ids[order], order.astype(np.int64), {}
+
+    @classmethod
+    def from_state(cls, st: dict[str, Any] | None) -> RecordStore:
+        """Rebuild from :meth:`state` (``None``: an empty store)."""
+        store = cls()
+        if st is not None:
+            store._load(st)
+        return store

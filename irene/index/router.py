@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from irene.index.records import Records, as_records, check_records
 from irene.index.sharded import check_str_ids, int_id
 
 
@@ -103,15 +104,27 @@ class ShardRouter:
         return Plan([(o, method, args) for o in range(self.n)], combine)
 
     # ----------------------------------------------------------------- writes
-    def add(self, ids: Sequence[str], vecs) -> Plan:
-        """Upsert; the answer is the highest log sequence number among the owners written
-        (each owner has its own sequence; the write is durable on all of them on return)."""
+    def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> Plan:
+        """Upsert (with each id's record, or none); the answer is the highest log sequence
+        number among the owners written (each owner has its own sequence; the write is
+        durable on all of them on return). Records are validated here, before any owner is
+        written, and split with their ids."""
         ids = check_str_ids(ids)
         x = np.asarray(vecs, dtype=np.float32)  # (n, d)
         if x.ndim != 2 or len(x) != len(ids):
             raise ValueError(f"{len(ids)} ids but vectors of shape {x.shape}")
+        records = as_records(records)
+        if records is not None:
+            check_records(records, len(ids))
         parts = self.split(ids)
-        calls = [(o, "add", ([ids[p] for p in pos], x[pos])) for o, pos in sorted(parts.items())]
+        calls = [
+            (
+                o,
+                "add",
+                ([ids[p] for p in pos], x[pos], None if records is None else records.take(pos)),
+            )
+            for o, pos in sorted(parts.items())
+        ]
         return Plan(calls, lambda seqs: max(seqs, default=-1))
 
     def delete(self, ids: Sequence[str]) -> Plan:
@@ -126,6 +139,10 @@ class ShardRouter:
 
     def get_many(self, ids: Sequence[str]) -> Plan:
         return self._per_id("get_many", ids, None)
+
+    def get_records(self, ids: Sequence[str]) -> Plan:
+        """Per id its record dict, or None when absent, in the caller's order."""
+        return self._per_id("get_records", ids, None)
 
     def get(self, id_: str) -> Plan:
         return Plan([(self.owner(id_), "get", (id_,))], lambda a: a[0])
@@ -148,6 +165,7 @@ class ShardRouter:
                 "n_shards": sum(p["n_shards"] for p in per),
                 "count": sum(p["count"] for p in per),
                 "integrity": _sum_dicts([p["integrity"] for p in per]),
+                "records": _sum_dicts([p["records"] for p in per if "records" in p]),
                 "last_seq": max(p["last_seq"] for p in per),
                 "pid": first["pid"] if self.n == 1 else [p["pid"] for p in per],
                 "owners": per,
@@ -181,7 +199,9 @@ class RoutedIndex:
         if method.startswith("_") or method in ("owners", "router"):
             raise AttributeError(method)
         plan_of = getattr(self.router, method)  # AttributeError for unknown methods
-        return lambda *args: run_plan(plan_of(*args), self.owners, self._resolve)
+        return lambda *args, **kwargs: run_plan(
+            plan_of(*args, **kwargs), self.owners, self._resolve
+        )
 
     def close(self) -> None:
         if self._resolve is None:

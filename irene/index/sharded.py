@@ -6,9 +6,13 @@ padding). The shard of an id is ``int_id % n_shards``. Both are stable across pr
 Python versions (unlike ``hash()``). A 63-bit collision between two different strings is
 detected and raised as ``IdCollisionError`` instead of silently overwriting.
 
-Concurrency: a writer-preferring readers-writer lock. ``search``/``get``/``count``/
-``state_dict`` take the read side (any number at once); ``add``/``delete``/``load_state_dict``
-take the write side. A search therefore sees each write batch either entirely or not at all.
+Each id may carry a record (text, metadata, source, bundle version: ``irene.index.records``)
+held column-wise in a ``RecordStore`` beside the shards and saved with them.
+
+Concurrency: a writer-preferring readers-writer lock. ``search``/``get``/``get_records``/
+``count``/``state_dict`` take the read side (any number at once); ``add``/``delete``/
+``load_state_dict`` take the write side. A search therefore sees each write batch (vectors
+and records) either entirely or not at all.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from irene.index.records import Records, RecordStore, as_records, check_records, empty_record
 from irene.index.shard import IndexSpec, Shard, as_vectors
 
 _MASK63 = (1 << 63) - 1
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: item records; 1 (no records) still loads, with empty records
+_RECORD_ARRAYS = ("ids", "text_off", "text", "meta_off", "meta", "source", "version")
 # Below this many (stored vectors x queries) per shard a search runs the shards one after
 # another: a thread hand-off per shard costs more than such a search (README: serving).
 PARALLEL_MIN_WORK = 200_000
@@ -110,6 +116,7 @@ class ShardedIndex:
         self.spec = spec or IndexSpec()
         self._shards = [Shard(self.dim, self.spec) for _ in range(self.n_shards)]
         self._str_of: dict[int, str] = {}  # int id -> string id, for every stored id
+        self._records = RecordStore()
         self._lock = RWLock()
         self._search_threads = search_threads or min(self.n_shards, 8)
         self._pool: ThreadPoolExecutor | None = None
@@ -145,20 +152,32 @@ class ShardedIndex:
             }
 
     def prepare_upsert(self, ids: Sequence[str], vecs) -> tuple[list[str], np.ndarray]:
-        """Validate a batch; returns (ids, vecs (n, dim) float32) with duplicates resolved
-        (the last occurrence of an id wins). Raises on bad shapes, non-finite values and
-        hash collisions, so a caller (e.g. a write-ahead log) can validate before committing."""
+        """``prepare_batch`` without records: (ids, vecs (n, dim) float32)."""
+        ids, x, _ = self.prepare_batch(ids, vecs)
+        return ids, x
+
+    def prepare_batch(
+        self, ids: Sequence[str], vecs, records: Records | None = None
+    ) -> tuple[list[str], np.ndarray, Records | None]:
+        """Validate a batch; returns (ids, vecs (n, dim) float32, records) with duplicates
+        resolved (the last occurrence of an id wins, for its record too). Raises on bad
+        shapes, non-finite values, bad records and hash collisions, so a caller (e.g. a
+        write-ahead log) can validate before committing; ``add_prepared`` takes the result."""
         ids = check_str_ids(ids)
         x = as_vectors(vecs, self.dim)  # (n, dim)
         if len(ids) != len(x):
             raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
+        records = as_records(records)
+        if records is not None:
+            check_records(records, len(ids))
         last = {s: i for i, s in enumerate(ids)}
         if len(last) != len(ids):
             keep = sorted(last.values())
             ids, x = [ids[i] for i in keep], x[keep]
+            records = None if records is None else records.take(keep)
         with self._lock.read():
             self._check_collisions(ids, [int_id(s) for s in ids])
-        return ids, x
+        return ids, x, records
 
     def _check_collisions(self, ids: list[str], iids: list[int]) -> None:
         seen: dict[int, str] = {}
@@ -169,9 +188,15 @@ class ShardedIndex:
             seen[iid] = s
 
     # ----------------------------------------------------------------- writes
-    def add(self, ids: Sequence[str], vecs) -> None:
-        """Upsert a batch: ids (n,) strings, vecs (n, dim). Existing ids are replaced."""
-        ids, x = self.prepare_upsert(ids, vecs)
+    def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> None:
+        """Upsert a batch: ids (n,) strings, vecs (n, dim), records (n rows) or None (the ids
+        keep no record: they read as ``empty_record()``). Existing ids are replaced, records
+        included."""
+        self.add_prepared(*self.prepare_batch(ids, vecs, records))
+
+    def add_prepared(self, ids: list[str], x: np.ndarray, records: Records | None) -> None:
+        """Upsert what ``prepare_batch`` returned (or a logged batch): unique ids, vectors
+        (n, dim) float32 and valid records; only collisions are checked again."""
         if not ids:
             return
         iids = np.array([int_id(s) for s in ids], dtype=np.int64)  # (n,)
@@ -182,6 +207,7 @@ class ShardedIndex:
                 sel = part == sh
                 self._shards[sh].add(iids[sel], x[sel])
             self._str_of.update(zip(iids.tolist(), ids, strict=True))
+            self._records.put(iids, records)
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present (and is now gone)."""
@@ -199,6 +225,8 @@ class ShardedIndex:
                 out.append(True)
             for sh, shard_ids in by_shard.items():
                 self._shards[sh].remove(shard_ids)
+            gone = [iid for shard_ids in by_shard.values() for iid in shard_ids]
+            self._records.discard(np.array(gone, dtype=np.int64))
         return out
 
     # ----------------------------------------------------------------- reads
@@ -214,6 +242,25 @@ class ShardedIndex:
             if self._str_of.get(iid) != id_:
                 return None
             return self._shards[self.shard_of(iid)].get(iid)
+
+    def get_records(self, ids: Sequence[str]) -> list[dict | None]:
+        """Per id its record ``{"text", "metadata", "source", "version"}`` (``empty_record()``
+        when stored without one), or None when the id is absent; one pass, one read lock."""
+        ids = check_str_ids(ids)
+        iids = [int_id(s) for s in ids]
+        with self._lock.read():
+            present = [self._str_of.get(i) == s for s, i in zip(ids, iids, strict=True)]
+            rows = self._records.rows_of(np.array(iids, dtype=np.int64)).tolist()
+            return [
+                None if not p else self._records.row(r) if r >= 0 else empty_record()
+                for p, r in zip(present, rows, strict=True)
+            ]
+
+    def record_stats(self) -> dict[str, int]:
+        """Rows (live, garbage) and bytes of the record store."""
+        with self._lock.read():
+            rs = self._records
+            return {"records": len(rs), "garbage": rs.garbage, **rs.nbytes()}
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -259,9 +306,12 @@ class ShardedIndex:
 
     # ----------------------------------------------------------------- snapshots
     def state_dict(self) -> dict:
-        """Everything needed to rebuild this index (plain Python + bytes + numpy)."""
+        """Everything needed to rebuild this index (plain Python + bytes + numpy). Records
+        are saved without garbage rows; the live store is then replaced by a compacted copy
+        built outside the lock (unless a write came in meanwhile)."""
         with self._lock.read():
-            return {
+            store, writes, garbage = self._records, self._records.writes, self._records.garbage
+            state = {
                 "version": _STATE_VERSION,
                 "dim": self.dim,
                 "n_shards": self.n_shards,
@@ -271,10 +321,18 @@ class ShardedIndex:
                     self._str_of.keys(), dtype=np.int64, count=len(self._str_of)
                 ),
                 "str_ids": list(self._str_of.values()),
+                "records": self._records.state(),
             }
+        if garbage:
+            compacted = RecordStore.from_state(state["records"])
+            with self._lock.write():
+                if self._records is store and store.writes == writes:
+                    self._records = compacted
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state["version"] != _STATE_VERSION:
+        """Load ``state_dict`` (or a version-1 state, without records: empty records)."""
+        if state["version"] not in (1, _STATE_VERSION):
             raise ValueError(f"unsupported index state version {state['version']}")
         if state["dim"] != self.dim:
             raise ValueError(f"state has dim {state['dim']}, index has dim {self.dim}")
@@ -286,16 +344,19 @@ class ShardedIndex:
             )
         shards = [Shard.from_bytes(b, self.spec) for b in state["shards"]]
         str_of = dict(zip(np.asarray(state["int_ids"]).tolist(), state["str_ids"], strict=True))
+        records = RecordStore.from_state(state.get("records"))
         with self._lock.write():
-            self._shards, self._str_of = shards, str_of
+            self._shards, self._str_of, self._records = shards, str_of, records
 
     def to_bytes(self) -> bytes:
         """``state_dict`` as one self-describing ``.npz`` blob (no pickle)."""
         st = self.state_dict()
         meta = {k: st[k] for k in ("version", "dim", "n_shards", "spec")}
+        meta["record_versions"] = st["records"]["versions"]
         arrays = {
             f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])
         }
+        arrays.update({f"rec_{k}": st["records"][k] for k in _RECORD_ARRAYS})
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -310,11 +371,17 @@ class ShardedIndex:
     def state_from_bytes(data: bytes) -> dict:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
+            versions = meta.pop("record_versions", None)
+            records = None
+            if versions is not None:  # state version >= 2
+                records = {k: z[f"rec_{k}"] for k in _RECORD_ARRAYS}
+                records["versions"] = versions
             return {
                 **meta,
                 "shards": [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])],
                 "int_ids": z["int_ids"],
                 "str_ids": json.loads(z["str_ids"].tobytes().decode()),
+                "records": records,
             }
 
     @classmethod

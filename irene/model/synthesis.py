@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from irene.model.generator import IreneGenerator
-from irene.model.selector import score_buckets
+from irene.model.selector import Selector, score_buckets
 
 
 @torch.no_grad()
@@ -36,6 +36,18 @@ def generate(
         )
         out[sl] = u.cpu().numpy()
     return out
+
+
+def synthesize(
+    generator: IreneGenerator,
+    selector: Selector,
+    classifiers: np.ndarray,  # (S, d) seen items' classifiers, selector order
+    item_emb: np.ndarray,  # (n, d) text embeddings of items without training data
+    k: int,
+) -> np.ndarray:
+    """IRENE: the K nearest seen items by embedding, then the generator -> (n, d) float32."""
+    idx, scores = selector.search(item_emb, k)
+    return generate(generator, item_emb, idx, scores, classifiers)
 
 
 def mean_synthesis(

@@ -29,6 +29,7 @@ import numpy as np
 
 from irene.index.feed import ChangeFeed, Changes
 from irene.index.log import DurableIndex
+from irene.index.records import Records, as_records
 from irene.index.router import RoutedIndex, ShardRouter, owner_name, owner_of, owner_uri
 from irene.index.shard import IndexSpec
 from irene.index.sharded import int_id
@@ -66,10 +67,11 @@ class IndexActor:
         self._feed = ChangeFeed(self._index.export_state, self._index.last_seq, lease_s)
         self._index.add_listener(self._feed.publish)
 
-    def add(self, ids: Sequence[str], vecs) -> int:
-        """Upsert a batch (durable, and applied by every read replica, on return); returns its
-        log sequence number."""
-        seq = self._index.add(list(ids), np.asarray(vecs, dtype=np.float32))
+    def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> int:
+        """Upsert a batch with its records (None: no records; see ``ShardedIndex.add``),
+        durable, and applied by every read replica, on return; returns its log sequence
+        number."""
+        seq = self._index.add(list(ids), np.asarray(vecs, dtype=np.float32), as_records(records))
         self._feed.wait_followers(seq)
         return seq
 
@@ -93,27 +95,35 @@ class IndexActor:
         """The stored vector of each id (None where absent), in one call."""
         return [self._index.get(i) for i in ids]
 
+    def get_records(self, ids: Sequence[str]) -> list[dict | None]:
+        """The record of each id (``{"text", "metadata", "source", "version"}``, None where
+        absent), in one call."""
+        return self._index.get_records(list(ids))
+
     def seed_from_bundle(
         self, bundle: str, chunk: int = 4096, owner: int = 0, n_owners: int = 1
     ) -> int:
-        """Add a bundle's seen items (their trained classifiers) that belong to this owner if
-        its index is empty, through the durable path; returns the number added (0 when the
-        index already held items)."""
-        from irene.bundle import load_seen_classifiers
+        """Add a bundle's catalogue items (``irene.bundle.iter_index_items``: vectors and
+        records) that belong to this owner if its index is empty, through the durable path,
+        ``chunk`` items per log record at most; returns the number added (0 when the index
+        already held items)."""
+        from irene.bundle import iter_index_items
 
         if self._index.count > 0:
             return 0
         t0 = time.perf_counter()
-        ids, vecs = load_seen_classifiers(bundle)  # (S,), (S, d)
-        if n_owners > 1:
-            mine = [i for i, s in enumerate(ids) if owner_of(int_id(s), n_owners) == owner]
-            ids, vecs = [ids[i] for i in mine], vecs[mine]
-        for s in range(0, len(ids), chunk):
-            self.add(ids[s : s + chunk], vecs[s : s + chunk])
+        added = 0
+        for ids, vecs, records in iter_index_items(bundle, chunk):  # (n,), (n, d), n rows
+            if n_owners > 1:
+                mine = [i for i, s in enumerate(ids) if owner_of(int_id(s), n_owners) == owner]
+                ids, vecs, records = [ids[i] for i in mine], vecs[mine], records.take(mine)
+            if ids:
+                self.add(ids, vecs, records)
+                added += len(ids)
         log.info(
-            "seeded %s with %d seen items in %.1fs", self.uri, len(ids), time.perf_counter() - t0
+            "seeded %s with %d bundle items in %.1fs", self.uri, added, time.perf_counter() - t0
         )
-        return len(ids)
+        return added
 
     def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
         return self._index.search(np.asarray(queries, dtype=np.float32), k)
@@ -134,6 +144,7 @@ class IndexActor:
             "dim": self._index.index.dim,
             "count": self._index.count,
             "integrity": self._index.index.integrity(),
+            "records": self._index.index.record_stats(),
             "n_shards": self._index.index.n_shards,
             "kind": self._index.index.spec.kind,
             "last_seq": self._index.last_seq,
@@ -272,8 +283,8 @@ class ActorShards:
 
         return RoutedIndex(self.handles, lambda ref: ray.get(ref, timeout=timeout))
 
-    async def add(self, ids: Sequence[str], vecs) -> int:
-        return await self._acall("add", ids, vecs)
+    async def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> int:
+        return await self._acall("add", ids, vecs, records)
 
     async def delete(self, ids: Sequence[str]) -> list[bool]:
         return await self._acall("delete", ids)
@@ -286,6 +297,9 @@ class ActorShards:
 
     async def get_many(self, ids: Sequence[str]) -> list:
         return await self._acall("get_many", ids)
+
+    async def get_records(self, ids: Sequence[str]) -> list[dict | None]:
+        return await self._acall("get_records", ids)
 
     async def search(self, queries, k: int) -> list:
         return await self._acall("search", queries, k)

@@ -9,7 +9,9 @@
 Writes go to the index's named shard actors (``irene.ray.index``; created with
 ``ingest.index`` settings when absent, else the running app's), so every batch is durable in
 each shard's log before it is acknowledged and is in every read replica of a running Serve
-app on return: bulk-loaded items are queryable without a restart.
+app on return: bulk-loaded items are queryable without a restart. Each item is written with
+its record (text, metadata, source "generated", the bundle's version), as ``irene.ingest``
+describes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from irene import io
 from irene.config import Config, IndexConfig, to_dict
 from irene.ingest import (
+    NO_META,
     Encode,
     Generate,
     IngestReport,
@@ -30,9 +33,10 @@ from irene.ingest import (
     Write,
     byte_ranges,
     check_ingest_config,
-    check_rows,
     count_items,
     item_files,
+    parse_jsonl,
+    parse_rows,
     parse_tsv,
     progress,
     read_lines,
@@ -67,35 +71,49 @@ class _SkipEncode(Encode):
 
 
 class _Write(Write):
-    def __init__(self, index: dict, dim: int, env: dict) -> None:
-        super().__init__(shard_actors(index, dim, env))
+    def __init__(self, index: dict, dim: int, env: dict, version: str) -> None:
+        super().__init__(shard_actors(index, dim, env), version)
+
+
+def _columns(ids: list, texts: list, metas: list) -> dict:
+    return {
+        "id": np.asarray(ids, dtype=object),
+        "text": np.asarray(texts, dtype=object),
+        "meta": np.asarray(metas, dtype=object),  # canonical JSON per row
+    }
 
 
 def _read_ranges(fmt: str):
-    """Ray Data UDF: byte ranges of the items files -> {"id", "text"} rows."""
-    import json
+    """Ray Data UDF: byte ranges of the items files -> {"id", "text", "meta"} rows."""
 
     def read(batch: dict) -> dict:
-        ids, texts = [], []
+        ids, texts, metas = [], [], []
         for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True):
             lines = [ln for ln in read_lines(str(path), int(start), int(end)) if ln.strip()]
+            where = f"{path}@{start}"
             if fmt == "tsv":
-                i, t = parse_tsv(lines, f"{path}@{start}")
+                i, t = parse_tsv(lines, where)
+                m = [NO_META] * len(i)
             else:
-                rows = [json.loads(line) for line in lines]
-                i, t = [r.get("id") for r in rows], [r.get("text") for r in rows]
-                check_rows(i, t, str(path))
+                i, t, m = parse_jsonl(lines, where)
             ids += i
             texts += t
-        return {"id": np.asarray(ids, dtype=object), "text": np.asarray(texts, dtype=object)}
+            metas += m
+        return _columns(ids, texts, metas)
 
     return read
 
 
+def _parquet_rows(table) -> dict:
+    """Ray Data UDF (pyarrow batches): Parquet rows -> {"id", "text", "meta"} (the metadata
+    column and every other column become metadata, as in-process)."""
+    return _columns(*parse_rows(table.to_pylist(), "parquet items"))
+
+
 def read_items(uri: str, parts: int = 64):
-    """The items as a Ray Dataset of {"id", "text"} rows, streamed in ~``parts`` blocks (byte
-    ranges of TSV/JSONL files, row groups of Parquet) so the encoder actors work in parallel
-    and a big file is never loaded whole."""
+    """The items as a Ray Dataset of {"id", "text", "meta"} rows, streamed in ~``parts``
+    blocks (byte ranges of TSV/JSONL files, row groups of Parquet) so the encoder actors work
+    in parallel and a big file is never loaded whole."""
     import ray.data
 
     fmt, files = item_files(uri)
@@ -104,10 +122,11 @@ def read_items(uri: str, parts: int = 64):
         return ray.data.read_parquet(
             [io.resolve(f)[1] for f in files],
             filesystem=fs,
-            columns=["id", "text"],
             num_cpus=LIGHT_CPUS,
             override_num_blocks=parts,
             concurrency=READ_TASKS,
+        ).map_batches(
+            _parquet_rows, batch_format="pyarrow", num_cpus=LIGHT_CPUS, concurrency=READ_TASKS
         )
     ranges = byte_ranges(files, parts)
     return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
@@ -138,13 +157,14 @@ def ingest_ray(cfg: Config, show_progress: bool = True) -> IngestReport:
     """Bulk ingest ``cfg.ingest.items`` into ``cfg.ingest.index`` on the job's Ray cluster."""
     import ray.data
 
-    from irene.bundle import read_manifest
+    from irene.bundle import bundle_version, read_manifest
     from irene.ray import ensure_ray, resolve_use_gpu
 
     check_ingest_config(cfg)
     ensure_ray(cfg.ray.address or None)
     ing = cfg.ingest
-    dim = int(read_manifest(cfg.bundle)["dim"])
+    manifest = read_manifest(cfg.bundle)
+    dim = int(manifest["dim"])
     env = {k: os.environ[k] for k in io.S3_ENV_VARS if os.environ.get(k)}
     index = shard_actors(ing.index, dim, env)  # create them here, once, before the workers
     index.count()  # placed and holding their CPUs before the pools are sized
@@ -180,7 +200,7 @@ def ingest_ray(cfg: Config, show_progress: bool = True) -> IngestReport:
     )
     ds = ds.map_batches(
         _Write,
-        fn_constructor_args=idx,
+        fn_constructor_args=(*idx, bundle_version(manifest)),
         batch_size=ing.batch_size,
         batch_format="numpy",
         compute=pool(ing.write_actors),

@@ -4,7 +4,8 @@ Layout under ``work_dir``::
 
     prepare.json          counts, dimension, timings, config hash of the prepare stage
     split/                the zero-shot split (ZeroShotSplit.save)
-    items.parquet         label (int64, global), id (str), seen_pos (int64, -1 = novel), emb (d,)
+    items.parquet         label (int64, global), id, text, metadata (JSON), seen_pos (int64,
+                          -1 = novel / generated), emb (d,)
     queries_trn.parquet   row (int64, train query index; split.trn_rows order), emb (d,)
     queries_tst.parquet   row (int64, test query index), emb (d,)
     pairs/part-*.parquet  the (query, item) pair table of the classifier stage (irene.train.batches)
@@ -114,15 +115,26 @@ def read_embeddings(uri: str) -> tuple[np.ndarray, np.ndarray]:
     return t["row"].to_numpy(), column_matrix(t["emb"])
 
 
-def write_items(uri: str, emb: np.ndarray, seen: np.ndarray) -> None:
-    """All L items: emb (L, d); seen (S,) global label indices of the seen items."""
+def write_items(
+    uri: str,
+    emb: np.ndarray,
+    seen: np.ndarray,
+    ids: list[str] | None = None,
+    texts: list[str] | None = None,
+    metadata: list[dict] | None = None,
+) -> None:
+    """All L items: emb (L, d); seen (S,) global label indices of the seen items; the items'
+    ids (default: their row numbers), texts and metadata (stored as JSON)."""
     L = len(emb)
     seen_pos = np.full(L, -1, dtype=np.int64)
     seen_pos[seen] = np.arange(len(seen))
+    meta = metadata if metadata is not None else [{}] * L
     table = pa.table(
         {
             "label": np.arange(L, dtype=np.int64),
-            "id": [str(i) for i in range(L)],
+            "id": ids if ids is not None else [str(i) for i in range(L)],
+            "text": texts if texts is not None else [""] * L,
+            "metadata": [json.dumps(m, sort_keys=True) for m in meta],
             "seen_pos": seen_pos,
             "emb": matrix_column(emb.astype(np.float32)),
         }
@@ -134,6 +146,12 @@ def read_items(uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids (L,), seen_pos (L,) with -1 for novel items, emb (L, d))."""
     t = read_table(uri)
     return t["id"].to_pylist(), t["seen_pos"].to_numpy(), column_matrix(t["emb"])
+
+
+def read_item_payloads(uri: str) -> tuple[list[str], list[dict]]:
+    """(texts (L,), metadata (L,)) of the items table."""
+    t = read_table(uri)
+    return t["text"].to_pylist(), [json.loads(m) for m in t["metadata"].to_pylist()]
 
 
 def read_seen_items(work_dir: str) -> tuple[list[str], np.ndarray]:

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import numpy as np
 import pytest
 
-from irene.data.wordnet import Synset, build_wordnet, parse_data_noun, write_wordnet
-from irene.data.xc import read_xc
+from irene.data.catalogue import read_catalogue, read_interactions
+from irene.data.wordnet import (
+    Synset,
+    build_wordnet,
+    parse_data_noun,
+    parse_index_noun,
+    read_lexnames,
+    write_wordnet,
+)
+from irene.data.xc import read_xc, write_xc
 
 REAL_WORDNET_DIR = "/usr/share/wordnet"
 
@@ -18,10 +27,14 @@ LICENSE = [
 ]
 
 
-def _line(offset: int, lemmas: list[str], ptrs: list[tuple[str, int, str]], gloss: str) -> str:
+def _line(
+    offset: int, lemmas: list[str], ptrs: list[tuple[str, int, str]], gloss: str, lex: int = 3
+) -> str:
     words = " ".join(f"{w} {k % 16:x}" for k, w in enumerate(lemmas))
     pointers = "".join(f" {sym} {off:08d} {pos} 0000" for sym, off, pos in ptrs)
-    return f"{offset:08d} 03 n {len(lemmas):02x} {words} {len(ptrs):03d}{pointers} | {gloss}  "
+    return (
+        f"{offset:08d} {lex:02d} n {len(lemmas):02x} {words} {len(ptrs):03d}{pointers} | {gloss}  "
+    )
 
 
 # Hierarchy (hypernym -> hyponyms):
@@ -45,6 +58,36 @@ TINY = {
 }
 
 
+LEX = {400: 5, 500: 5, 600: 18, 800: 5, 300: 20, 700: 20}  # noun.animal, noun.person, noun.plant
+# index.noun sense order: "dog" has an earlier sense (an offset not in data.noun), so dog.n.02
+SENSES = {"dog": [999, 400], "fido": [600], "rose": [123, 456, 700]}
+NAMES = {
+    100: "entity.n.01",
+    200: "animal.n.01",
+    300: "plant.n.01",
+    400: "dog.n.02",
+    500: "cat.n.01",
+    600: "fido.n.01",
+    700: "rose.n.03",
+    800: "puppy.n.01",
+}
+DEPTH = {100: 0, 200: 1, 300: 1, 400: 2, 500: 2, 600: 3, 700: 2, 800: 3}
+
+
+def _index_noun() -> str:
+    senses: dict[str, list[int]] = {}
+    for off in sorted(TINY):
+        for lemma in TINY[off][0]:
+            senses.setdefault(lemma.lower(), [])
+            senses[lemma.lower()].append(off)
+    senses.update(SENSES)
+    lines = [
+        f"{lemma} n {len(offs)} 1 @ {len(offs)} 0 " + " ".join(f"{o:08d}" for o in offs) + "  "
+        for lemma, offs in sorted(senses.items())
+    ]
+    return "\n".join(LICENSE + lines) + "\n"
+
+
 def _text(offset: int) -> str:
     lemmas, _, gloss = TINY[offset]
     return ", ".join(w.replace("_", " ") for w in lemmas) + ": " + gloss
@@ -52,8 +95,9 @@ def _text(offset: int) -> str:
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    lines = LICENSE + [_line(o, *TINY[o]) for o in sorted(TINY)]
+    lines = LICENSE + [_line(o, *TINY[o], lex=LEX.get(o, 3)) for o in sorted(TINY)]
     (tmp_path / "data.noun").write_text("\n".join(lines) + "\n")
+    (tmp_path / "index.noun").write_text(_index_noun())
     return tmp_path
 
 
@@ -76,6 +120,7 @@ def test_parse_data_noun(tiny_dir):
         ("dog", "domestic_dog", "Canis_familiaris"),
         'a member of the genus Canis; "the dog barked all night"',
         (200,),
+        5,
     )
     assert dog.text == _text(400)
     assert dog.text.startswith("dog, domestic dog, Canis familiaris: a member")
@@ -177,6 +222,93 @@ def test_write_wordnet_roundtrip(tiny_dir, tmp_path):
     assert (back.tst_X_Y != ds.tst_X_Y).nnz == 0
     np.testing.assert_array_equal(back.filter_train, ds.filter_train)
     np.testing.assert_array_equal(back.filter_test, ds.filter_test)
+
+
+def _lexname(offset: int) -> str:
+    return {3: "noun.Tops", 5: "noun.animal", 18: "noun.person", 20: "noun.plant"}[
+        LEX.get(offset, 3)
+    ]
+
+
+def _meta(offset: int) -> dict:
+    return {"lexname": _lexname(offset), "depth": DEPTH[offset], "lemmas": TINY[offset][0]}
+
+
+def _read_lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_write_wordnet_catalogue_files(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    ds = write_wordnet(out, wordnet_dir=str(tiny_dir), test_fraction=0.3, new_items=3)
+    offset_of = {_text(o): o for o in TINY}
+    labels = [offset_of[t] for t in ds.Y]
+    cat = read_catalogue(str(out / "catalogue.parquet"))
+    assert cat.texts == ds.Y == _read_lines(out / "Y.txt")
+    assert cat.ids == _read_lines(out / "Y_ids.txt") == ["entity.n.01", "animal.n.01", "dog.n.02"]
+    assert cat.ids == [NAMES[o] for o in labels] and len(set(cat.ids)) == len(cat.ids)
+    assert cat.metadata == [_meta(o) for o in labels]
+    for name, X, Y in (
+        ("interactions.parquet", ds.trn_X, ds.trn_X_Y),
+        ("eval_interactions.parquet", ds.tst_X, ds.tst_X_Y),
+    ):
+        inter = read_interactions(str(out / name), cat)
+        assert inter.queries == X
+        assert inter.Y.shape == Y.shape and (inter.Y != Y).nnz == 0
+        assert (inter.n_rows, inter.n_dropped) == (Y.nnz, 0)
+    new = [json.loads(line) for line in _read_lines(out / "new_items.jsonl")]
+    assert len(new) == 3
+    for item in new:
+        o = offset_of[item["text"]]
+        assert o not in labels
+        assert item == {"id": NAMES[o], "text": _text(o), "metadata": _meta(o)}
+    assert len({item["id"] for item in new} | set(cat.ids)) == 3 + len(cat.ids)
+
+    # seeded; all non-labels when fewer than asked; the XC files are build_wordnet's
+    again = write_wordnet(
+        tmp_path / "again", wordnet_dir=str(tiny_dir), test_fraction=0.3, new_items=3
+    )
+    assert (tmp_path / "again" / "new_items.jsonl").read_bytes() == (
+        out / "new_items.jsonl"
+    ).read_bytes()
+    write_wordnet(tmp_path / "all", wordnet_dir=str(tiny_dir), new_items=100)
+    new = [json.loads(line)["id"] for line in _read_lines(tmp_path / "all" / "new_items.jsonl")]
+    assert new == [NAMES[o] for o in sorted(TINY) if o not in (100, 200, 400)]
+    write_xc(build_wordnet(str(tiny_dir), test_fraction=0.3), tmp_path / "xc")
+    for f in (tmp_path / "xc").iterdir():
+        assert f.read_bytes() == (out / f.name).read_bytes(), f.name
+    assert again.Y == ds.Y
+
+
+def test_index_noun_and_lexnames(tiny_dir):
+    senses = parse_index_noun(tiny_dir / "index.noun")
+    assert senses["dog"] == [999, 400] and senses["canis_familiaris"] == [400]
+    assert read_lexnames(str(tiny_dir))[5] == "noun.animal"  # built-in: wordnet-base has none
+    (tiny_dir / "lexnames").write_text("00\tadj.all\t3\n05\tnoun.beast\t1\n")
+    assert read_lexnames(str(tiny_dir))[5] == "noun.beast"
+    (tiny_dir / "index.noun").unlink()
+    with pytest.raises(FileNotFoundError, match="apt-get install -y wordnet-base"):
+        write_wordnet(tiny_dir / "out", wordnet_dir=str(tiny_dir))
+
+
+def test_real_wordnet_catalogue(tmp_path):
+    if not os.path.exists(os.path.join(REAL_WORDNET_DIR, "index.noun")):
+        pytest.fail("wordnet-base missing: run `apt-get install -y wordnet-base`")
+    ds = write_wordnet(tmp_path, wordnet_dir=REAL_WORDNET_DIR, seed=0)
+    cat = read_catalogue(str(tmp_path / "catalogue.parquet"))
+    assert len(set(cat.ids)) == len(cat.ids) == len(ds.Y)
+    assert cat.texts == ds.Y and cat.ids == _read_lines(tmp_path / "Y_ids.txt")
+    meta = dict(zip(cat.ids, cat.metadata, strict=True))
+    assert meta["entity.n.01"] == {"lexname": "noun.Tops", "depth": 0, "lemmas": ["entity"]}
+    assert meta["dog.n.01"]["lexname"] == "noun.animal" and meta["dog.n.01"]["depth"] == 8
+    assert cat.texts[cat.ids.index("dog.n.01")].startswith("dog, domestic dog, Canis familiaris")
+    inter = read_interactions(str(tmp_path / "interactions.parquet"), cat)
+    assert inter.queries == ds.trn_X and (inter.Y != ds.trn_X_Y).nnz == 0
+    ev = read_interactions(str(tmp_path / "eval_interactions.parquet"), cat)
+    assert ev.queries == ds.tst_X and (ev.Y != ds.tst_X_Y).nnz == 0
+    new = [json.loads(line) for line in _read_lines(tmp_path / "new_items.jsonl")]
+    assert len(new) == 2000 and not {r["id"] for r in new} & set(cat.ids)
+    assert len({r["id"] for r in new}) == 2000
 
 
 def test_real_wordnet_full_build():

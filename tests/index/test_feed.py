@@ -199,3 +199,31 @@ def _empty_state() -> dict:
     from irene.index.sharded import ShardedIndex
 
     return ShardedIndex(DIM, 2, IndexSpec.from_dict(SPEC)).state_dict()
+
+
+def test_a_replica_copy_holds_the_records(durable):
+    from irene.index.records import Records, empty_record
+
+    def recs(ids: list[str], tag: str) -> Records:
+        return Records.of([f"{i} {tag}" for i in ids], [{"tag": tag}] * len(ids), "trained", tag)
+
+    ids0, x0 = _batch(0)
+    durable.add(ids0, x0, recs(ids0, "a"))
+    feed, rep = _synced(durable)  # bootstrap: the whole state, records included
+    assert rep.index.get_records(ids0) == durable.get_records(ids0)
+    assert rep.get_records(ids0)[0] == {
+        "text": "b0-0 a", "metadata": {"tag": "a"}, "source": "trained", "version": "a"
+    }  # fmt: skip
+    ids1, x1 = _batch(1)
+    durable.add(ids1, x1, recs(ids1, "b"))  # deltas: LogRecords with their records
+    durable.add(ids0[:1], x0[:1], recs(ids0[:1], "c"))
+    durable.add(ids0[1:2], x0[1:2])
+    durable.delete(ids0[2:3])
+    ch = _sync(feed, rep)
+    assert ch.state is None and len(ch.records) == 4
+    every = ids0 + ids1 + ["nope"]
+    assert rep.index.get_records(every) == durable.get_records(every)
+    got = rep.index.get_records(ids0)
+    assert got[0]["text"] == "b0-0 c" and got[1] == empty_record() and got[2] is None
+    rep.lost_contact()
+    assert rep.get_records(ids0) is None  # stale: ask the actor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import struct
 import uuid
@@ -11,7 +13,18 @@ import numpy as np
 import pytest
 
 from irene import io as iio
-from irene.index.log import FRAME, CorruptLogError, DurableIndex, read_log
+from irene.index.log import (
+    FRAME,
+    MAGIC,
+    CorruptLogError,
+    DurableIndex,
+    _crc,
+    decode_payload,
+    encode_snapshot,
+    read_log,
+)
+from irene.index.records import Records, empty_record
+from irene.index.sharded import ShardedIndex
 
 DIM = 8
 BUCKET = "irene-test"  # created by the moto_s3 fixture
@@ -359,3 +372,117 @@ def test_read_only_storage_at_open_restores_and_refuses_writes_until_writable(tm
             assert again.recovery_report.clean and again.last_seq == 2
             _assert_has(again, [0, 2])
             assert again.get("b1-0") is None
+
+
+# --------------------------------------------------------------------------- records
+def _records(b: int, n: int = 4, tag: str = "") -> Records:
+    ids = _batch(b, n)[0]
+    return Records.of(
+        [f"text of {i}{tag} — ünïcode" for i in ids],
+        [{"batch": b, "tag": tag, "price": 1.5, "kw": ["x", i]} for i in ids],
+        "generated" if b % 2 else "trained",
+        f"bundle-{b}{tag}",
+    )
+
+
+def _want(b: int, n: int = 4, tag: str = "") -> list[dict]:
+    recs = _records(b, n, tag)
+    return [recs.row(k) for k in range(n)]
+
+
+def _assert_records(di: DurableIndex, batches, tag: str = "") -> None:
+    for b in batches:
+        assert di.get_records(_batch(b)[0]) == _want(b, tag=tag), b
+
+
+def test_records_survive_replay_and_snapshots(uri):
+    with _open(uri) as di:
+        for b in range(4):
+            assert di.add(*_batch(b), _records(b)) == b + 1
+        di.add(*_batch(4))  # no records
+        _assert_records(di, range(4))
+    records, _ = read_log(uri)
+    assert records[1].records == _records(1) and records[4].records is None
+    with _open(uri) as di:  # replay only
+        assert di.recovery_report.replayed_records == 5
+        _assert_records(di, range(4))
+        assert di.get_records(_batch(4)[0]) == [empty_record()] * 4
+        assert di.snapshot() == 5
+        di.add(*_batch(1), _records(1, tag="new"))  # after the snapshot: replayed over it
+        di.delete(_batch(2)[0][:2])
+    with _open(uri) as di:  # snapshot + replay
+        rep = di.recovery_report
+        assert rep.snapshot_seq == 5 and rep.replayed_records == 2
+        _assert_records(di, [0, 3])
+        _assert_records(di, [1], tag="new")
+        assert di.get_records(_batch(2)[0]) == [None, None, *_want(2)[2:]]
+        assert di.get_records(["absent"]) == [None]
+
+
+def test_torn_tail_keeps_the_records_of_acknowledged_batches(uri):
+    with _open(uri) as di:
+        for b in range(3):
+            di.add(*_batch(b), _records(b))
+    last = _segments(uri)[-1]
+    iio.write_bytes(last, iio.read_bytes(last)[:-7])  # crash while writing record 3
+    with _open(uri) as di:
+        assert len(di.recovery_report.truncated) == 1 and di.last_seq == 2
+        _assert_records(di, range(2))
+        assert di.get_records(_batch(2)[0]) == [None] * 4
+
+
+def test_invalid_records_are_not_logged(tmp_path):
+    uri = str(tmp_path / "index")
+    ids, x = _batch(0)
+    with _open(uri) as di:
+        with pytest.raises(ValueError):
+            di.add(ids, x, Records.of(["one"]))  # length
+        with pytest.raises(ValueError):
+            di.add(ids, x, Records.of(["t"] * 4, [{"x": float("inf")}] + [{}] * 3))
+        with pytest.raises((ValueError, TypeError)):
+            di.add(ids, x, Records.of(["t"] * 4, [{"x": {1, 2}}] + [{}] * 3))
+        assert di.last_seq == 0 and di.count == 0
+    assert read_log(uri)[0] == []
+
+
+def _old_frame(seq: int, ids: list[str], x: np.ndarray) -> bytes:
+    """A log record exactly as written before records existed."""
+    header = json.dumps({"op": "upsert", "ids": ids, "dim": DIM}).encode()
+    payload = struct.pack("<I", len(header)) + header + x.astype("<f4").tobytes()
+    return FRAME.pack(MAGIC, seq, len(payload), _crc(seq, payload)) + payload
+
+
+def _old_snapshot(index: ShardedIndex) -> bytes:
+    """``ShardedIndex.to_bytes`` of state version 1 (before records existed)."""
+    st = index.state_dict()
+    meta = {"version": 1, "dim": st["dim"], "n_shards": st["n_shards"], "spec": st["spec"]}
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        int_ids=st["int_ids"],
+        str_ids=np.frombuffer(json.dumps(st["str_ids"]).encode(), dtype=np.uint8),
+        **{f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])},
+    )
+    return buf.getvalue()
+
+
+def test_old_log_records_and_snapshots_without_records_still_load(uri):
+    old = ShardedIndex(DIM, 2)
+    old.add(*_batch(0))
+    blob = encode_snapshot(1, _old_snapshot(old))
+    iio.write_bytes(iio.join(uri, "snapshots", f"{1:020d}.snap"), blob)
+    name = f"{2:020d}.rec" if uri.startswith("s3://") else f"{2:020d}.log"
+    iio.write_bytes(iio.join(uri, "log", name), _old_frame(2, *_batch(1)))
+    assert decode_payload(2, _old_frame(2, *_batch(1))[FRAME.size :]).records is None
+    with _open(uri) as di:
+        rep = di.recovery_report
+        assert rep.snapshot_seq == 1 and rep.replayed_records == 1 and rep.clean
+        _assert_has(di, range(2))
+        assert di.get_records(_batch(0)[0] + _batch(1)[0]) == [empty_record()] * 8
+        assert di.add(*_batch(2), _records(2)) == 3
+        di.snapshot()
+    with _open(uri) as di:  # a new-format snapshot now, with the records
+        assert di.recovery_report.snapshot_seq == 3
+        _assert_records(di, [2])
+        assert di.get_records(_batch(0)[0][:1]) == [empty_record()]

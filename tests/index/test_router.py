@@ -61,6 +61,8 @@ def test_four_owners_answer_like_one_index(tmp_path):
     vecs = shards.get_many(probe)
     assert vecs[1] is None and np.allclose(vecs[2], x[399]) and np.allclose(vecs[3], x[0])
     assert np.allclose(shards.get("item-7"), x[7])
+    empty = {"text": "", "metadata": {}, "source": "generated", "version": ""}
+    assert shards.get_records(probe) == [empty, None, empty, empty]  # added without records
     assert shards.delete(["item-0", "nope", "item-1"]) == [True, False, True]
     assert shards.count() == 398 and shards.contains(["item-0"]) == [False]
     stats = shards.stats()
@@ -78,19 +80,25 @@ def test_four_owners_answer_like_one_index(tmp_path):
     again.close()
 
 
-def test_seeding_splits_the_seen_items_over_the_owners(tmp_path):
-    from irene.bundle import load_seen_classifiers
+def test_seeding_splits_the_bundle_items_over_the_owners(tmp_path):
+    from irene.bundle import iter_index_items
     from tests.helpers import make_tiny_bundle
 
     bundle = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=40)
-    ids, vecs = load_seen_classifiers(bundle)
+    chunks = list(iter_index_items(bundle, 7))
+    ids = [i for c in chunks for i in c[0]]
+    vecs = np.concatenate([c[1] for c in chunks])  # (n, d)
+    want = [c[2].row(k) for c in chunks for k in range(len(c[0]))]
     owners = [
         IndexActor(owner_uri(str(tmp_path / "idx"), i, 3), vecs.shape[1], 1, FLAT) for i in range(3)
     ]
     added = [o.seed_from_bundle(bundle, 8, i, 3) for i, o in enumerate(owners)]
-    assert sum(added) == 40 and min(added) > 0
+    assert sum(added) == len(ids) >= 40 and min(added) > 0
     shards = RoutedIndex(owners)
-    assert shards.contains(ids) == [True] * 40
+    assert shards.contains(ids) == [True] * len(ids)
+    np.testing.assert_allclose(np.stack(shards.get_many(ids)), vecs, atol=1e-6)
+    assert shards.get_records(ids) == want  # every item with its record
+    assert {r["source"] for r in want} >= {"trained"}
     assert [o.seed_from_bundle(bundle, 8, i, 3) for i, o in enumerate(owners)] == [0, 0, 0]
     shards.close()
 
@@ -106,3 +114,33 @@ def test_merge_topk_and_bad_input():
         router.add(["x", "y"], np.zeros((1, DIM), np.float32))
     with pytest.raises(ValueError):
         ShardRouter(0)
+
+
+def test_records_are_split_with_their_ids_and_survive_a_restart(tmp_path):
+    from irene.index.records import Records, empty_record
+
+    rng = np.random.default_rng(1)
+    ids = [f"item-{i}" for i in range(120)]
+    x = _unit(rng, 120)
+    recs = Records.of([f"text {i}" for i in ids], [{"i": k} for k in range(120)], "generated", "v7")
+    shards = _owners(tmp_path, 4)
+    shards.add(ids, x, records=recs)
+    shards.add(ids[:3], x[:3])  # overwritten without records
+    probe = ["nope", "item-50", "item-1", "item-119"]
+    want = [None, recs.row(50), empty_record(), recs.row(119)]
+    assert shards.get_records(probe) == want
+    owners = [shards.router.owner(i) for i in ids[3:]]
+    for o, owner in enumerate(shards.owners):  # each owner holds exactly its own records
+        mine = [i for i, w in zip(ids[3:], owners, strict=True) if w == o]
+        assert owner.get_records(mine) == [recs.row(ids.index(i)) for i in mine]
+    with pytest.raises(ValueError):  # validated before any owner is written
+        shards.add(ids[:2], x[:2], Records.of(["one"]))
+    shards.snapshot()
+    shards.add(["late"], x[:1], Records.of(["late text"], [{"a": [1, 2]}], "trained", "v8"))
+    shards.close()
+    again = _owners(tmp_path, 4)  # snapshots + log replay on every owner
+    assert again.get_records(probe) == want
+    assert again.get_records(["late"])[0] == {
+        "text": "late text", "metadata": {"a": [1, 2]}, "source": "trained", "version": "v8"
+    }  # fmt: skip
+    again.close()

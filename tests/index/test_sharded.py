@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 import irene.index.sharded as sharded_mod
+from irene.index.records import Records, empty_record
 from irene.index.shard import IndexSpec
 from irene.index.sharded import IdCollisionError, ShardedIndex, int_id
 
@@ -187,3 +190,149 @@ def test_concurrent_search_while_adding(kind):
     assert index.count == B * n_batches - n_batches // 10
     assert index.search(e0, 1)[0][0][1] == pytest.approx(n_batches)
     index.close()
+
+
+# --------------------------------------------------------------------------- records
+def _records(ids: list[str], tag: str = "", source: str = "generated") -> Records:
+    return Records.of(
+        [f"text of {i}{tag} é" for i in ids],
+        [{"n": k, "tag": tag, "kw": ["a", i]} for k, i in enumerate(ids)],
+        source,
+        f"v{tag}",
+    )
+
+
+def _want(ids: list[str], tag: str = "", source: str = "generated") -> list[dict]:
+    recs = _records(ids, tag, source)
+    return [recs.row(k) for k in range(len(ids))]
+
+
+def test_records_are_stored_replaced_and_deleted_with_their_ids():
+    index = ShardedIndex(DIM, 3)
+    x = _unit(np.random.default_rng(5), 6)
+    ids = [f"r{i}" for i in range(6)]
+    index.add(ids[:4], x[:4], _records(ids[:4], "1", "trained"))
+    index.add(ids[4:], x[4:])  # no records: they read as the empty record
+    assert index.get_records(ids[:4]) == _want(ids[:4], "1", "trained")
+    assert index.get_records([ids[4], "absent"]) == [empty_record(), None]
+    # an upsert replaces the record, with records or without
+    index.add([ids[1], ids[4]], x[:2], _records([ids[1], ids[4]], "2"))
+    index.add([ids[2]], x[2:3])
+    got = index.get_records(ids)
+    assert got[1] == _want([ids[1]], "2")[0] and got[4]["text"] == f"text of {ids[4]}2 é"
+    assert got[2] == empty_record() and got[0] == _want(ids[:1], "1", "trained")[0]
+    # duplicates in a batch: the last occurrence wins, for its record too
+    index.add(["d", "d"], x[:2], Records.of(["first", "last"], [{"k": 1}, {"k": 2}]))
+    assert index.get_records(["d"])[0]["text"] == "last" and np.allclose(index.get("d"), x[1])
+    index.delete([ids[0], ids[1]])
+    assert index.get_records(ids[:2]) == [None, None]
+    index.add([ids[0]], x[:1])  # back, without a record: the old one is not resurrected
+    assert index.get_records([ids[0]]) == [empty_record()]
+    assert index.search(x[3:4], 1)[0][0][0] == ids[3]  # search is unchanged
+
+
+def test_bad_records_are_refused_before_anything_is_stored():
+    index = ShardedIndex(DIM, 2)
+    x = _unit(np.random.default_rng(6), 2)
+    bad = [
+        Records.of(["only one"]),  # length
+        Records.of(["a", "b"], [{"x": float("nan")}, {}]),  # NaN
+        Records.of(["a", "b"], [{"x": object()}, {}]),  # not JSON
+        Records(["a", "b"], [{}, "not a dict"], ["generated"] * 2, ["", ""]),
+        Records(["a", 3], [{}, {}], ["generated"] * 2, ["", ""]),
+        Records.of(["a", "lone \ud800 surrogate"]),  # not encodable: would fail after logging
+        Records.of(["a", "b"], [{"k": "\udfff"}, {}]),
+    ]
+    for recs in bad:
+        with pytest.raises((ValueError, TypeError)):
+            index.add(["a", "b"], x, recs)
+    with pytest.raises(ValueError):
+        Records.of(["a"], source="invented")
+    assert index.count == 0 and index.record_stats()["records"] == 0
+
+
+def test_record_store_agrees_with_a_dict_under_random_writes(monkeypatch):
+    """Random upserts (with and without records), deletes, merges of the position map,
+    compactions and snapshot round trips: the columns always answer like a plain dict."""
+    import irene.index.records as records_mod
+
+    monkeypatch.setattr(records_mod, "_MERGE_MIN", 8)  # merge often
+    rng = np.random.default_rng(7)
+    index = ShardedIndex(DIM, 2)
+    universe = [f"u{i}" for i in range(300)]
+    want: dict[str, dict | None] = {}
+    for step in range(150):
+        pick = sorted(set(rng.choice(len(universe), int(rng.integers(1, 25))).tolist()))
+        ids = [universe[i] for i in pick]
+        op = rng.random()
+        if op < 0.15:
+            index.delete(ids)
+            want.update(dict.fromkeys(ids))
+        elif op < 0.3:
+            index.add(ids, _unit(rng, len(ids)))
+            want.update({i: empty_record() for i in ids})
+        else:
+            tag = str(step)
+            index.add(ids, _unit(rng, len(ids)), _records(ids, tag))
+            want.update(zip(ids, _want(ids, tag), strict=True))
+        if step % 37 == 36:
+            index = ShardedIndex.from_bytes(index.to_bytes())
+        stats = index.record_stats()
+        assert stats["garbage"] <= max(stats["records"], 1)  # compacted beyond half garbage
+        assert index.get_records(universe) == [want.get(i) for i in universe]
+    st = index.state_dict()["records"]
+    assert len(st["ids"]) == index.record_stats()["records"]  # snapshots hold live rows only
+
+
+def test_records_round_trip_and_old_state_loads_without_records():
+    index, ids, x = _filled(n=60, n_shards=3)
+    index.add(ids[:20], x[:20], _records(ids[:20], "s", "trained"))
+    index.add(ids[10:15], x[10:15], _records(ids[10:15], "t"))  # garbage rows
+    index.delete(ids[:5])
+    want = index.get_records(ids)
+    again = ShardedIndex.from_bytes(index.to_bytes())
+    assert again.get_records(ids) == want and again.state_dict()["version"] == 2
+    other = ShardedIndex(DIM, 3)
+    other.load_state_dict(index.state_dict())
+    assert other.get_records(ids) == want
+
+    # a version-1 blob (written before records existed): loads, every record empty
+    st = index.state_dict()
+    buf = io.BytesIO()
+    meta = {"version": 1, "dim": DIM, "n_shards": 3, "spec": st["spec"]}
+    np.savez(
+        buf,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        int_ids=st["int_ids"],
+        str_ids=np.frombuffer(json.dumps(st["str_ids"]).encode(), dtype=np.uint8),
+        **{f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])},
+    )
+    old = ShardedIndex.from_bytes(buf.getvalue())
+    assert old.count == 55 and old.get_records(ids[4:6]) == [None, empty_record()]
+    old.add(ids[5:6], x[5:6], _records(ids[5:6]))
+    assert ShardedIndex.from_bytes(old.to_bytes()).get_records(ids[5:6]) == _want(ids[5:6])
+
+
+def test_record_bookkeeping_is_a_few_dozen_bytes_per_item():
+    index = ShardedIndex(DIM, 2)
+    n = 20_000
+    ids = [f"m{i}" for i in range(n)]
+    x = np.zeros((n, DIM), np.float32)
+    x[:, 0] = 1
+    for s in range(0, n, 1000):
+        index.add(ids[s : s + 1000], x[s : s + 1000], _records(ids[s : s + 1000]))
+    stats = index.record_stats()
+    assert stats["records"] == n and stats["bookkeeping"] / n < 80
+
+
+def test_a_snapshot_compacts_the_records_without_blocking_on_it():
+    index, ids, x = _filled(n=40, n_shards=2)
+    index.add(ids, x, _records(ids, "a"))
+    index.add(ids[:15], x[:15], _records(ids[:15], "b"))  # 15 garbage rows (< half: kept)
+    assert index.record_stats()["garbage"] == 15
+    want = index.get_records(ids)
+    blob = index.to_bytes()
+    assert index.record_stats() == {**index.record_stats(), "records": 40, "garbage": 0}
+    assert index.get_records(ids) == want == ShardedIndex.from_bytes(blob).get_records(ids)
+    index.add(ids[:1], x[:1], _records(ids[:1], "c"))  # still writable after the swap
+    assert index.get_records(ids[:1]) == _want(ids[:1], "c")

@@ -16,6 +16,7 @@ def tiny_config(encoder_dir: str, data: str, work_dir: str, bundle: str, **extra
         "data": data,
         "work_dir": work_dir,
         "bundle": bundle,
+        "protocol": "zero-shot",  # the tiny XC data's test split: generated items to rank
         "executor": "ray",
         "ray": {
             "num_workers": 2,

@@ -16,9 +16,9 @@ import pipelines.train_generator
 from irene import io
 from irene.bundle import load_bundle
 from irene.cli import app
-from irene.data.split import ZeroShotSplit
 from irene.train import artifacts
 from tests.conftest import MOTO_BUCKET, free_port
+from tests.helpers import N_COLD, N_ITEMS, make_tiny_encoder, write_catalogue_dir
 from tests.pipelines.common import check_bundle_scores, tiny_config, write_config, write_inputs
 
 
@@ -37,13 +37,15 @@ def _check_manifest(manifest: dict, epochs: int = 2) -> None:
 
 
 def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
-    """`irene train DATA --bundle OUT`: the whole chain (2 DDP workers) to a local directory,
-    given as paths relative to the driver's directory (workers run elsewhere), then the demo's
-    serve + HTTP half on the result."""
-    write_inputs(tmp_path)
+    """`irene train DATA --bundle OUT` on a catalogue + interactions: the whole chain (2 DDP
+    workers) to a local directory, given as paths relative to the driver's directory (workers
+    run elsewhere), then the demo's serve + HTTP half on the result."""
+    (tmp_path / "data").mkdir()
+    written = write_catalogue_dir(tmp_path / "data", new_items=12)
+    make_tiny_encoder(str(tmp_path / "enc"))
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config(str(tmp_path / "enc"), "", "", "")
-    for key in ("data", "work_dir", "bundle"):
+    for key in ("data", "work_dir", "bundle", "protocol"):
         del cfg[key]
     cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
     data, out, work = "data", tmp_path / "bundle", tmp_path / "work"
@@ -51,7 +53,10 @@ def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
         app, ["train", data, "--bundle", "bundle", "--config", cfg_path, "--work-dir", "work"]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output[res.output.index("{") :])["bundle"] == str(out)
+    summary = json.loads(res.output[res.output.index("{") :])
+    assert summary["bundle"] == str(out)
+    assert summary["num_trained_items"] == len(written["trained"]) == N_ITEMS - N_COLD
+    assert summary["num_generated_items"] == N_COLD
     # the stage outputs are where the layout says, and the pair table is split into parts
     assert io.listdir(str(work / artifacts.PAIRS_DIR))[0].startswith("part-")
     assert (work / artifacts.CLASSIFIERS_DIR).is_dir() and (work / artifacts.GENERATOR_DIR).is_dir()
@@ -59,22 +64,28 @@ def test_irene_train_local_bundle(ray_local, tmp_path, monkeypatch):
     _check_manifest(manifest)
     check_bundle_scores(str(out), n_seen=manifest["num_seen_items"])
 
-    # the rest of `make demo`: serve the bundle, bulk-ingest the novel items (the Ray Data job,
-    # into the running app's shard actors) and run the zero-shot queries over HTTP; the
-    # metrics must equal build_bundle's in-process evaluation
+    # the rest of `make demo`: serve the bundle (the index seeded with every catalogue item),
+    # run held-out queries over HTTP (equal to the same queries ranked in-process), then
+    # bulk-ingest the new items (the Ray Data job, into the running app's shard actors)
     demo_out = tmp_path / "demo"
     argv = [data, "--bundle", "bundle", "--work-dir", "work", "--out", "demo", "--ingest", "bulk"]
     assert pipelines.demo.main([*argv, "--port", str(free_port())]) == 0
     report = json.loads((demo_out / "http_metrics.json").read_text())
-    split = ZeroShotSplit.load(str(work / artifacts.SPLIT_DIR))
-    assert report["ingest"]["items"] == len(split.novel) > 0
-    assert report["ingest"]["via"] == "bulk"
-    assert report["query"]["queries"] == len(split.zero_rows) > 0
-    assert (
-        report["zero_shot_in_process"] == manifest["metrics"]["eval"]["arms"]["irene"]["zero_shot"]
-    )
-    assert report["max_abs_diff"] <= 0.1
-    assert report["zero_shot_http"]["P@1"] > 0  # the tiny data is learnable: not an empty ranking
+    assert report["seeded_items"] == N_ITEMS
+    assert report["bundle_version"] == manifest["version"]
+    assert report["query"]["queries"] > 0 and report["max_abs_diff"] <= 0.1
+    assert report["held_out_http"]["P@1"] > 0  # the tiny data is learnable
+    hit = report["examples"][0]["hits"][0]
+    i = written["ids"].index(hit["id"])  # answers carry catalogue ids, text and metadata
+    assert hit["text"] == written["texts"][i]
+    assert hit["metadata"]["category"] == written["meta"]["category"][i]
+    assert hit["source"] == ("trained" if hit["id"] in written["trained"] else "generated")
+    new = report["new_items"]
+    assert new["items"] == 12 and new["via"] == "bulk"
+    first = written["new"][0]
+    assert new["read_back"]["text"] == first["text"]
+    assert new["read_back"]["metadata"] == first["metadata"]
+    assert new["read_back"]["source"] == "generated"
 
 
 @pytest.mark.slow  # ~1.5 min: in `make test-slow`

@@ -1,5 +1,5 @@
 """The index actor: plain-class behaviour, seeding from a bundle, and a chaos test that
-SIGKILLs the Ray actor mid-ingest."""
+SIGKILLs the Ray actor mid-ingest (vectors and item records must survive)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from irene.index.feed import ReadReplica
+from irene.index.records import Records, empty_record
 from irene.ray.index import FEED_GROUP, IndexActor, get_or_create_index_actor
 
 DIM = 8
@@ -27,39 +28,57 @@ def _batch(b: int, n: int = 5) -> tuple[list[str], np.ndarray]:
     return [f"b{b}-{i}" for i in range(n)], x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _records(b: int, n: int = 5) -> Records:
+    ids = _batch(b, n)[0]
+    return Records.of(
+        [f"text of {i}" for i in ids], [{"b": b, "i": i} for i in ids], "generated", "v1"
+    )
+
+
 def test_plain_actor_class(tmp_path):
     uri = str(tmp_path / "index")
     actor = IndexActor(uri, DIM, n_shards=2, spec={"kind": "flat", "use_gpu": False}, lease_s=0.1)
     ids, x = _batch(0)
-    assert actor.add(ids, x) == 1
+    assert actor.add(ids, x, _records(0)) == 1
+    assert actor.get_records([ids[1], "nope"]) == [_records(0).row(1), None]
+    assert actor.add(*_batch(1)) == 2  # without records
+    assert actor.get_records(_batch(1)[0][:1]) == [empty_record()]
+    assert actor.delete(_batch(1)[0]) == [True] * 5
+    assert actor.add(ids, x, _records(0).to_json()) == 4  # the JSON columns are accepted too
     assert actor.count() == 5
     assert actor.contains([ids[0], "nope", ids[4]]) == [True, False, True]
     assert actor.search(x[:1], 1)[0][0][0] == ids[0]
     assert actor.delete([ids[0], "zzz"]) == [True, False]
     assert actor.get(ids[0]) is None and np.allclose(actor.get(ids[1]), x[1])
-    assert actor.snapshot() == 2
+    assert actor.snapshot() == 5
     stats = actor.stats()
-    assert stats["count"] == 4 and stats["last_seq"] == 2 and stats["snapshot_seq"] == 2
+    assert stats["count"] == 4 and stats["last_seq"] == 5 and stats["snapshot_seq"] == 5
     assert (
         stats["pid"] == os.getpid() and stats["n_shards"] == 2 and stats["recovery_report"]["clean"]
     )
     actor.close()
     again = IndexActor(uri, DIM, n_shards=2)
-    assert again.count() == 4 and again.stats()["recovery_report"]["snapshot_seq"] == 2
+    assert again.count() == 4 and again.stats()["recovery_report"]["snapshot_seq"] == 5
+    assert again.get_records(ids) == [None] + [_records(0).row(k) for k in range(1, 5)]
     again.close()
 
 
 def test_actor_seeds_itself_from_a_bundle_once(tmp_path):
-    from irene.bundle import load_bundle
+    from irene.bundle import iter_index_items, load_bundle
     from tests.helpers import make_tiny_bundle
 
     bundle = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=12)
     b = load_bundle(bundle)
+    items = list(iter_index_items(bundle, 5))
+    n = sum(len(c[0]) for c in items)
     actor = IndexActor(str(tmp_path / "index"), b.dim, n_shards=2)
-    assert actor.seed_from_bundle(bundle, chunk=5) == 12
-    assert actor.stats()["last_seq"] == 3  # 3 durable log records of <= 5 items
+    assert actor.seed_from_bundle(bundle, chunk=5) == n >= 12
+    assert actor.stats()["last_seq"] == len(items)  # durable log records of <= 5 items
     assert actor.contains(b.item_ids) == [True] * 12
     np.testing.assert_allclose(actor.get("seen-3"), b.seen_classifiers()[3], atol=1e-6)
+    for ids, _, recs in items:  # the records came with the vectors
+        assert actor.get_records(ids) == [recs.row(k) for k in range(len(ids))]
+    assert actor.get_records(["seen-3"])[0]["source"] == "trained"
     assert actor.seed_from_bundle(bundle) == 0  # not empty: nothing added
     actor.close()
 
@@ -124,7 +143,7 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
             try:
                 b = 0
                 while not stop.is_set() and time.monotonic() < deadline:
-                    _call(ray, actor.add, *_batch(b), deadline=deadline)
+                    _call(ray, actor.add, *_batch(b), _records(b), deadline=deadline)
                     acked.append(b)  # acknowledged: must survive the crash
                     with copy_lock:  # ... and be in the read replica whenever it may answer
                         if copy.fresh():
@@ -180,9 +199,12 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
         )
         assert not rep["gaps"] and not rep["skipped_snapshots"]
 
-        # every acknowledged id survived, with its vector, and is searchable
+        # every acknowledged id survived, with its vector and record, and is searchable
         final = _call(ray, actor.stats, deadline=deadline)
         assert final["count"] == 5 * len(set(acked))
+        all_ids = [i for b in acked for i in _batch(b)[0]]
+        want = [_records(b).row(k) for b in acked for k in range(5)]
+        assert _call(ray, actor.get_records, all_ids, deadline=deadline) == want
         for b in acked:
             ids, x = _batch(b)
             got = _call(ray, actor.get, ids[0], deadline=deadline)
@@ -199,6 +221,7 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
         _poll(ray, actor, copy, copy_lock)
         assert copy.epoch == final["feed"]["epoch"] and copy.seq == final["last_seq"]
         assert copy.index.count == final["count"] and copy.search(queries, 1) == results
+        assert copy.get_records(all_ids) == want
     finally:
         ray.kill(actor)
 

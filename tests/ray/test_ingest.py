@@ -1,5 +1,5 @@
-"""Bulk ingest on Ray Data: the same items and vectors as in-process, a rerun skips
-everything, and a shard actor SIGKILLed mid-ingest loses nothing."""
+"""Bulk ingest on Ray Data: the same items, vectors and records (metadata included) as
+in-process, a rerun skips everything, and a shard actor SIGKILLed mid-ingest loses nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from irene.config import load_config
-from irene.ingest import ingest_local, open_local_index
-from irene.ray.ingest import ingest_ray, shard_actors
+from irene.ingest import ingest_local, iter_items, open_local_index
+from irene.ray.ingest import ingest_ray, read_items, shard_actors
 from tests.helpers import make_tiny_bundle, tiny_item_text
 
 NAMESPACE = "irene-tests"
@@ -31,6 +31,39 @@ def _cfg(bundle, items, uri, name, executor, batch_size=8):
     )  # fmt: skip
 
 
+def _meta(n: int) -> dict:
+    return {"brand": f"b{n % 4}", "price": n + 0.25, "tags": [f"t{n % 3}"], "sale": n % 2 == 1}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "tsv"])
+def test_read_items_carries_metadata_like_in_process(ray_local, tmp_path, fmt):
+    """Ray Data's reader yields the rows, texts and metadata of ``iter_items``: a metadata
+    object column and the extra columns of Parquet / JSONL, none for TSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"id": f"r{n}", "text": tiny_item_text(n), "metadata": _meta(n), "stock": n}
+        for n in range(30)
+    ]
+    path = tmp_path / f"items.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)
+    else:
+        path.write_text("".join(f"{r['id']}\t{r['text']}\n" for r in rows))
+    batches = list(iter_items(str(path), 8))
+    want = sorted(r for ids, ts, ms in batches for r in zip(ids, ts, ms, strict=True))
+    got = sorted((r["id"], r["text"], r["meta"]) for r in read_items(str(path), 4).take_all())
+    assert got == want and len(got) == 30
+    metas = {i: json.loads(m) for i, _, m in got}
+    if fmt == "tsv":
+        assert list(metas.values()) == [{}] * 30
+    else:
+        assert metas["r5"] == {**_meta(5), "stock": 5}
+
+
 @pytest.mark.slow  # ~45 s; `make test` runs the Ray job through the demo (test_pipeline.py)
 def test_ray_ingest_equals_local_resumes_and_survives_a_shard_kill(ray_local, tmp_path):
     import ray
@@ -40,7 +73,10 @@ def test_ray_ingest_equals_local_resumes_and_survives_a_shard_kill(ray_local, tm
     texts = [tiny_item_text(200 + i) for i in range(120)]
     items = tmp_path / "items.jsonl"
     items.write_text(
-        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts, strict=True))
+        "".join(
+            json.dumps({"id": i, "text": t, "metadata": _meta(n)}) + "\n"
+            for n, (i, t) in enumerate(zip(ids, texts, strict=True))
+        )
     )
     name = f"ingest-{uuid.uuid4().hex[:8]}"
 
@@ -49,7 +85,9 @@ def test_ray_ingest_equals_local_resumes_and_survives_a_shard_kill(ray_local, tm
     assert ingest_local(local, show_progress=False).written == 120
     ref = open_local_index(local.ingest.index, 32)
     want = np.stack(ref.get_many(ids))
+    want_records = ref.get_records(ids)
     ref.close()
+    assert [r["metadata"] for r in want_records] == [_meta(n) for n in range(120)]
 
     cfg = _cfg(bundle, str(items), str(tmp_path / "index"), name, "ray", batch_size=4)
     index = shard_actors(cfg.ingest.index, 32)
@@ -82,6 +120,7 @@ def test_ray_ingest_equals_local_resumes_and_survives_a_shard_kill(ray_local, tm
         integ = stats["integrity"]
         assert integ["ids"] == integ["labels"] == integ["stored"] - integ["tombstones"] == 120
         np.testing.assert_allclose(np.stack(index.get_many(ids)), want, atol=1e-5)
+        assert index.get_records(ids) == want_records  # text, metadata, source, version
         again = ingest_ray(cfg, show_progress=False).to_dict()
         assert (again["written"], again["skipped"], again["index_count"]) == (0, 120, 120)
     finally:

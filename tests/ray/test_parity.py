@@ -29,6 +29,7 @@ def _cfg(tmp_path, data, enc, name, executor, workers, *extra):
         None,
         [
             f"train.encoder.model={enc}",
+            "protocol=zero-shot",
             "train.encoder.max_length=16",
             "train.split.novel_fraction=0.2",
             "train.split.seed=1",

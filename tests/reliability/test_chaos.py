@@ -1,6 +1,6 @@
 """Chaos under load: the index actor SIGKILLed repeatedly during mixed ingest / upsert /
-delete / query traffic (local log and moto S3 log), and Serve replicas SIGKILLed under query
-and ingest load."""
+delete / query traffic (local log and moto S3 log), items' records (text, metadata) through a
+shard actor's SIGKILL, and Serve replicas SIGKILLed under query and ingest load."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import uuid
 
 import httpx
 import numpy as np
+import pytest
 
-from irene.client import IreneClient, IreneHTTPError
+from irene.client import IreneClient, IreneHTTPError, pairs
 from tests.reliability.conftest import (
+    LIMITS,
+    SCALES,
     TOKEN,
     Ledger,
     check_integrity,
@@ -73,7 +76,7 @@ def _actor_chaos(app, scale, report, storage: str) -> None:
         disagree = sum(
             not hits_agree(got, exp)
             for _ in range(2)
-            for got, exp in zip(c.query(texts, k=5, batch_size=1), want, strict=True)
+            for got, exp in zip(pairs(c.query(texts, k=5, batch_size=1)), want, strict=True)
         )
     stats = app.stats()
     integ = check_integrity(stats)
@@ -115,6 +118,72 @@ def test_shard_actor_chaos_with_shard_readers(sharded_app, scale, report):
     """The same under 2 shard actors killed in turn, queries answered by 2 ShardReader
     replicas per shard: nothing acknowledged lost, no duplicates, answers == the router's."""
     _actor_chaos(sharded_app, scale, report, "local, 2 shard actors, shard readers")
+
+
+# --------------------------------------------------------------------------- records
+@pytest.mark.parametrize(
+    "fixture",
+    ["shared_app", "s3_app", "sharded_app"],
+    ids=["local log", "moto S3 log", "2 shard actors, shard readers"],
+)
+def test_records_survive_a_shard_actor_sigkill(request, fixture, report):
+    """Items ingested with metadata (some before a snapshot, some only in the log after it,
+    one upserted with new metadata) keep their text, metadata, source and version through a
+    SIGKILL of every shard actor holding them: read back by id, by the restarted actors
+    themselves and as query payloads."""
+    app = request.getfixturevalue(fixture)
+    app = app[1] if isinstance(app, tuple) else app
+    prefix = f"rec-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(7)
+
+    def item(n: int, note: str) -> tuple:
+        meta = {"n": n, "price": n + 0.5, "tags": [note, f"t{n % 3}"], "ok": n % 2 == 0}
+        return (f"{prefix}-{n}", random_text(rng), meta)
+
+    batch = LIMITS["max_items_per_request"]
+    before = [item(n, "snap") for n in range(batch)]
+    after = [item(n, "log") for n in range(batch, batch + 6)]
+    upsert = item(0, "upsert")
+    with IreneClient(app.base_url, token=TOKEN, retries=6) as c:
+        c.ingest(before, batch_size=batch)
+        assert c.http.post("/v1/snapshot").is_success  # the client sends the token
+        c.ingest([*after, upsert], batch_size=batch)
+        want = {i: (t, m) for i, t, m in [*before, *after, upsert]}  # the upsert wins
+        owners = sorted({app.index().router.owner(i) for i in want})
+        restarts = [kill_index_actor(app, o) for o in owners]
+        c.wait_ready()
+        ids = sorted(want)
+        got = c.fetch(ids, batch_size=batch)
+        lost = [i for i, it in zip(ids, got, strict=True) if it is None]
+        wrong = [
+            i
+            for i, it in zip(ids, got, strict=True)
+            if it is not None
+            and (it["text"], it["metadata"], it["source"]) != (*want[i], "generated")
+        ]
+        from_actors = app.index().get_records(ids)  # the restarted actors' own records
+        actor_wrong = [
+            i
+            for i, r in zip(ids, from_actors, strict=True)
+            if (r["text"], r["metadata"]) != want[i]
+        ]
+        rows = c.query(
+            [want[i][0] for i in ids], k=LIMITS["max_k"], batch_size=4, with_payload=True
+        )
+        ours = [h for row in rows for h in row if h["id"] in want]
+    figures = {
+        "items (with metadata)": len(ids),
+        "shard actors SIGKILLed": len(owners),
+        "restart seconds": [round(s, 2) for s in restarts],
+        "lost": len(lost),
+        "text / metadata / source differ (HTTP)": len(wrong),
+        "text / metadata differ (restarted actors)": len(actor_wrong),
+        "query hits of these items (with payload)": len(ours),
+    }
+    report.add(f"Records through a shard actor SIGKILL ({fixture})", SCALES["short"], figures)
+    assert not lost and not wrong and not actor_wrong, figures
+    assert len({r["version"] for r in from_actors}) == 1 and from_actors[0]["version"]
+    assert ours and all((h["text"], h["metadata"]) == want[h["id"]] for h in ours)
 
 
 # --------------------------------------------------------------------------- replicas

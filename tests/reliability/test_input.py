@@ -85,6 +85,21 @@ def _cases() -> list[tuple[str, str, str, dict]]:
         ("PUT /v1/items", "PUT", "/v1/items", {"json": {"items": [item]}, "headers": AUTH}),
         ("GET of a 10 kB id", "GET", "/v1/items/" + "b" * 10_000, {}),
         ("GET ../../etc/passwd", "GET", "/v1/items/..%2F..%2F..%2Fetc%2Fpasswd", {}),
+        ("metadata nested 5,000 deep", "POST", "/v1/items",
+         {"content": ('{"items": [{"id": "bad-md", "text": "w1", "metadata": {"a": '
+                      + _nested(5000) + "}}]}").encode(), **raw}),
+        ("metadata value Infinity", "POST", "/v1/items",
+         {"content": b'{"items": [{"id": "bad-mi", "text": "w1", "metadata": {"a": Infinity}}]}',
+          **raw}),
+        ("metadata integer 2**70", "POST", "/v1/items",
+         {"json": {"items": [{**item, "metadata": {"a": 2**70}}]}, "headers": AUTH}),
+        ("metadata of 1,000 keys", "POST", "/v1/items",
+         {"json": {"items": [{**item, "metadata": {f"k{i}": i for i in range(1000)}}]},
+          "headers": AUTH}),
+        ("metadata key with a NUL", "POST", "/v1/items",
+         {"json": {"items": [{**item, "metadata": {"a\x00": 1}}]}, "headers": AUTH}),
+        ("with_payload naming a vector", "POST", "/v1/query",
+         {"json": {"text": "w1", "with_payload": ["vector"]}}),
     ]  # fmt: skip
 
 
@@ -107,6 +122,7 @@ def test_bad_input_gets_a_4xx_and_changes_nothing(shared_app, scale, report):
         after = c.get("/readyz").json()["index_count"]
         again = c.post("/v1/query", json={"text": "w1 w2 w3", "k": 5}).json()
         ids = ["bad-0", "bad-big", "bad-ch", "bad-n", "bad-u", "bad-nan", "bad-e", "bad-w"]
+        ids += ["bad-md", "bad-mi"]
         ids += [f"bad-m{i}" for i in range(LIMITS["max_items_per_request"] + 1)]
         created = [
             i for i, it in zip(ids, _fetch(c, ids), strict=True) if it is not None

@@ -27,6 +27,7 @@ LIMITS = {
     "max_k": 50,
     "default_k": 5,
     "max_body_bytes": 16384,
+    "max_metadata_bytes": 256,
 }
 NAMESPACE = "irene-serve-tests"
 ATOL = 1e-4
@@ -59,12 +60,17 @@ class Served:
         assert r.status_code == 200, r.text
         return r.json()["index_count"]
 
-    def ingest(self, items: list[tuple[str, str]], headers=AUTH) -> httpx.Response:
-        body = {"items": [{"id": i, "text": t} for i, t in items]}
+    def ingest(self, items: list[tuple], headers=AUTH) -> httpx.Response:
+        """POST (id, text) or (id, text, metadata) items."""
+        body = {
+            "items": [
+                {"id": i, "text": t, **({"metadata": m[0]} if m else {})} for i, t, *m in items
+            ]
+        }
         return self.client.post("/v1/items", json=body, headers=headers)
 
-    def query(self, text: str, k: int) -> list[dict]:
-        r = self.client.post("/v1/query", json={"text": text, "k": k})
+    def query(self, text: str, k: int, **extra) -> list[dict]:
+        r = self.client.post("/v1/query", json={"text": text, "k": k, **extra})
         assert r.status_code == 200, r.text
         (hits,) = r.json()["results"]
         return hits
@@ -297,6 +303,30 @@ BAD_WRITES = {
     "id with a newline": ({"json": _items({"id": "x1\nx2", "text": "w1"})}, 422),
     "id with a NUL": ({"json": _items({"id": "x1\u0000", "text": "w1"})}, 422),
     "body too large": ({"json": _items({"id": "x1", "text": "w1 " * 6000})}, 413),
+    "metadata not an object": ({"json": _items({"id": "x1", "text": "w1", "metadata": [1]})}, 422),
+    "nested metadata": (
+        {"json": _items({"id": "x1", "text": "w1", "metadata": {"a": {"b": 1}}})},
+        422,
+    ),
+    "metadata null value": (
+        {"json": _items({"id": "x1", "text": "w1", "metadata": {"a": None}})},
+        422,
+    ),
+    "metadata list of numbers": (
+        {"json": _items({"id": "x1", "text": "w1", "metadata": {"a": [1, 2]}})},
+        422,
+    ),
+    "metadata NaN": (
+        {
+            "content": b'{"items": [{"id": "x1", "text": "w1", "metadata": {"a": NaN}}]}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+    ),
+    "metadata too large": (
+        {"json": _items({"id": "x1", "text": "w1", "metadata": {"a": "x" * 300}})},
+        413,
+    ),
 }
 
 
@@ -378,14 +408,23 @@ def test_novel_item_is_found_at_rank_1_with_its_own_text(served):
 @pytest.mark.slow  # ~45 s per app; `make test` covers it through the demo (test_pipeline.py)
 def test_bulk_ingest_job_is_queryable_without_a_restart(served, tmp_path):
     """A Ray Data bulk ingest into the app's shard actors: its items are answered over HTTP
-    right after it returns (the read replicas have them), with the HTTP ingest's vectors."""
+    right after it returns (the read replicas have them), with the HTTP ingest's vectors and
+    the items' records (metadata from the input rows)."""
+    import json
+
+    from irene.bundle import bundle_version
     from irene.config import load_config
     from irene.ray.ingest import ingest_ray
 
     ids = [f"bulk-{i}" for i in range(12)]
     texts = [tiny_item_text(300 + i) for i in range(12)]
-    items = tmp_path / "items.tsv"
-    items.write_text("".join(f"{i}\t{t}\n" for i, t in zip(ids, texts, strict=True)))
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        "".join(
+            json.dumps({"id": i, "text": t, "metadata": {"n": n}, "shelf": f"s{n % 2}"}) + "\n"
+            for n, (i, t) in enumerate(zip(ids, texts, strict=True))
+        )
+    )
     ix = served.index
     index = {k: ix[k] for k in ("name", "namespace", "n_owners", "n_shards")}
     cfg = load_config(
@@ -401,6 +440,12 @@ def test_bulk_ingest_job_is_queryable_without_a_restart(served, tmp_path):
     emb, gen = served.expected(texts)
     for i in (0, 7, 11):
         np.testing.assert_allclose(served.vector(ids[i]), gen[i], atol=ATOL)
+        rec = served.client.get(f"/v1/items/{ids[i]}").json()
+        assert rec["metadata"] == {"n": i, "shelf": f"s{i % 2}"} and rec["text"] == texts[i]
+        assert (rec["source"], rec["version"]) == (
+            "generated",
+            bundle_version(served.bundle.manifest),
+        )
     own = (emb * gen).sum(1)  # (12,) each bulk item's score for its own text
     k = LIMITS["max_k"]
     rows = [served.query(t, k) for t in texts]
@@ -515,7 +560,79 @@ def test_query_with_several_texts_and_default_k(served):
     assert len(results) == 3
     assert all(len(hits) == LIMITS["default_k"] for hits in results)
     for hits in results:
-        assert all(set(h) == {"id", "score"} for h in hits)
+        assert all(set(h) == {"id", "score", "source"} for h in hits)
+
+
+def test_records_are_stored_and_returned(served):
+    """Items ingested with metadata: GET / fetch return text, metadata, source and the
+    bundle's version; query hits carry source always and the payload fields asked for; an
+    upsert replaces the record, a delete removes it."""
+    from irene.bundle import bundle_version
+
+    version = bundle_version(served.bundle.manifest)
+    meta = {"brand": "acme", "price": 19.5, "stock": 3, "sale": True, "tags": ["red", "shoe"]}
+    texts = [tiny_item_text(460 + i) for i in range(3)]
+    items = [("rec-0", texts[0], meta), ("rec-1", texts[1], {"brand": "zeta"}), ("rec-2", texts[2])]
+    assert served.ingest(items).status_code == 200
+    want = {
+        "rec-0": {"text": texts[0], "metadata": meta},
+        "rec-1": {"text": texts[1], "metadata": {"brand": "zeta"}},
+        "rec-2": {"text": texts[2], "metadata": {}},
+    }
+    for id_, rec in want.items():
+        r = served.client.get(f"/v1/items/{id_}")
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "id": id_, "dim": served.bundle.dim, "norm": pytest.approx(r.json()["norm"]),
+            **rec, "source": "generated", "version": version,
+        }  # fmt: skip
+    r = served.client.post("/v1/items/fetch", json={"ids": ["rec-2", "nope", "rec-0"]})
+    got = r.json()["items"]
+    assert got[1] is None and got[0]["metadata"] == {} and got[2]["metadata"] == meta
+    assert got[2]["text"] == texts[0] and got[2]["source"] == "generated"
+    seen = served.client.get("/v1/items/seen-0").json()  # seeded: a trained classifier
+    assert seen["source"] == "trained" and seen["version"] == version
+
+    def top(text, **extra):
+        hits = served.query(text, LIMITS["max_k"], **extra)
+        assert all(h["source"] in ("trained", "generated") for h in hits)
+        return {h["id"]: h for h in hits}
+
+    plain = top(texts[0])["rec-0"]
+    assert set(plain) == {"id", "score", "source"} and plain["source"] == "generated"
+    full = top(texts[0], with_payload=True)["rec-0"]
+    assert full == {**plain, "text": texts[0], "metadata": meta}
+    assert top(texts[0], with_payload=["version"])["rec-0"] == {**plain, "version": version}
+    assert top(texts[0], with_payload=["metadata"])["rec-0"] == {**plain, "metadata": meta}
+    r = served.client.post("/v1/query", json={"text": "w1", "with_payload": ["vector"]})
+    assert r.status_code == 422
+
+    assert served.ingest([("rec-0", texts[1], {"brand": "new"})]).status_code == 200
+    assert served.client.get("/v1/items/rec-0").json()["metadata"] == {"brand": "new"}
+    assert top(texts[1], with_payload=True)["rec-0"]["text"] == texts[1]
+    r = served.client.post("/v1/items/delete", json={"ids": ["rec-0", "rec-1"]}, headers=AUTH)
+    assert r.status_code == 200
+    r = served.client.post("/v1/items/fetch", json={"ids": ["rec-0", "rec-1", "rec-2"]})
+    assert [it is None for it in r.json()["items"]] == [True, True, False]
+
+
+def test_bad_metadata_gets_a_422_naming_the_field(served):
+    ok = {"id": "bm-0", "text": tiny_item_text(470)}
+    bad = {"id": "bm-1", "text": tiny_item_text(471), "metadata": {"brand": "a", "price": {}}}
+    r = served.client.post("/v1/items", json={"items": [ok, bad]}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert "items[1].metadata.price: expected a string, number, bool or list" in err["msg"]
+    bad["metadata"] = {"tags": ["a", 3]}
+    r = served.client.post("/v1/items", json={"items": [ok, bad]}, headers=AUTH)
+    assert "items[1].metadata.tags[1]: a list may hold strings only" in r.json()["detail"][0]["msg"]
+    bad["metadata"] = {"blob": "x" * 300}
+    r = served.client.post("/v1/items", json={"items": [ok, bad]}, headers=AUTH)
+    assert r.status_code == 413 and "items[1].metadata" in r.json()["detail"]
+    assert "max_metadata_bytes=256" in r.json()["detail"]
+    assert served.client.post("/v1/items/fetch", json={"ids": ["bm-0", "bm-1"]}).json() == {
+        "items": [None, None]
+    }
 
 
 def test_concurrent_ingests_and_queries(served):
