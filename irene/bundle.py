@@ -42,6 +42,7 @@ from irene import __version__, io
 from irene.config import TrainConfig, config_hash, from_dict, to_dict
 from irene.index.records import Records
 from irene.model.classifiers import OVAClassifiers
+from irene.model.encoder import CONFIG_FILE as ENCODER_CONFIG
 from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
 from irene.model.selector import Selector
@@ -173,6 +174,8 @@ def save_bundle(
             pq.write_table(items.table(), os.path.join(tmp, "items.parquet"))
             np.save(os.path.join(tmp, "generated.npy"), items.generated.astype(np.float32))
         encoder.save(os.path.join(tmp, "encoder"))
+        with open(os.path.join(tmp, "encoder", ENCODER_CONFIG)) as f:
+            encoder_runtime = json.load(f).get("runtime")
         classifiers.save(os.path.join(tmp, "classifiers"))
         generator.save(os.path.join(tmp, "generator"))
         selector.save(os.path.join(tmp, "selector"))
@@ -193,6 +196,8 @@ def save_bundle(
             "versions": _versions(),
             "config_hash": config_hash(config),
             "trained_on": trained_on or {},
+            # the runtime prepare encoded with and ingest / serving load (encoder/ config)
+            "encoder_runtime": encoder_runtime,
             "num_seen_items": len(item_ids),
             "num_items": len(items.ids) if items is not None else len(item_ids),
             "num_generated_items": len(items.generated) if items is not None else 0,

@@ -210,6 +210,7 @@ class Generator:
             "num_seen": len(self._bundle.item_ids),
             "config_hash": manifest.get("config_hash"),
             "created_at": manifest.get("created_at"),
+            "encoder_runtime": manifest.get("encoder_runtime"),
         }
 
     async def _synthesize_rows(self, rows: list) -> np.ndarray:
@@ -612,7 +613,13 @@ class Ingress:
         except Exception as e:  # unreachable or restarting index actor
             body = Ready(status="unavailable", bundle=self.bundle_info["bundle"], detail=repr(e))
             return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
-        body = Ready(status="ready", index_count=count, bundle=self.bundle_info["bundle"])
+        body = Ready(
+            status="ready",
+            index_count=count,
+            bundle=self.bundle_info["bundle"],
+            bundle_version=self.bundle_info["version"],
+            encoder_runtime=self.bundle_info["encoder_runtime"],
+        )
         return JSONResponse(body.model_dump(exclude_none=True))
 
     async def _count_ref(self) -> int:

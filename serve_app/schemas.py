@@ -263,6 +263,10 @@ class Ready(BaseModel):
     status: str
     index_count: int | None = None
     bundle: str | None = None
+    bundle_version: str | None = None
+    encoder_runtime: str | None = Field(
+        None, description="the encoder runtime the bundle was built with and serving loads"
+    )
     detail: str | None = None
 
 

@@ -48,6 +48,7 @@ def test_every_item_is_in_the_bundle_trained_or_generated(trained_bundle):
     assert summary["num_generated_items"] == N_COLD
     manifest = read_manifest(str(tmp / "bundle"))
     assert manifest["version"] == summary["version"]
+    assert manifest["encoder_runtime"] == "torch"  # tiny test encoders stay torch (auto)
     on = manifest["trained_on"]
     assert on["format"] == "catalogue" and on["catalogue"]["items"] == N_ITEMS
     assert len(on["catalogue"]["fingerprint"]) == 64 and on["interactions"]["rows"] > 0

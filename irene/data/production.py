@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from irene import io
 from irene.config import CatalogueConfig
 from irene.data import catalogue as cat
-from irene.data.split import ZeroShotSplit, _mask_columns, _nonempty_rows
+from irene.data.split import ZeroShotSplit, _mask_columns, split_by_mask
 from irene.data.xc import XCDataset, read_text_lines, read_xc
 
 log = logging.getLogger(__name__)
@@ -148,20 +148,6 @@ def production_split(ds: XCDataset, min_interactions: int = 1) -> ZeroShotSplit:
     trn = _mask_columns(ds.trn_X_Y, np.ones(L, dtype=bool))
     counts = np.bincount(trn.indices, minlength=L)  # (L,) training queries per item
     trained = counts >= min_interactions
-    Y_seen = _mask_columns(trn, trained)
-    trn_rows = _nonempty_rows(Y_seen)
-    Y_novel = _mask_columns(ds.tst_X_Y, ~trained)
-    zero_rows = _nonempty_rows(Y_novel)
-    split = ZeroShotSplit(
-        seed=0,
-        novel_fraction=0.0,
-        seen=np.flatnonzero(trained).astype(np.int64),
-        novel=np.flatnonzero(~trained).astype(np.int64),
-        trn_rows=trn_rows,
-        Y_trn=Y_seen[trn_rows],
-        zero_rows=zero_rows,
-        Y_tst_zero=Y_novel[zero_rows],
-        Y_tst_full=sp.csr_matrix(ds.tst_X_Y, dtype=np.float32, copy=True),
-    )
+    split = split_by_mask(ds, trn, ~trained, 0, 0.0)
     log.info("production split of %s: %s", ds.name, split.stats())
     return split

@@ -135,11 +135,22 @@ def zero_shot_split(ds: XCDataset, novel_fraction: float = 0.1, seed: int = 0) -
     perm = np.random.default_rng(seed).permutation(in_train)
     is_novel = np.ones(L, dtype=bool)  # labels absent from training are novel
     is_novel[perm[n_novel:]] = False
+    split = split_by_mask(ds, trn, is_novel, seed, novel_fraction)
+    log.info("zero-shot split of %s: %s", ds.name, split.stats())
+    return split
+
+
+def split_by_mask(
+    ds: XCDataset, trn: sp.csr_matrix, is_novel: np.ndarray, seed: int, novel_fraction: float
+) -> ZeroShotSplit:
+    """The split whose novel labels are ``is_novel`` ((L,) bool): training keeps the seen
+    labels of ``trn`` ((n_trn, L)) and the rows left with one; the zero-shot rows are the test
+    queries with a novel label."""
     Y_seen = _mask_columns(trn, ~is_novel)
     trn_rows = _nonempty_rows(Y_seen)
     Y_novel = _mask_columns(ds.tst_X_Y, is_novel)
     zero_rows = _nonempty_rows(Y_novel)
-    split = ZeroShotSplit(
+    return ZeroShotSplit(
         seed=int(seed),
         novel_fraction=float(novel_fraction),
         seen=np.flatnonzero(~is_novel).astype(np.int64),
@@ -150,8 +161,6 @@ def zero_shot_split(ds: XCDataset, novel_fraction: float = 0.1, seed: int = 0) -
         Y_tst_zero=Y_novel[zero_rows],
         Y_tst_full=sp.csr_matrix(ds.tst_X_Y, dtype=np.float32, copy=True),
     )
-    log.info("zero-shot split of %s: %s", ds.name, split.stats())
-    return split
 
 
 @dataclass(frozen=True, eq=False)

@@ -216,6 +216,8 @@ def test_health_ready_docs(served):
     assert c.get("/healthz").json() == {"status": "ok"}
     ready = c.get("/readyz").json()
     assert ready["status"] == "ready" and ready["index_count"] >= N_SEEN
+    assert ready["encoder_runtime"] == "torch"  # the tiny bundle's encoder (auto -> torch)
+    assert ready["bundle_version"]
     docs = c.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = c.get("/openapi.json").json()["paths"]
