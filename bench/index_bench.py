@@ -305,7 +305,7 @@ class Searchable:
             return self.raw.search(q, K)[1]
         if self.mode == "shard":
             return self.obj.search(q, K)[1]
-        return self.obj.search(q, K)  # list of lists of (str id, score)
+        return self.obj.search_named(q, K)  # list of lists of (str id, score)
 
     def ids(self, res) -> np.ndarray:
         if self.mode != "sharded4":

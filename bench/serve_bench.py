@@ -84,7 +84,7 @@ SERVE_VARIANTS: dict[str, dict] = {
     "repo": {  # serve_app/configs/local.yaml's settings, started without the env switches
         "args": {
             "threads": 1,
-            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
+            "encoder_batch": {"max_batch_size": 32},
             "encoder_placement": "ingress",
             "deployment_options": {
                 "Generator": {"ray_actor_options": {"num_cpus": 0.25}},
@@ -96,7 +96,7 @@ SERVE_VARIANTS: dict[str, dict] = {
     "tuned": {  # 1 torch/faiss thread per replica, no access logs, 1 CPU for the Encoder
         "args": {
             "threads": 1,
-            "encoder_batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
+            "encoder_batch": {"max_batch_size": 32},
             "deployment_options": {
                 "Encoder": {"ray_actor_options": {"num_cpus": 1}, **_QUIET},
                 "Generator": {"ray_actor_options": {"num_cpus": 0.25}, **_QUIET},
@@ -484,7 +484,8 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
 
         def query(i: int):
             q = bundle.encoder.encode([queries[i % len(queries)]])  # (1, d)
-            return index.search(q, K)
+            _, ids = index.search(q, K)
+            return index.lookup(ids[0])  # string ids + records, as the app answers
 
         levels = query_levels(args)
         inprocess_load(query, max(c for c, _ in levels), args.warmup_s, 10**9, threads)
@@ -645,8 +646,8 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
     port = free_local_port()
     base = {
         "bundle": bundle_uri,
-        "index_uri": os.path.join(tmp, "index"),
         "index": {
+            "uri": os.path.join(tmp, "index"),
             "name": index_name,
             "namespace": namespace,
             "n_shards": N_SHARDS,

@@ -53,8 +53,10 @@ def _qps(search, q: np.ndarray, batch: int, budget_s: float) -> tuple[float, flo
 def run_kind(kind: str, x: np.ndarray, q: np.ndarray, args, tmp: str) -> list[dict]:
     import ray
 
+    from irene.config import IndexConfig
+    from irene.index.actor import IndexActor
     from irene.index.shard import IndexSpec
-    from irene.ray.index import ActorShards, IndexActor, index_actors
+    from irene.ray.index import actors_for
 
     spec = IndexSpec(kind=kind, ivf_nlist=args.nlist, nprobe=args.nprobe, use_gpu=False)
     ids = [f"v{i}" for i in range(len(x))]
@@ -80,24 +82,27 @@ def run_kind(kind: str, x: np.ndarray, q: np.ndarray, args, tmp: str) -> list[di
         )
         print(json.dumps(rows[-1]), flush=True)
 
-    direct = IndexActor(os.path.join(tmp, f"direct-{kind}"), x.shape[1], 4, spec, snapshot_every=0)
+    direct = IndexActor.open(
+        os.path.join(tmp, f"direct-{kind}"), x.shape[1], 4, spec.to_dict(), snapshot_every=0
+    )
     measure("direct", direct.add, direct.search, direct.count)
     reference = direct.search(q[:64], 10)
     direct.close()
     for n_owners, inner in ((1, 4), (4, 1)):
         name = f"ix-{kind}-{n_owners}-{os.getpid()}"
-        handles = index_actors(
-            name, "shard-bench", os.path.join(tmp, name), x.shape[1], n_owners,
+        config = IndexConfig(
+            uri=os.path.join(tmp, name), name=name, namespace="shard-bench", n_owners=n_owners,
             n_shards=inner, spec=spec.to_dict(), num_cpus=0.1, snapshot_every=0,
         )  # fmt: skip
-        sync = ActorShards(handles).sync()
+        shards = actors_for(config, x.shape[1])
+        handles, sync = shards.handles, shards.sync()
         try:
             measure(
                 f"{n_owners} actor{'s' if n_owners > 1 else ''}", sync.add, sync.search, sync.count
             )
             if kind == "flat":  # exact search: the router returns exactly the direct answers
                 got = sync.search(q[:64], 10)
-                assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in reference]
+                np.testing.assert_array_equal(got[1], reference[1])
         finally:
             for h in handles:
                 ray.kill(h)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import signal
 import tempfile
+import time
 
 import typer
 
@@ -122,7 +126,11 @@ def train(
     ),
     bundle: str = typer.Option(..., "--bundle", help="bundle output (local dir or s3:// prefix)"),
     config: str | None = typer.Option(None, help=CONFIG_HELP),
-    work_dir: str | None = typer.Option(None, help="artifacts location; default: a temp dir"),
+    work_dir: str | None = typer.Option(
+        None,
+        help="artifacts location; default: a temp dir on this machine (one-node Ray only: on "
+        "a multi-node cluster give shared storage, e.g. s3://)",
+    ),
     catalogue: str | None = typer.Option(None, help="catalogue table (default DATA/catalogue.*)"),
     interactions: str | None = typer.Option(
         None, help="interactions table (default DATA/interactions.*)"
@@ -166,13 +174,19 @@ def train(
     cfg = _config(
         config, set_, dotted, data=data_dir, bundle=bundle, work_dir=work_dir, executor=executor
     )
+    temp_work_dir = None
     try:  # the whole input is read and checked before anything is written
         if cfg.protocol == "production":
             read_training_data(cfg.data, cfg.catalogue)
         if not cfg.work_dir:
-            cfg = replace(cfg, work_dir=tempfile.mkdtemp(prefix="irene-train-"))
+            temp_work_dir = tempfile.mkdtemp(prefix="irene-train-")
+            cfg = replace(cfg, work_dir=temp_work_dir)
         preflight_all(cfg)
+        if cfg.executor == "ray":
+            _check_cluster_storage(cfg, temp_work_dir is not None)
     except (DataError, PipelineError, FileNotFoundError, ValueError) as e:
+        if temp_work_dir:
+            shutil.rmtree(temp_work_dir, ignore_errors=True)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     logging.getLogger(__name__).info("work_dir: %s", cfg.work_dir)
@@ -198,6 +212,27 @@ def train(
             "generated_items_only": irene["zero_shot"],
         }
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _check_cluster_storage(cfg, temp_work_dir: bool) -> None:
+    """On a Ray cluster of more than one node, the work dir (and Ray Train's storage) must be
+    storage every node sees (``irene.ray.cluster.check_shared_storage``); raises
+    ``SharedStorageError`` (a ValueError) naming the nodes that cannot see it. Connects to
+    ``ray.address`` (or the job's cluster, or starts a local Ray) as the executor would."""
+    from irene import io
+    from irene.ray import ensure_ray
+    from irene.ray.cluster import SHARED_STORAGE_HINT, check_shared_storage
+
+    ensure_ray(cfg.ray.address or None)
+    hint = SHARED_STORAGE_HINT
+    if temp_work_dir:
+        hint += " (without --work-dir, irene train uses a temp dir on this machine)"
+    check_shared_storage(cfg.work_dir, "work_dir", hint)
+    storage = cfg.storage()
+    if not io.is_s3(storage) and not storage.startswith(cfg.work_dir.rstrip("/") + "/"):
+        check_shared_storage(
+            storage, "ray.storage_path", "set ray.storage_path to an s3:// prefix or a shared mount"
+        )
 
 
 @app.command()
@@ -232,6 +267,170 @@ def ingest(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@app.command()
+def serve(
+    config: str = typer.Argument(..., help="Serve config YAML (serve_app/configs/*.yaml)"),
+    address: str | None = typer.Option(
+        None,
+        help="Ray cluster to deploy onto (auto, HOST:6379, ray://HOST:10001); default: "
+        "$RAY_ADDRESS, else a new local Ray that lives as long as this command",
+    ),
+    bundle: str | None = typer.Option(
+        None,
+        help="bundle of the irene app (local or s3://); default: $IRENE_BUNDLE, else the file's",
+    ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="return once the app is ready and leave it running (like `serve deploy`); "
+        "needs --address / $RAY_ADDRESS",
+    ),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the app to become ready"),
+    verbose: bool = typer.Option(False, "-v"),
+) -> None:
+    """Deploy a Serve config file (like `serve run CONFIG`): start Serve with the file's HTTP
+    options and proxies, deploy its applications, wait until each is ready, print its URL,
+    then stay in the foreground until Ctrl-C / SIGTERM, which deletes the applications (the
+    index's shard actors are detached and keep their data). With --address the app goes onto
+    that running cluster; --detach returns at once once it is ready."""
+    _setup_logging(verbose)
+    import yaml
+
+    from irene.ray import ensure_ray
+    from irene.ray.cluster import (
+        ServeDeployError,
+        delete_serve_apps,
+        deploy_serve_config,
+        serve_urls,
+        wait_serve_ready,
+    )
+
+    try:
+        with open(config) as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        typer.echo(f"error: cannot read {config}: {e}", err=True)
+        raise typer.Exit(2) from e
+    if not isinstance(cfg, dict) or not cfg.get("applications"):
+        typer.echo(f"error: {config} is not a Serve config (no 'applications')", err=True)
+        raise typer.Exit(2)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if detach and not address:
+        typer.echo("error: --detach needs a running cluster (--address or RAY_ADDRESS)", err=True)
+        raise typer.Exit(2)
+    bundle = bundle or os.environ.get("IRENE_BUNDLE")
+    for app_cfg in cfg["applications"]:  # the replicas may not share this shell's environment
+        if bundle and app_cfg.get("import_path") == "serve_app.app:build_app":
+            app_cfg.setdefault("args", {})["bundle"] = bundle
+    ensure_ray(address)
+    try:
+        names = deploy_serve_config(cfg)
+    except Exception as e:  # a file Serve's schema rejects
+        typer.echo(f"error: {config}: {e}", err=True)
+        raise typer.Exit(2) from e
+    urls = serve_urls(cfg)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM = Ctrl-C from here
+    try:
+        wait_serve_ready(names, urls, timeout_s=timeout)
+    except KeyboardInterrupt:
+        if not detach:
+            typer.echo("interrupted: deleting " + ", ".join(names), err=True)
+            delete_serve_apps(names, wait_s=60.0 if address else 10.0)
+        raise typer.Exit(130) from None
+    except (ServeDeployError, TimeoutError) as e:
+        typer.echo(f"error: {e}", err=True)
+        if not detach:
+            delete_serve_apps(names)
+        raise typer.Exit(1) from e
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for name in names:
+        typer.echo(f"{name}: {urls[name]}")
+    if detach:
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    typer.echo("serving; Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    typer.echo("deleting " + ", ".join(names))
+    # a local Ray started here may be going down with this process (Ctrl-C reaches its whole
+    # process group): wait a little only; a cluster (--address) gets a minute
+    delete_serve_apps(names, wait_s=60.0 if address else 10.0)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def query(
+    url: str = typer.Argument(..., help="the app's base URL, e.g. http://127.0.0.1:8000"),
+    texts: list[str] = typer.Argument(..., help="one or more query texts"),
+    k: int = typer.Option(10, "--k", "-k", help="hits per text"),
+    with_payload: bool = typer.Option(
+        False, "--with-payload", help="each hit's text and metadata too"
+    ),
+    token: str | None = typer.Option(
+        None, help="bearer token, for apps that protect reads; default: $IRENE_API_TOKEN"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    timeout: float = typer.Option(30.0, help="seconds per request"),
+) -> None:
+    """Query a running app (POST /v1/query through irene.client): the top-k items of each
+    text with id, score, source (trained | generated) and, with --with-payload, text and
+    metadata; a table, or JSON with --json."""
+    from irene.client import IreneClient, IreneHTTPError
+
+    token = token or os.environ.get("IRENE_API_TOKEN") or None
+    try:
+        with IreneClient(url, token, timeout_s=timeout, concurrency=1) as client:
+            rows = client.query(list(texts), k, with_payload=with_payload)
+    except IreneHTTPError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    except Exception as e:  # connection refused, timeouts: no answer at all
+        typer.echo(f"error: {url}: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps({"results": rows}, indent=2, ensure_ascii=False))
+        return
+    for n, (text, hits) in enumerate(zip(texts, rows, strict=True)):
+        if n:
+            typer.echo("")
+        typer.echo(f"query: {text}")
+        typer.echo(_hits_table(hits, with_payload))
+
+
+def _hits_table(hits: list[dict], with_payload: bool, width: int = 40) -> str:
+    """Hits as aligned text: rank, score, id, source (+ text, metadata)."""
+    if not hits:
+        return "  (no hits)"
+    cols = ["#", "score", "id", "source"] + (["text", "metadata"] if with_payload else [])
+    rows = []
+    for i, h in enumerate(hits, 1):
+        row = [str(i), f"{h['score']:.4f}", str(h["id"]), str(h.get("source") or "-")]
+        if with_payload:
+            text = h.get("text") or ""
+            row.append(text if len(text) <= width else text[: width - 3] + "...")
+            meta = h.get("metadata")
+            row.append(json.dumps(meta, ensure_ascii=False, sort_keys=True) if meta else "")
+        rows.append(row)
+    widths = [max(len(r[c]) for r in [cols, *rows]) for c in range(len(cols))]
+    right = {0, 1}  # rank and score align right
+
+    def line(r: list[str]) -> str:
+        cells = [
+            v.rjust(w) if c in right else v.ljust(w)
+            for c, (v, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        return "  " + "  ".join(cells).rstrip()
+
+    return "\n".join([line(cols), *(line(r) for r in rows)])
 
 
 @oracle_app.command("distill")

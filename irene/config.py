@@ -238,18 +238,45 @@ class PseudoLabelConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """The index written to: the same settings as the Serve app's ``args.index`` +
-    ``args.index_uri`` (serve_app.schemas), so a bulk ingest reaches the app's shard actors."""
+    """The index: its shard actors and how queries read it. One definition for the Serve
+    app (``args.index``), the bulk ingest (``ingest.index``) and the cluster YAML; a shard
+    actor found running with other settings is an error naming the difference."""
 
     uri: str = ""  # log + snapshots: dir or s3:// prefix (one sub-prefix per shard actor)
     name: str = "irene-index"  # Ray actor name (with n_owners > 1: name-shard-000-of-004, ...)
     namespace: str = "irene"
-    n_owners: int = 1  # shard actors
+    n_owners: int = 1  # shard actors: each owns 1/n of the items (own log and snapshots)
     n_shards: int = 4  # FAISS shards inside each shard actor
     spec: dict = field(default_factory=dict)  # irene.index.shard.IndexSpec fields
-    num_cpus: float = 0.5  # per shard actor (used when the ingest creates them)
-    resources: dict = field(default_factory=dict)  # custom Ray resources per shard actor
-    snapshot_every: int = 1000
+    num_cpus: float = 0.5  # per shard actor
+    resources: dict = field(default_factory=dict)  # custom Ray resources, e.g. {"index": 1}
+    max_concurrency: int = 8  # threads per shard actor (searches run alongside writes)
+    snapshot_every: int = 1000  # log records between automatic (background) snapshots; 0: off
+    keep_snapshots: int = 2
+    seed_chunk: int = 4096  # bundle items per log record when seeding an empty index
+    # every replica that answers queries keeps a copy of the index, kept current by the shard
+    # actors' change feeds (no Ray call per query; writes wait until every copy has them)
+    read_replica: bool = True
+    # one ShardReader deployment per shard actor, each replica a copy of that shard only; the
+    # answering replicas then hold no copy (read_replica is ignored)
+    shard_readers: bool = False
+    lease_s: float = 1.5  # a copy answers only while in contact with its shard actor
+
+    def __post_init__(self) -> None:
+        for name in ("n_owners", "n_shards", "keep_snapshots", "seed_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"'index.{name}' must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrency < 2:
+            raise ConfigError(f"'index.max_concurrency' must be >= 2, got {self.max_concurrency}")
+        if self.num_cpus < 0 or self.snapshot_every < 0:
+            raise ConfigError("'index.num_cpus' and 'index.snapshot_every' must be >= 0")
+        if self.lease_s <= 0:
+            raise ConfigError(f"'index.lease_s' must be > 0, got {self.lease_s}")
+
+    @property
+    def copies_in_replica(self) -> bool:
+        """Does every answering replica keep a copy of every shard?"""
+        return self.read_replica and not self.shard_readers
 
 
 @dataclass(frozen=True)
@@ -514,9 +541,6 @@ def validate(cfg: Config) -> Config:
     for name in ("batch_size", "generate_actors", "write_actors"):
         if getattr(ing, name) < 1:
             raise ConfigError(f"'ingest.{name}' must be >= 1, got {getattr(ing, name)}")
-    for name in ("n_owners", "n_shards"):
-        if getattr(ing.index, name) < 1:
-            raise ConfigError(f"'ingest.index.{name}' must be >= 1")
     if ing.encode_actors < 0:
         raise ConfigError("'ingest.encode_actors' must be >= 0")
     t = cfg.train

@@ -1,12 +1,12 @@
 """The pipeline, written once: prepare -> train_classifiers -> train_generator -> build_bundle.
 
-"Local or Ray" is only the :class:`Executor` at three seams:
+"Local or Ray" is only the executor (:mod:`irene.executor`) at three seams:
 
     encode(texts, encoder)          the encoder in this process | Ray Data encoder actors
     fit(stage, config, table, name) the stage's train_func here | the same in a TorchTrainer
     score(pairs)                    the oracle in this process  | Ray Data oracle actors
 
-(:class:`LocalExecutor` here, ``irene.ray.executor.RayExecutor`` for Ray). Every stage reads
+(``irene.executor.LocalExecutor``, ``irene.ray.executor.RayExecutor`` for Ray). Every stage reads
 and writes ``work_dir`` (local or s3://, layout in :mod:`irene.train.artifacts`), so each can
 run as its own ``ray job`` (``pipelines/<stage>.py``) and every stage checks its inputs and
 the storage it writes to *before* any work starts (:class:`PipelineError`).
@@ -21,8 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import faiss  # noqa: F401,I001  (before torch)
 import numpy as np
@@ -39,108 +38,26 @@ from irene.data.production import (
     read_xc_data,
 )
 from irene.data.split import ZeroShotSplit, validation_dataset, zero_shot_split
+from irene.executor import (  # noqa: F401  (LocalExecutor, FitResult: re-exported)
+    Executor,
+    FitResult,
+    LocalExecutor,
+    fit_encoder,
+    make_executor,
+)
 from irene.train import artifacts
+from irene.train.artifacts import ITEMS_PER_FILE, PAIRS_PER_FILE
+from irene.train.result import sub_state
 
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("prepare", "train_classifiers", "train_generator", "build_bundle")
 EXIT_CONFIG = 2  # bad config / missing input / unreachable storage
 XC_FILES = (xc.TRN_X, xc.TST_X, xc.Y_TXT, xc.TRN_X_Y, xc.TST_X_Y)
-PAIRS_PER_FILE = 50_000  # rows per Parquet part of the pair tables
-ITEMS_PER_FILE = 5_000  # rows per Parquet part of the item table
 
 
 class PipelineError(RuntimeError):
     """A pipeline input, output or storage location is unusable."""
-
-
-# ----------------------------------------------------------------------------------------------
-# executors
-
-
-@dataclass
-class FitResult:
-    run_name: str
-    state: dict[str, Any]  # the final checkpoint (model, optimizer, epoch, history)
-    history: list[dict[str, Any]]  # per-epoch metrics, resumed epochs counted once
-    seconds: float
-    checkpoint_epochs: list[int] = field(default_factory=list)
-
-
-class Executor(Protocol):
-    name: str
-
-    def encode(self, texts: list[str], encoder: EncoderConfig) -> np.ndarray:
-        """(n, d) float32 L2-normalised embeddings."""
-
-    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str) -> FitResult:
-        """Run ``irene.train.stages.TRAIN_FUNCS[stage](config, ctx)`` over the Parquet table
-        at ``table``; ``config["seed"]`` seeds the batch order."""
-
-    def score(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
-        """(relevance (P,), oracle stats) of (document, label) pairs."""
-
-
-class LocalExecutor:
-    """Everything in this process (``irene benchmark``, tests, laptops).
-
-    Embeddings are memoised per (encoder config, text) for the executor's lifetime, so runs
-    that share one executor (``irene benchmark --seeds``: same texts, other splits) encode
-    each text once; an encoder that changes (fine-tuning) has another config: another key.
-    """
-
-    name = "local"
-
-    def __init__(self, cfg: Config, show_progress: bool = True, oracle_factory=None) -> None:
-        self.cfg = cfg
-        self.show_progress = show_progress
-        self._oracle_factory = oracle_factory
-        self._oracle = None
-        self._encoders: dict[str, Any] = {}
-        self._memo: dict[str, dict[str, np.ndarray]] = {}
-
-    def encode(self, texts: list[str], encoder: EncoderConfig) -> np.ndarray:
-        from irene.model.encoder import TextEncoder
-
-        key = config_hash(encoder)
-        memo = self._memo.setdefault(key, {})
-        todo = list(dict.fromkeys(t for t in texts if t not in memo))  # unique, in order
-        if todo:
-            if key not in self._encoders:
-                self._encoders[key] = TextEncoder.from_config(encoder)
-            emb = self._encoders[key].encode(todo, show_progress=self.show_progress)
-            memo.update(zip(todo, emb, strict=True))
-        return np.stack([memo[t] for t in texts]).astype(np.float32, copy=False)
-
-    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str) -> FitResult:
-        from irene.train.batches import TableBatches
-        from irene.train.loop import LocalContext
-        from irene.train.stages import TRAIN_FUNCS
-
-        t0 = time.perf_counter()
-        batches = TableBatches(artifacts.read_table_parts(table), int(config.get("seed", 0)))
-        ctx = LocalContext(batches, show_progress=self.show_progress)
-        TRAIN_FUNCS[stage](config, ctx)
-        if ctx.state is None:
-            raise RuntimeError(f"training stage {stage} ended without a final state")
-        return FitResult(run_name, ctx.state, ctx.history, time.perf_counter() - t0)
-
-    def score(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
-        from irene.oracle import make_oracle
-        from irene.oracle.distill import score_pairs
-
-        if self._oracle is None:
-            self._oracle = (self._oracle_factory or (lambda: make_oracle(self.cfg.oracle)))()
-        rel = score_pairs(self._oracle, pairs, self.cfg.oracle.batch_size)
-        return rel, self._oracle.stats.as_dict()
-
-
-def make_executor(cfg: Config, **kwargs: Any) -> Executor:
-    if cfg.executor == "ray":
-        from irene.ray.executor import RayExecutor
-
-        return RayExecutor(cfg, **kwargs)
-    return LocalExecutor(cfg, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,41 +330,8 @@ def finetune_encoder(
     }
 
 
-def fit_encoder(
-    ex: Executor,
-    encoder: EncoderConfig,
-    table: dict[str, Any],
-    params: dict[str, Any],
-    out_dir: str,
-    run_name: str | None = None,
-) -> tuple[EncoderConfig, FitResult]:
-    """Contrastive fine-tuning of ``encoder`` on a text-pair table (``anchor``, ``candidate``,
-    optional ``weight`` and ``hard``) through the executor; the table is written to
-    ``out_dir/text_pairs`` and the tuned encoder to ``out_dir/encoder``, which the returned
-    EncoderConfig points to. ``params``: epochs, batch_size, lr, temperature, seed,
-    hard_negatives."""
-    from irene.model.encoder import TextEncoder
-
-    uri = io.join(out_dir, artifacts.TEXT_PAIRS_DIR)
-    artifacts.write_table_parts(uri, table, PAIRS_PER_FILE, params["seed"])
-    loop_config = {"encoder": to_dict(encoder), "contrastive": params, "seed": params["seed"]}
-    name = run_name or f"irene-encoder-{config_hash([loop_config, out_dir])}"
-    run = ex.fit("encoder", loop_config, uri, name)
-    tuned = TextEncoder.from_config(dataclasses.replace(encoder, device="cpu"))
-    tuned.load_state_dict(sub_state(run.state["model"], "encoder"))
-    target = io.join(out_dir, artifacts.ENCODER_DIR)
-    artifacts.save_dir(target, tuned.save)
-    return dataclasses.replace(encoder, model=target), run
-
-
 # ----------------------------------------------------------------------------------------------
 # training stages
-
-
-def sub_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The entries of an objective's state dict under ``prefix.`` (e.g. the generator's)."""
-    p = prefix + "."
-    return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
 
 
 def _prepare_lineage(cfg: Config) -> str:

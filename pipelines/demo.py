@@ -128,9 +128,8 @@ def run(
     index_name = f"irene-demo-{uuid.uuid4().hex[:8]}"
     args.update(
         bundle=bundle,
-        index_uri=index_dir,
         seed_index=True,
-        index={**args.get("index", {}), "name": index_name},
+        index={**args.get("index", {}), "name": index_name, "uri": index_dir},
         auth={**args.get("auth", {}), "token": token, "token_env": "IRENE_DEMO_UNUSED"},
         deployment_options=deployment_options,
     )

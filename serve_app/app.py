@@ -6,11 +6,12 @@ Programmatic use::
 
     from ray import serve
     from serve_app.app import build_app
-    serve.run(build_app({"bundle": "runs/bundle", "index_uri": "runs/index"}))
+    serve.run(build_app({"bundle": "runs/bundle", "index": {"uri": "runs/index"}}))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -33,9 +34,8 @@ def resolve_args(
     if env.get(BUNDLE_ENV):
         raw["bundle"] = env[BUNDLE_ENV]
     parsed = AppArgs(**raw)
-    return parsed.model_copy(
-        update={"bundle": _absolute(parsed.bundle), "index_uri": _absolute(parsed.index_uri)}
-    )
+    index = dataclasses.replace(parsed.index, uri=_absolute(parsed.index.uri))
+    return parsed.model_copy(update={"bundle": _absolute(parsed.bundle), "index": index})
 
 
 def build_app(args: dict[str, Any] | None = None):
@@ -56,8 +56,7 @@ def build_app(args: dict[str, Any] | None = None):
         ]
     encoder = None  # encoder_placement "ingress": each Ingress replica runs the encoder
     if cfg.encoder_placement == "deployment":
-        encoder = Encoder.options(**opts.get("Encoder", {})).bind(cfg.model_dump(), readers)
-        readers = None  # the Encoder replicas run the queries
+        encoder = Encoder.options(**opts.get("Encoder", {})).bind(cfg.model_dump())
     generator = Generator.options(**opts.get("Generator", {})).bind(
         cfg.bundle, cfg.generator_batch.model_dump(), cfg.threads
     )

@@ -2,34 +2,29 @@
 
 Request flow::
 
-    POST /v1/items  -> Ingress -> Encoder.encode (batched) -> Generator.generate (batched)
-                            -> index actor .add (returns after the write-ahead log write
-                               and once every read replica has the batch)
-    POST /v1/query  -> Ingress -> Encoder.search (batched: one encode, then one search of
-                                   this replica's copy of the index, or one index actor
-                                   .search call, for all concurrent queries; the hits'
-                                   records from where the search ran: see serve_app.readers)
+    POST /v1/items  -> Ingress -> encode (batched) -> Generator.generate (batched)
+                            -> shard actors .upsert (returns after the write-ahead log write,
+                               once every index copy has the batch; says created/updated)
+    POST /v1/query  -> Ingress -> QueryBatcher: one encode, one index view search, one lookup
+                                   of the hits' string ids and records per batch of queries
+
+The index view (``irene.index.view``) is this replica's copies of the shards
+(``index.read_replica``, the default: no Ray call per query), the shard actors, or the
+``ShardReader-<i>`` deployments (``index.shard_readers``: each replica a copy of one shard).
+With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself and no
+``Encoder`` deployment exists -- the fastest placement on CPU-only machines.
 
 An ingested item is stored with its record (text, metadata, source "generated", the serving
 bundle's version): ``GET /v1/items/{id}`` and ``POST /v1/items/fetch`` return it, query hits
 carry ``source`` and, with ``with_payload``, ``text`` / ``metadata`` / ``version``.
 
-With ``encoder_placement: ingress`` the Ingress replica runs the encoder itself
-(:mod:`serve_app.encoding`) and no ``Encoder`` deployment exists: a query then takes no Serve
-hop at all -- the fastest placement on CPU-only machines. With ``index.read_replica`` (the
-default) the encoding replica also searches its own copy of the index (``irene.index.feed``),
-so a query makes no Ray call; without it, one index actor call per batch. With
-``index.shard_readers`` each shard actor gets a ``ShardReader-<i>`` deployment whose replicas
-hold a copy of that shard only (scaled on its own), and a query batch makes one call to one
-replica of each.
+The index is the named, detached shard actors of ``irene.ray.index`` (shared by every
+replica and surviving redeploys; :func:`index_actor` is the one way to reach them, with the
+app's ``args.index``: an actor running with other settings is a startup error). On start an
+Ingress replica asks an *empty* index to seed itself with the bundle's catalogue items.
 
-The index is the named, detached actor of ``irene.ray.index`` (shared by every Ingress
-replica and surviving redeploys of the app; :func:`index_actor` is the one way to reach it;
-with ``index.n_owners > 1`` it is one actor per shard behind a router).
-On start an Ingress replica asks an *empty* index to seed itself with the bundle's seen items'
-trained classifiers (the actor reads them from the bundle). Handlers see one encoder interface
-(``encode``/``search``): a :class:`BatchedEncoder` in this replica or :class:`RemoteEncoder`
-over the Encoder deployment's handle.
+Batching: one :class:`~serve_app.batching.Coalescer` per compute path (no ``@serve.batch``
+in front of it: Serve handle calls arrive concurrently, up to ``max_ongoing_requests``).
 
 NOTE: no ``from __future__ import annotations`` here -- FastAPI under Serve must see real
 annotations to parse request bodies.
@@ -52,12 +47,13 @@ from ray import serve
 from irene import io
 from irene.index.log import StorageUnavailable
 from irene.index.records import Records
+from irene.ray.index import ActorShards, actors_for
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.batching import Coalescer
-from serve_app.encoding import BatchedEncoder, compute_pool, replica_threads
+from serve_app.encoding import BatchedEncoder, QueryBatcher, compute_pool, replica_threads
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
-from serve_app.readers import ShardCopy, ShardReaders, awith_records, with_records
+from serve_app.readers import copies_view
 from serve_app.schemas import (
     AppArgs,
     BatchSettings,
@@ -88,97 +84,38 @@ S3_ENV = io.S3_ENV_VARS
 
 
 # --------------------------------------------------------------------------- helpers
-def index_actor(args: AppArgs, dim: int):
-    """The app's index: its named shard actors (created on first use with the app's settings)
+def index_actor(args: AppArgs, dim: int) -> ActorShards:
+    """The app's index: its named shard actors (created on first use with ``args.index``)
     behind one router (:class:`irene.ray.index.ActorShards`)."""
-    from irene.ray.index import actors_for
-
-    s = args.index
     env = None
-    if args.index_uri.startswith("s3://") or args.bundle.startswith("s3://"):
+    if args.index.uri.startswith("s3://") or args.bundle.startswith("s3://"):
         env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
-    return actors_for(
-        s, args.index_uri, dim, env, max_concurrency=s.max_concurrency, lease_s=s.lease_s
-    )
-
-
-def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-    """Split (sum(sizes), d) rows back into one array per request."""
-    return np.split(rows, np.cumsum(sizes)[:-1])
-
-
-def _configure_batch(method, settings: BatchSettings) -> None:
-    method.set_max_batch_size(settings.max_batch_size)
-    method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+    return actors_for(args.index, dim, env)
 
 
 # --------------------------------------------------------------------------- Encoder
-# @serve.batch collects what is queued *now* (wait 0 by default) and may run many batches at once;
-# the Coalescer behind it merges them into one compute call per free compute slot (see
-# serve_app/batching.py for the measurement that motivated it).
-SERVE_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0, "max_concurrent_batches": 64}
-
-
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class Encoder:
     """The bundle's text encoder as its own deployment (``encoder_placement: deployment``);
-    concurrent calls are micro-batched (``@serve.batch`` + :class:`BatchedEncoder`).
-    ``search`` also runs the index query for the whole batch."""
+    concurrent calls are micro-batched (:class:`BatchedEncoder`)."""
 
-    def __init__(self, args: dict, readers: list | None = None) -> None:
-        """``readers``: handles to the ``ShardReader`` deployments (``index.shard_readers``)."""
+    def __init__(self, args: dict) -> None:
         self.args = AppArgs(**args)
-        settings = self.args.encoder_batch
-        _configure_batch(self._encode_batch, settings)
-        _configure_batch(self._search_batch, settings)
-        self._index = ShardReaders(readers) if readers else None
         self._model = BatchedEncoder(
             self.args.bundle,
-            settings.max_batch_size,
+            self.args.encoder_batch.max_batch_size,
             self.args.threads,
             self.args.device,
-            index=self._index_actor,
-            read_replica=self.args.index.copies_in_replica,
         )
         self.dim = self._model.dim
 
-    def _index_actor(self):
-        """What queries search: the shard readers, or the shard actors (with or without
-        this replica's copies)."""
-        if self._index is None:
-            self._index = index_actor(self.args, self.dim)
-        return self._index
-
     def batch_stats(self) -> dict:
-        """Mean items per compute call so far, for encode (ingest) and search (queries)."""
+        """Mean texts per compute call so far."""
         return self._model.stats()
-
-    async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
-        if getattr(self, "_model", None) is not None:
-            await self._model.aclose()
 
     async def encode(self, texts: list) -> np.ndarray:
         """(n, d) float32 L2-normalised embeddings of ``texts``."""
-        return await self._encode_batch(list(texts))
-
-    async def search(self, texts: list, k: int) -> list:
-        """Top-``k`` ``[(id, score, record), ...]`` per text: encoded and searched in one
-        batch with the other concurrent queries of this replica."""
-        return await self._search_batch((list(texts), int(k)))
-
-    @serve.batch(**SERVE_BATCH)
-    async def _encode_batch(self, requests: list) -> list:
-        emb = await self._model.encode([t for texts in requests for t in texts])  # (N, d)
-        return _split(emb, [len(t) for t in requests])
-
-    @serve.batch(**SERVE_BATCH)
-    async def _search_batch(self, requests: list) -> list:
-        hits = await self._model.search_pairs([(t, k) for texts, k in requests for t in texts])
-        out, start = [], 0
-        for texts, _ in requests:
-            out.append(hits[start : start + len(texts)])
-            start += len(texts)
-        return out
+        return await self._model.encode(list(texts))
 
 
 # --------------------------------------------------------------------------- Generator
@@ -195,7 +132,6 @@ class Generator:
         self._uri = bundle
         self._pool = compute_pool(replica_threads(threads))
         settings = BatchSettings(**(batch or {}))
-        _configure_batch(self._generate_batch, settings)
         self._rows = Coalescer(self._synthesize_rows, settings.max_batch_size)
         log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
 
@@ -219,13 +155,8 @@ class Generator:
 
     async def generate(self, item_emb: np.ndarray) -> np.ndarray:
         """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
-        return await self._generate_batch(np.asarray(item_emb, dtype=np.float32))
-
-    @serve.batch(**SERVE_BATCH)
-    async def _generate_batch(self, requests: list) -> list:
-        out = await self._rows.submit([r for emb in requests for r in emb])  # (N, d)
-        out = np.asarray(out, np.float32).reshape(-1, self._bundle.dim)
-        return _split(out, [len(r) for r in requests])
+        out = await self._rows.submit(list(np.asarray(item_emb, dtype=np.float32)))
+        return np.asarray(out, np.float32).reshape(-1, self._bundle.dim)
 
 
 # --------------------------------------------------------------------------- ShardReader
@@ -233,53 +164,44 @@ class Generator:
 class ShardReader:
     """A copy of one shard of the index (``index.shard_readers``): deployment
     ``ShardReader-<owner>`` follows shard actor ``owner``'s change feed and answers that
-    shard's part of each query batch; while its copy may be stale, the shard actor does."""
+    shard's ``search`` and ``lookup`` calls (a :class:`CopiesView` of one copy, its shard
+    actor answering while the copy may be stale)."""
 
     async def __init__(self, args: dict, owner: int) -> None:
         from irene.bundle import read_manifest
 
         self.args = AppArgs(**args)
         self.owner = int(owner)
-        self._pool = compute_pool(replica_threads(self.args.threads))
-        self._index = index_actor(self.args, int(read_manifest(self.args.bundle)["dim"]))
-        self._copy = ShardCopy(lambda: self._index.handles[self.owner], self._pool)
-        self._copy.start()
-        self._answered = {"copy": 0, "actor": 0}  # query batches, by who answered
+        pool = compute_pool(replica_threads(self.args.threads))
+        index = index_actor(self.args, int(read_manifest(self.args.bundle)["dim"]))
+        mine = ActorShards([index.handles[self.owner]])
+        self._view, (self._follower,) = copies_view([lambda: index.handles[self.owner]], pool, mine)
+        self._follower.start()
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
-        if getattr(self, "_copy", None) is not None:
-            await self._copy.aclose()
+        if getattr(self, "_follower", None) is not None:
+            await self._follower.aclose()
 
-    async def search(self, queries: np.ndarray, k: int) -> list:
-        """Top-``k`` ``[(id, score, record), ...]`` per row of ``queries`` (n, d) in this
-        shard (records from the copy that answered, else one ``get_records`` actor call)."""
-        self._copy.start()  # restarts the follower if it ever ended
-        loop = asyncio.get_running_loop()
-        hits = await loop.run_in_executor(self._pool, self._search_copy, queries, int(k))
-        if hits is not None:
-            self._answered["copy"] += 1
-            return hits
-        self._answered["actor"] += 1
-        actor = self._index.handles[self.owner]
-        hits = await actor.search.remote(queries, int(k))
-        return await awith_records(hits, lambda ids: actor.get_records.remote(ids))
+    async def search(self, queries: np.ndarray, k: int) -> tuple:
+        """Top-``k`` ``(scores, int64 ids)`` of this shard for ``queries`` (n, d)."""
+        self._follower.start()  # restarts the follower if it ever ended
+        return await self._view.search(queries, int(k))
 
-    def _search_copy(self, queries: np.ndarray, k: int) -> list | None:
-        """In the compute thread: the copy's hits with its records, or None while stale."""
-        hits = self._copy.search(queries, k)
-        return None if hits is None else with_records(hits, self._copy.get_records)
+    async def lookup(self, iids: np.ndarray) -> tuple:
+        """String ids and records of int64 ids of this shard."""
+        return await self._view.lookup(iids)
 
     def stats(self, with_ids: bool = False) -> dict:
         """This replica's shard, the vectors in its copy (their ids too, if asked) and who
-        answered its query batches."""
-        rep = self._copy.replica
+        answered its searches."""
+        rep = self._follower.copy
         out = {
             "owner": self.owner,
             "n_owners": self.args.index.n_owners,
             "fresh": rep.fresh(),
             "seq": rep.seq,
             "count": None if rep.index is None else int(rep.index.count),
-            "answered": dict(self._answered),
+            "answered": dict(self._view.answered),
         }
         if with_ids:
             out["ids"] = [] if rep.index is None else sorted(rep.index.ids())
@@ -287,22 +209,13 @@ class ShardReader:
 
 
 class RemoteEncoder:
-    """The Encoder deployment behind the interface of :class:`BatchedEncoder`."""
+    """The Encoder deployment behind the ``encode`` of :class:`BatchedEncoder`."""
 
     def __init__(self, handle) -> None:
         self._handle = handle
 
-    def encode(self, texts: list):
-        return self._handle.encode.remote(texts)
-
-    def search(self, texts: list, k: int):
-        return self._handle.search.remote(texts, k)
-
-    def start_replica(self) -> None:  # the Encoder replicas keep their own copies
-        pass
-
-    async def aclose(self) -> None:
-        pass
+    async def encode(self, texts: list) -> np.ndarray:
+        return await self._handle.encode.remote(texts)
 
 
 # --------------------------------------------------------------------------- Ingress
@@ -443,45 +356,57 @@ class Ingress:
         self.version = info["version"]  # the bundle version ingested items' records name
         self._index = index_actor(self.args, self.dim)
         if encoder is None:  # encoder_placement: ingress
-            searched = ShardReaders(readers) if readers else self._index
-            self._encoder = BatchedEncoder(
+            local = BatchedEncoder(
                 self.args.bundle,
                 self.args.encoder_batch.max_batch_size,
                 self.args.threads,
                 self.args.device,
-                index=lambda: searched,
                 observe=self.metrics.observe_stage,
-                read_replica=self.args.index.copies_in_replica,
             )
+            self._encoder, pool = local, local.pool
         else:
             self._encoder = RemoteEncoder(encoder)
+            pool = compute_pool(replica_threads(self.args.threads))
         await self._check_index()
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
         if self.args.seed_index:
             await self._index.seed_from_bundle(self.args.bundle, self.args.index.seed_chunk)
-        self._encoder.start_replica()  # after seeding: one state transfer, not one per chunk
+        self._followers: list = []
+        if readers:  # index.shard_readers: one replica of each ShardReader answers
+            view = ActorShards(readers)
+        elif self.args.index.copies_in_replica:  # after seeding: one state transfer
+            handles = [(lambda i=i: self._index.handles[i]) for i in range(self._index.n_owners)]
+            view, self._followers = copies_view(
+                handles, pool, self._index, self.metrics.observe_stage
+            )
+            for f in self._followers:
+                f.start()
+        else:
+            view = self._index
+        self._queries = QueryBatcher(
+            self._encoder.encode,
+            view,
+            self.args.encoder_batch.max_batch_size,
+            self.metrics.observe_stage,
+        )
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
-        if getattr(self, "_encoder", None) is not None:
-            await self._encoder.aclose()
+        for f in getattr(self, "_followers", []):
+            await f.aclose()
+
+    def batch_stats(self) -> dict:
+        """Mean items per compute call so far: queries per query batch, texts per encode."""
+        out = {"search": self._queries.stats()}
+        if isinstance(self._encoder, BatchedEncoder):
+            out["encode"] = self._encoder.stats()
+        return out
 
     # ----------------------------------------------------------------- setup
     async def _check_index(self) -> None:
-        """Fail fast if a same-named actor already serves another location or dimension."""
-        stats = await self._index.stats()
-        if stats["dim"] != self.dim:
-            raise RuntimeError(
-                f"index actor {self.args.index.name!r} holds dim {stats['dim']} vectors but the "
-                f"bundle's dim is {self.dim}; use another index name/uri"
-            )
-        if str(stats["uri"]) != self.args.index_uri:
-            log.warning(
-                "index actor %r already runs on %s (asked for %s); using it",
-                self.args.index.name,
-                stats["uri"],
-                self.args.index_uri,
-            )
+        """Fail fast if a same-named shard actor runs with other settings (location,
+        dimension, shards, ...): the error names the difference."""
+        await self._index.verify()
 
     # ----------------------------------------------------------------- helpers
     async def _timed(self, stage: str, awaitable):
@@ -502,18 +427,14 @@ class Ingress:
         check_ingest(req, self.limits)
         ids = [it.id for it in req.items]
         texts = [it.text for it in req.items]
-        # created/updated statuses: one existence check per batch; two requests racing on the
-        # same new id may both report "created"
-        existed = asyncio.ensure_future(self._index.contains(ids))
         emb = await self._timed("encode", self._encoder.encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
-        before = await existed
         records = Records.of(texts, [it.metadata for it in req.items], "generated", self.version)
-        seq = await self._timed("index_add", self._index.add(ids, clf, records))
+        seq, created = await self._timed("index_add", self._index.upsert(ids, clf, records))
         self.metrics.observe_ingest(len(ids))
         results = [
-            {"id": i, "status": "updated" if e else "created"}
-            for i, e in zip(ids, before, strict=True)
+            {"id": i, "status": "created" if c else "updated"}
+            for i, c in zip(ids, created.tolist(), strict=True)
         ]
         return JSONResponse({"results": results, "count": len(ids), "seq": int(seq)})
 
@@ -561,7 +482,7 @@ class Ingress:
     async def query(self, req: QueryRequest) -> JSONResponse:
         texts, k = check_query(req, self.limits)
         fields = payload_fields(req.with_payload)
-        hits = await self._timed("encode_search", self._encoder.search(texts, k))
+        hits = await self._timed("encode_search", self._queries.search(texts, k))
         self.metrics.queries.inc(len(texts))
         return JSONResponse({"results": [[_hit(h, fields) for h in row] for row in hits]})
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from irene.config import IndexConfig, from_dict, to_dict
 from irene.metadata import MAX_METADATA_BYTES, MetadataError, check_metadata, metadata_bytes
 
 MAX_ID_CHARS = 256
@@ -57,57 +58,10 @@ class AuthSettings(_Frozen):
 
 
 class BatchSettings(_Frozen):
-    """Micro-batching knobs: ``@serve.batch`` (requests per batch, wait) and the compute-level
-    Coalescer behind it (texts/vectors per compute call; see serve_app/batching.py)."""
+    """Micro-batching: concurrent requests are merged into compute calls of at most
+    ``max_batch_size`` items by one :class:`serve_app.batching.Coalescer` per replica."""
 
-    max_batch_size: int = Field(32, ge=1, description="requests per @serve.batch; items per call")
-    batch_wait_timeout_s: float = Field(
-        0.0, ge=0.0, description="extra wait for a batch to fill (0: the Coalescer batches)"
-    )
-
-
-class IndexSettings(_Frozen):
-    """The index's named, detached shard actors (``irene.ray.index``)."""
-
-    name: str = "irene-index"
-    namespace: str = "irene"
-    n_owners: int = Field(
-        1,
-        ge=1,
-        description="shard actors: each owns 1/n of the items (its own log and snapshots, "
-        "placed by Ray on any node); queries fan out to every shard and merge the top-k",
-    )
-    n_shards: int = Field(4, ge=1, description="FAISS shards inside each shard actor")
-    spec: dict = Field(default_factory=dict, description="irene.index.shard.IndexSpec fields")
-    num_cpus: float = Field(1.0, ge=0.0)
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description='custom Ray resources per shard actor, e.g. {"index_shard": 1} (cluster/)',
-    )
-    max_concurrency: int = Field(8, ge=2)
-    snapshot_every: int = Field(1000, ge=0)
-    seed_chunk: int = Field(4096, ge=1, description="seen items per log record when seeding")
-    read_replica: bool = Field(
-        True,
-        description="each replica that answers queries keeps a copy of the index, kept current "
-        "by the actor's change feed (no Ray call per query; one index copy in memory per "
-        "replica; writes wait until every copy has them): see irene.index.feed",
-    )
-    shard_readers: bool = Field(
-        False,
-        description="one ShardReader deployment per shard actor, each replica a copy of that "
-        "shard only (scaled on its own: deployment options 'ShardReader'); a query fans out to "
-        "one replica of each shard and the encoding replicas hold no copy (read_replica is "
-        "then ignored)",
-    )
-    lease_s: float = Field(
-        1.5, gt=0.0, description="a read replica answers from its copy only while in contact"
-    )
-
-    @property
-    def copies_in_replica(self) -> bool:
-        """Does every encoding replica (Ingress or Encoder) keep a copy of every shard?"""
-        return self.read_replica and not self.shard_readers
+    max_batch_size: int = Field(32, ge=1, description="texts / vectors per compute call")
 
 
 class AppArgs(_Frozen):
@@ -116,8 +70,11 @@ class AppArgs(_Frozen):
     bundle: str = Field(
         "runs/bundle", description="bundle dir or s3:// prefix; env IRENE_BUNDLE wins"
     )
-    index_uri: str = Field("runs/index", description="index log + snapshots: dir or s3:// prefix")
-    index: IndexSettings = Field(default_factory=IndexSettings)
+    index: IndexConfig = Field(
+        default_factory=lambda: IndexConfig(uri="runs/index"),
+        description="the index (irene.config.IndexConfig, shared with the ingest job): "
+        "its shard actors and how queries read it",
+    )
     limits: ServeLimits = Field(default_factory=ServeLimits)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     encoder_batch: BatchSettings = Field(default_factory=BatchSettings)
@@ -138,6 +95,33 @@ class AppArgs(_Frozen):
             "ShardReader-<i> deployment)",
         )
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _index_uri(cls, data: Any) -> Any:
+        """``index_uri`` (older configs) is ``index.uri``."""
+        if isinstance(data, dict) and "index_uri" in data:
+            data = dict(data)
+            uri = data.pop("index_uri")
+            index = data.get("index")
+            if isinstance(index, IndexConfig):
+                index = to_dict(index)
+            index = dict(index or {})
+            if index.get("uri", uri) != uri:
+                raise ValueError("give the index location once: index.uri or index_uri")
+            data["index"] = {**index, "uri": uri}
+        return data
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _index(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # unknown keys are errors, naming the key
+            return from_dict(IndexConfig, {"uri": "runs/index", **value}, "index")
+        return value
+
+    @property
+    def index_uri(self) -> str:
+        return self.index.uri
 
 
 # --------------------------------------------------------------------------- requests

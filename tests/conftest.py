@@ -125,3 +125,13 @@ def moto_endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def worker_crash(monkeypatch):
+    """Fault injection for Ray Train runs started by this test (``tests/faults.py``):
+    ``worker_crash.arm(rank, epoch, marker)`` makes that rank exit hard right after it reported
+    that epoch, once; ``worker_crash.disarm()`` (or the test's end) restores the real worker."""
+    from tests.faults import WorkerCrash
+
+    return WorkerCrash(monkeypatch)

@@ -199,3 +199,12 @@ def write_catalogue_dir(path, ext: str = "parquet", new_items: int = 0) -> dict:
         "meta": meta,
         "trained": set(train["item_id"].to_pylist()),
     }
+
+
+def named_search(index, queries, k: int) -> list[list[tuple[str, float]]]:
+    """``[(string id, score), ...]`` per query of any index with ``search`` (arrays) and
+    ``lookup`` (ShardedIndex, DurableIndex, IndexActor, RoutedIndex)."""
+    from irene.index.topk import named
+
+    scores, ids = index.search(np.asarray(queries, dtype=np.float32), k)
+    return named(scores, ids, lambda i: index.lookup(i)[0])

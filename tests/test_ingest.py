@@ -4,7 +4,6 @@ a run SIGKILLed mid-way then resumed with nothing lost and nothing twice."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,13 +15,14 @@ import pytest
 
 from irene.config import load_config
 from irene.ingest import (
-    FAULT_ENV,
     IngestError,
     count_items,
     ingest_local,
     iter_items,
     open_local_index,
 )
+from tests.faults import ROOT as FAULTS_CWD
+from tests.faults import kill_after_writes_command
 from tests.helpers import make_tiny_bundle, tiny_item_text
 
 N = 37
@@ -224,11 +224,13 @@ def test_killed_mid_run_then_resumed_loses_nothing_and_stores_nothing_twice(bund
         sys.executable, "-m", "irene.cli", "ingest", items, "--bundle", bundle,
         "--index", index, "--n-owners", "2", "--set", "ingest.batch_size=8",
     ]  # fmt: skip
-    env = {**os.environ, FAULT_ENV: "3"}
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # the same command, SIGKILLed right after its 3rd batch write (tests/faults.py)
+    faulty = kill_after_writes_command(3, cmd[2], cmd[3:])
+    run = {"cwd": FAULTS_CWD, "capture_output": True, "text": True, "timeout": 300}
+    first = subprocess.run(faulty, **run)
     assert first.returncode == -9, first.stderr[-2000:]  # SIGKILLed after 3 batches
-    env.pop(FAULT_ENV)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert "fault injection: SIGKILL after 3 written batches" in first.stderr
+    second = subprocess.run(cmd, **run)
     assert second.returncode == 0, second.stderr[-2000:]
     rep = json.loads(second.stdout[second.stdout.index("{") :])
     assert rep["skipped"] == 24 and rep["written"] == 36 and rep["index_count"] == 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from irene.config import Config, EncoderConfig
-from irene.pipeline import LocalExecutor
+from irene.executor import LocalExecutor
 from tests.helpers import make_tiny_encoder
 
 

@@ -1,8 +1,8 @@
-"""Read replicas of the index: the actor's change feed and the followers' copies.
+"""Index copies: a shard actor's change feed, and the followers' copies it keeps current.
 
 A query that goes to the index actor pays a Ray call per batch (~2-3 ms on the 2-core box,
 more than the search itself). A process that answers queries (an Ingress or Encoder replica)
-can instead keep a :class:`ReadReplica`: a full in-memory copy of the index, searched without
+can instead keep an :class:`IndexCopy`: a full in-memory copy of the index, searched without
 a call, kept current by long-polling the actor's :class:`ChangeFeed`::
 
     feed.poll(follower, epoch, since, timeout_s) -> Changes
@@ -23,15 +23,16 @@ answers from its copy only while the latest poll whose answer it has applied was
 than ``lease_s`` ago, and ``lease_s < expel_after_s``. So a follower that is cut off, stuck or
 dead has stopped answering from its copy before any write it missed is acknowledged (a poll
 sent later arrives after the expulsion, and its answer holds that write); meanwhile its
-queries go to the actor (the caller falls back when :meth:`ReadReplica.search` returns None).
+queries go to the actor (``irene.index.view.CopiesView`` falls back while
+:meth:`IndexCopy.fresh` is False).
 Costs: one copy of the index per replica (memory), and each write waits for one poll round
 trip of every follower (a few ms; up to ``expel_after_s`` once when a follower dies).
 
 Records travel as ``LogRecord``s and state dicts like the vectors, so a copy also holds the
-items' records (``replica.index.get_records``).
+items' records (``copy.index.lookup``).
 
 Both classes are plain Python (threads, no Ray): the actor wires the feed to its
-``DurableIndex`` (``add_listener``/``export_state``), Serve replicas drive a ``ReadReplica``.
+``DurableIndex`` (``add_listener``/``export_state``), Serve replicas drive an ``IndexCopy``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from irene.index.log import LogRecord, apply_record
 from irene.index.sharded import ShardedIndex
@@ -131,9 +130,7 @@ class ChangeFeed:
                         del self._followers[name]
                         expelled.append(name)
                         self.expelled += 1
-                        log.warning(
-                            "read replica %s expelled: no confirmation of seq %d", name, seq
-                        )
+                        log.warning("index copy %s expelled: no confirmation of seq %d", name, seq)
                     else:
                         deadlines[name] = f.arrived + self.expel_after_s
                 if now < self._grace_until:
@@ -177,10 +174,11 @@ class ChangeFeed:
             }
 
 
-class ReadReplica:
-    """A follower's copy of the index. Not thread-safe by itself: apply changes and search
-    from one thread (the Serve replicas use their compute thread); ``poll_args`` may be
-    called from another."""
+class IndexCopy:
+    """A follower's copy of one shard actor's index (``index``, a ``ShardedIndex``). Not
+    thread-safe by itself: apply changes and search ``index`` from one thread (the Serve
+    replicas use their compute thread), and only while :meth:`fresh`
+    (``irene.index.view.CopiesView`` does both); ``poll_args`` may be called from another."""
 
     def __init__(self, name: str | None = None, clock: Callable[[], float] = time.monotonic):
         self.name = name or uuid.uuid4().hex
@@ -215,7 +213,7 @@ class ReadReplica:
                 self.index.close()
             self.index, self.epoch, self.seq = index, ch.epoch, ch.seq
             self._sent = self._in_flight_sent
-            log.info("read replica %s loaded %d vectors at seq %d", self.name, index.count, ch.seq)
+            log.info("index copy %s loaded %d vectors at seq %d", self.name, index.count, ch.seq)
             return
         if ch.epoch != self.epoch:
             raise ValueError(f"changes of epoch {ch.epoch}, replica is at {self.epoch}")
@@ -224,7 +222,7 @@ class ReadReplica:
                 continue
             if rec.seq != self.seq + 1:  # cannot happen with one poller; resync if it does
                 log.error(
-                    "read replica %s: seq gap %d -> %d; resyncing", self.name, self.seq, rec.seq
+                    "index copy %s: seq gap %d -> %d; resyncing", self.name, self.seq, rec.seq
                 )
                 self.epoch, self.seq = None, -1
                 return
@@ -237,15 +235,3 @@ class ReadReplica:
         """May this copy answer queries now (it holds a state, and the poll of the latest
         applied answer was sent within the lease)?"""
         return self.index is not None and self._clock() - self._sent < self.lease_s
-
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]] | None:
-        """Top-k per query row from the copy, or None when it may be stale (ask the actor)."""
-        if not self.fresh():
-            return None
-        return self.index.search(queries, k)
-
-    def get_records(self, ids: list[str]) -> list[dict | None] | None:
-        """The copy's record of each id (None where absent), or None when it may be stale."""
-        if not self.fresh():
-            return None
-        return self.index.get_records(ids)

@@ -642,6 +642,7 @@ class DurableIndex:
         self._snapshot_lock = threading.Lock()
         self._closed = False
         self._listeners: list[Callable[[LogRecord], None]] = []
+        self._snapshotter: threading.Thread | None = None
 
     @classmethod
     def open(
@@ -759,17 +760,27 @@ class DurableIndex:
     def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> int:
         """Upsert a batch (ids (n,), vecs (n, dim), records (n rows) or None: no records);
         validated, then durable when it returns. Returns its seq."""
+        return self.upsert(ids, vecs, records)[0]
+
+    def upsert(
+        self, ids: Sequence[str], vecs, records: Records | None = None
+    ) -> tuple[int, np.ndarray]:
+        """:meth:`add`, also returning ``created`` (n,) bool per id of the batch (an id
+        repeated in the batch reads as the batch's single upsert of it)."""
         with self._write_lock:
-            ids, x, records = self.index.prepare_batch(ids, vecs, records)
-            if not ids:
-                return self._last_seq
-            rec = LogRecord(self._last_seq + 1, "upsert", ids, x, records)
+            uniq, x, records = self.index.prepare_batch(ids, vecs, records)
+            if not uniq:
+                return self._last_seq, np.zeros(0, dtype=bool)
+            rec = LogRecord(self._last_seq + 1, "upsert", uniq, x, records)
             self._commit(rec)
-            self.index.add_prepared(ids, x, records)
+            created = self.index.add_prepared(uniq, x, records)
             self._publish(rec)
             seq = self._last_seq
         self._maybe_snapshot()
-        return seq
+        if len(uniq) != len(ids):
+            new = dict(zip(uniq, created.tolist(), strict=True))
+            created = np.array([new[s] for s in ids], dtype=bool)
+        return seq, created
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present. Durable when it returns."""
@@ -815,8 +826,13 @@ class DurableIndex:
         """Per id its record dict, or None when absent (``ShardedIndex.get_records``)."""
         return self.index.get_records(ids)
 
-    def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(scores, int64 ids)`` arrays (``ShardedIndex.search``)."""
         return self.index.search(queries, k)
+
+    def lookup(self, iids) -> tuple[list, list]:
+        """String ids and records of int64 ids (``ShardedIndex.lookup``)."""
+        return self.index.lookup(iids)
 
     @property
     def count(self) -> int:
@@ -824,16 +840,29 @@ class DurableIndex:
 
     # ----------------------------------------------------------------- snapshots
     def _maybe_snapshot(self) -> None:
+        """Start a snapshot in the background once ``snapshot_every`` records were logged
+        since the last one (the write that crossed the line does not wait for it)."""
         if self.snapshot_every and self._last_seq - self._snapshot_seq >= self.snapshot_every:
             if self._snapshot_lock.acquire(blocking=False):  # else one is already running
-                try:
-                    self._snapshot_locked()
-                except Exception:  # the batch is already durable in the log: don't fail it
-                    log.exception(
-                        "automatic snapshot of %s failed; will retry later", self._store.uri
-                    )
-                finally:
-                    self._snapshot_lock.release()
+                self._snapshotter = threading.Thread(
+                    target=self._background_snapshot, name="irene-snapshot", daemon=True
+                )
+                self._snapshotter.start()
+
+    def _background_snapshot(self) -> None:
+        try:
+            if not self._closed:
+                self._snapshot_locked()
+        except Exception:  # the batches are already durable in the log: don't fail them
+            log.exception("automatic snapshot of %s failed; will retry later", self._store.uri)
+        finally:
+            self._snapshot_lock.release()
+
+    def wait_snapshot(self, timeout: float | None = None) -> None:
+        """Wait for a background snapshot in progress (tests, shutdown)."""
+        t = self._snapshotter
+        if t is not None:
+            t.join(timeout)
 
     def snapshot(self) -> int:
         """Write a snapshot of the current state and compact the log. Returns its seq."""
@@ -873,6 +902,7 @@ class DurableIndex:
         return seq
 
     def close(self) -> None:
+        self.wait_snapshot()
         with self._write_lock:
             if self._closed:
                 return

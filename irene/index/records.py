@@ -33,13 +33,15 @@ class Records:
     version: list[str]
 
     def __post_init__(self) -> None:
-        n = len(self.text)
-        for name in FIELDS[1:]:
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"records: {name} has {len(getattr(self, name))} rows, text {n}")
-        for i, s in enumerate(self.source):
-            if s not in SOURCES:
-                raise ValueError(f"records: source[{i}] must be one of {SOURCES}, got {s!r}")
+        _check(self)  # once, where the batch is built; copies (take, from_json) are trusted
+
+    @classmethod
+    def _trusted(cls, *cols: list) -> Records:
+        """Columns already validated (a slice of a checked batch, a logged batch)."""
+        out = object.__new__(cls)
+        for name, col in zip(FIELDS, cols, strict=True):
+            object.__setattr__(out, name, col)
+        return out
 
     def __len__(self) -> int:
         return len(self.text)
@@ -62,7 +64,7 @@ class Records:
     def take(self, rows: Sequence[int]) -> Records:
         """The records of ``rows`` (positions in this batch), in that order."""
         rows = list(rows)
-        return Records(*([getattr(self, f)[i] for i in rows] for f in FIELDS))
+        return Records._trusted(*([getattr(self, f)[i] for i in rows] for f in FIELDS))
 
     def row(self, i: int) -> dict[str, Any]:
         return {f: getattr(self, f)[i] for f in FIELDS}
@@ -73,7 +75,8 @@ class Records:
 
     @classmethod
     def from_json(cls, cols: dict[str, list]) -> Records:
-        return cls(*(list(cols[f]) for f in FIELDS))
+        """The columns of ``to_json`` (a logged batch: validated before it was logged)."""
+        return cls._trusted(*(list(cols[f]) for f in FIELDS))
 
     @staticmethod
     def metadata_json(meta: dict[str, Any]) -> str:
@@ -109,12 +112,14 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
     return _META_JSON.encode(meta).encode("utf-8") if meta else b""
 
 
-def check_records(records: Records, n: int) -> None:
-    """Validate a batch of ``n`` records beyond :class:`Records`' own checks: value types,
-    sources, UTF-8-encodable strings and metadata that is JSON-serialisable without NaN/inf
-    (so nothing can fail once the batch is logged). Raises ``ValueError``/``TypeError``."""
-    if len(records) != n:
-        raise ValueError(f"{n} ids but {len(records)} records")
+def _check(records: Records) -> None:
+    """Validate a batch of records: equal column lengths, value types, sources, UTF-8
+    encodable strings and metadata that is JSON-serialisable without NaN/inf (so nothing can
+    fail once the batch is logged). Raises ``ValueError``/``TypeError``."""
+    n = len(records.text)
+    for name in FIELDS[1:]:
+        if len(getattr(records, name)) != n:
+            raise ValueError(f"records: {name} has {len(getattr(records, name))} rows, text {n}")
     for name in ("text", "version"):
         for i, v in enumerate(getattr(records, name)):
             if not isinstance(v, str):
@@ -123,9 +128,9 @@ def check_records(records: Records, n: int) -> None:
                 v.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise ValueError(f"records: {name}[{i}] is not valid text: {e}") from None
-    bad = set(records.source) - set(SOURCES)
-    if bad:
-        raise ValueError(f"records: source must be one of {SOURCES}, got {sorted(bad)}")
+    for i, src in enumerate(records.source):
+        if src not in SOURCES:
+            raise ValueError(f"records: source[{i}] must be one of {SOURCES}, got {src!r}")
     for i, meta in enumerate(records.metadata):
         if not isinstance(meta, dict):
             raise TypeError(f"records: metadata[{i}] must be a dict, got {type(meta).__name__}")

@@ -15,15 +15,15 @@ async router) -- so the routing logic exists once.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from irene.index.records import Records, as_records, check_records
+from irene.index.records import Records, as_records
 from irene.index.sharded import check_str_ids, int_id
+from irene.index.topk import merge_topk
 
 
 def owner_of(iid: int, n_owners: int) -> int:
@@ -50,17 +50,6 @@ class Plan:
 
     calls: list[tuple[int, str, tuple]]
     combine: Callable[[list[Any]], Any]
-
-
-def merge_topk(rows_per_owner: Sequence[list[list[tuple[str, float]]]], k: int) -> list:
-    """Per query, the ``k`` best (id, score) over every owner's best-first list."""
-    if not rows_per_owner:
-        return []
-    n_queries = len(rows_per_owner[0])
-    return [
-        heapq.nlargest(k, (h for rows in rows_per_owner for h in rows[q]), key=lambda h: h[1])
-        for q in range(n_queries)
-    ]
 
 
 def _sum_dicts(dicts: list[dict]) -> dict:
@@ -107,25 +96,44 @@ class ShardRouter:
     def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> Plan:
         """Upsert (with each id's record, or none); the answer is the highest log sequence
         number among the owners written (each owner has its own sequence; the write is
-        durable on all of them on return). Records are validated here, before any owner is
-        written, and split with their ids."""
+        durable on all of them on return)."""
+        calls, _ = self._split_write("add", ids, vecs, records)
+        return Plan(calls, lambda seqs: max(seqs, default=-1))
+
+    def upsert(self, ids: Sequence[str], vecs, records: Records | None = None) -> Plan:
+        """:meth:`add` that also says, per id in the caller's order, whether it was new:
+        the answer is ``(seq, created (n,) bool)``."""
+        calls, positions = self._split_write("upsert", ids, vecs, records)
+
+        def combine(answers: list) -> tuple[int, np.ndarray]:
+            created = np.zeros(len(ids), dtype=bool)
+            for pos, (_, flags) in zip(positions, answers, strict=True):
+                created[pos] = flags
+            return max((seq for seq, _ in answers), default=-1), created
+
+        return Plan(calls, combine)
+
+    def _split_write(self, method: str, ids, vecs, records) -> tuple[list, list]:
+        """The calls of one write, one per owner concerned (records split with their ids),
+        and each call's positions in the caller's batch; shapes are checked before any
+        owner is written."""
         ids = check_str_ids(ids)
         x = np.asarray(vecs, dtype=np.float32)  # (n, d)
         if x.ndim != 2 or len(x) != len(ids):
             raise ValueError(f"{len(ids)} ids but vectors of shape {x.shape}")
-        records = as_records(records)
-        if records is not None:
-            check_records(records, len(ids))
-        parts = self.split(ids)
+        records = as_records(records)  # validated when it was built
+        if records is not None and len(records) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(records)} records")
+        parts = sorted(self.split(ids).items())
         calls = [
             (
                 o,
-                "add",
+                method,
                 ([ids[p] for p in pos], x[pos], None if records is None else records.take(pos)),
             )
-            for o, pos in sorted(parts.items())
+            for o, pos in parts
         ]
-        return Plan(calls, lambda seqs: max(seqs, default=-1))
+        return calls, [pos for _, pos in parts]
 
     def delete(self, ids: Sequence[str]) -> Plan:
         return self._per_id("delete", ids, False)
@@ -148,8 +156,27 @@ class ShardRouter:
         return Plan([(self.owner(id_), "get", (id_,))], lambda a: a[0])
 
     def search(self, queries, k: int) -> Plan:
+        """Top-k ``(scores, int64 ids)`` arrays over every owner, merged."""
         q = np.ascontiguousarray(queries, dtype=np.float32)  # (m, d)
-        return self._everyone("search", (q, int(k)), lambda rows: merge_topk(rows, int(k)))
+        return self._everyone("search", (q, int(k)), lambda parts: merge_topk(parts, int(k)))
+
+    def lookup(self, iids) -> Plan:
+        """``(string ids, records)`` of int64 ids (None, None where absent), in the caller's
+        order; each id asked of its owner (``owner_of``)."""
+        iids = np.asarray(iids, dtype=np.int64).reshape(-1)
+        by_owner = (iids >> 32) % self.n
+        owners = np.unique(by_owner).tolist()
+        pos = {o: np.flatnonzero(by_owner == o) for o in owners}
+
+        def combine(answers: list) -> tuple[list, list]:
+            names: list = [None] * len(iids)
+            records: list = [None] * len(iids)
+            for o, (n, r) in zip(owners, answers, strict=True):
+                for p, ni, ri in zip(pos[o].tolist(), n, r, strict=True):
+                    names[p], records[p] = ni, ri
+            return names, records
+
+        return Plan([(o, "lookup", (iids[pos[o]],)) for o in owners], combine)
 
     def count(self) -> Plan:
         return self._everyone("count", (), sum)

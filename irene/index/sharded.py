@@ -27,8 +27,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from irene.index.records import Records, RecordStore, as_records, check_records, empty_record
+from irene.index.records import Records, RecordStore, as_records, empty_record
 from irene.index.shard import IndexSpec, Shard, as_vectors
+from irene.index.topk import merge_topk, named
 
 _MASK63 = (1 << 63) - 1
 _STATE_VERSION = 2  # 2: item records; 1 (no records) still loads, with empty records
@@ -167,9 +168,9 @@ class ShardedIndex:
         x = as_vectors(vecs, self.dim)  # (n, dim)
         if len(ids) != len(x):
             raise ValueError(f"{len(ids)} ids but {len(x)} vectors")
-        records = as_records(records)
-        if records is not None:
-            check_records(records, len(ids))
+        records = as_records(records)  # validated when it was built (Records)
+        if records is not None and len(records) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(records)} records")
         last = {s: i for i, s in enumerate(ids)}
         if len(last) != len(ids):
             keep = sorted(last.values())
@@ -194,20 +195,24 @@ class ShardedIndex:
         included."""
         self.add_prepared(*self.prepare_batch(ids, vecs, records))
 
-    def add_prepared(self, ids: list[str], x: np.ndarray, records: Records | None) -> None:
+    def add_prepared(self, ids: list[str], x: np.ndarray, records: Records | None) -> np.ndarray:
         """Upsert what ``prepare_batch`` returned (or a logged batch): unique ids, vectors
-        (n, dim) float32 and valid records; only collisions are checked again."""
+        (n, dim) float32 and valid records; only collisions are checked again. Returns
+        ``created`` (n,) bool: True where the id was not stored before."""
         if not ids:
-            return
+            return np.zeros(0, dtype=bool)
         iids = np.array([int_id(s) for s in ids], dtype=np.int64)  # (n,)
         part = iids % self.n_shards
         with self._lock.write():
             self._check_collisions(ids, iids.tolist())  # again: a writer may have raced us
+            get = self._str_of.get
+            created = np.array([get(i) is None for i in iids.tolist()], dtype=bool)
             for sh in np.unique(part).tolist():
                 sel = part == sh
                 self._shards[sh].add(iids[sel], x[sel])
             self._str_of.update(zip(iids.tolist(), ids, strict=True))
             self._records.put(iids, records)
+        return created
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present (and is now gone)."""
@@ -270,8 +275,9 @@ class ShardedIndex:
                 )
             return self._pool
 
-    def search(self, queries, k: int) -> list[list[tuple[str, float]]]:
-        """Top-k (id, inner product) per query, best first; queries (m, dim)."""
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product per query row: ``(scores (m, k) float32, ids (m, k) int64)``
+        best first, padded with -inf / -1 (``irene.index.topk``); queries (m, dim)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
@@ -283,20 +289,31 @@ class ShardedIndex:
                 parts = [s.search(q, k) for s in self._shards]
             else:
                 parts = list(self._executor().map(lambda s: s.search(q, k), self._shards))
-            scores = np.concatenate([p[0] for p in parts], axis=1)  # (m, n_shards * k)
-            iids = np.concatenate([p[1] for p in parts], axis=1)  # (m, n_shards * k)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (m, k)
-            top_s = np.take_along_axis(scores, order, axis=1)
-            top_i = np.take_along_axis(iids, order, axis=1)
-            str_of = self._str_of
-            return [
-                [
-                    (str_of[i], float(s))
-                    for i, s in zip(row_i.tolist(), row_s.tolist(), strict=True)
-                    if i >= 0
-                ]
-                for row_i, row_s in zip(top_i, top_s, strict=True)
+        return merge_topk(parts, k)
+
+    def names(self, iids) -> list[str | None]:
+        """The string id of each int64 id (None where absent)."""
+        with self._lock.read():
+            get = self._str_of.get
+            return [get(i) for i in np.asarray(iids, dtype=np.int64).tolist()]
+
+    def lookup(self, iids) -> tuple[list[str | None], list[dict | None]]:
+        """String id and record of each int64 id (None, None where absent), under one read
+        lock: what a search's hits need at the edge."""
+        iids = np.asarray(iids, dtype=np.int64).reshape(-1)
+        with self._lock.read():
+            get = self._str_of.get
+            names = [get(i) for i in iids.tolist()]
+            rows = self._records.rows_of(iids).tolist()
+            records = [
+                None if n is None else self._records.row(r) if r >= 0 else empty_record()
+                for n, r in zip(names, rows, strict=True)
             ]
+        return names, records
+
+    def search_named(self, queries, k: int) -> list[list[tuple[str, float]]]:
+        """``search`` with string ids: ``[(id, score), ...]`` per query (tools and tests)."""
+        return named(*self.search(queries, k), self.names)
 
     def close(self) -> None:
         with self._pool_lock:

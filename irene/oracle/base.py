@@ -7,10 +7,11 @@ Oracles are used at training time only (distillation into the bi-encoder); never
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,8 @@ from irene.config import (  # noqa: F401  (re-exported: the oracle modules' name
     PACKAGED_SMOLLM2,
     OracleConfig,
 )
+
+log = logging.getLogger(__name__)
 
 YES_TOKENS = ("yes",)  # compared after strip() + lower()
 NO_TOKENS = ("no",)
@@ -152,3 +155,26 @@ class Timed:
 
     def __exit__(self, *exc) -> None:
         self.stats.add(seconds=time.perf_counter() - self.t0)
+
+
+def score_pairs(
+    oracle: Oracle,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 64,
+    desc: str = "oracle",
+    on_progress: Callable[[int, OracleStats], None] | None = None,
+) -> np.ndarray:
+    """Score pairs in-process in batches with a progress bar (pairs, cost so far, ETA)."""
+    from tqdm.auto import tqdm
+
+    out = np.empty(len(pairs), dtype=np.float32)  # (n,)
+    with tqdm(total=len(pairs), desc=desc, unit="pair", mininterval=2.0) as bar:
+        for s in range(0, len(pairs), batch_size):
+            out[s : s + batch_size] = oracle.score(pairs[s : s + batch_size])
+            bar.update(min(batch_size, len(pairs) - s))
+            st = oracle.stats
+            bar.set_postfix(calls=st.calls, cached=st.cached_pairs, usd=f"{st.cost_usd:.4f}")
+            if on_progress is not None:
+                on_progress(s + batch_size, st)
+    log.info("oracle scored %d pairs: %s", len(pairs), oracle.stats.as_dict())
+    return out

@@ -33,13 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from irene import io
 from irene.config import Config, DistillConfig, EncoderConfig, PseudoLabelConfig, TrainConfig
 from irene.eval.protocol import rank
+from irene.executor import Executor, fit_encoder, make_executor
 from irene.model.encoder import TextEncoder
-from irene.oracle.base import Oracle, OracleStats
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +59,6 @@ def shortlist(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, m) top-m label ids and cosine scores per document; embeddings L2-normalised."""
     return rank(doc_emb, label_emb, min(m, len(label_emb)), batch=batch)
-
-
-def score_pairs(
-    oracle: Oracle,
-    pairs: Sequence[tuple[str, str]],
-    batch_size: int = 64,
-    desc: str = "oracle",
-    on_progress: Callable[[int, OracleStats], None] | None = None,
-) -> np.ndarray:
-    """Score pairs in-process in batches with a progress bar (pairs, cost so far, ETA)."""
-    out = np.empty(len(pairs), dtype=np.float32)  # (n,)
-    with tqdm(total=len(pairs), desc=desc, unit="pair", mininterval=2.0) as bar:
-        for s in range(0, len(pairs), batch_size):
-            out[s : s + batch_size] = oracle.score(pairs[s : s + batch_size])
-            bar.update(min(batch_size, len(pairs) - s))
-            st = oracle.stats
-            bar.set_postfix(calls=st.calls, cached=st.cached_pairs, usd=f"{st.cost_usd:.4f}")
-            if on_progress is not None:
-                on_progress(s + batch_size, st)
-    log.info("oracle scored %d pairs: %s", len(pairs), oracle.stats.as_dict())
-    return out
 
 
 def oracle_training_pairs(
@@ -223,7 +201,7 @@ class DistillResult:
 
 
 def distill(
-    ex,
+    ex: Executor,
     encoder: EncoderConfig,
     docs: Sequence[str],
     labels: Sequence[str],
@@ -234,12 +212,10 @@ def distill(
 ) -> DistillResult:
     """Shortlist -> oracle scores -> oracle-weighted contrastive fine-tuning.
 
-    ``ex`` is the pipeline executor: its ``encode`` embeds, its ``score`` judges (unless
-    ``score`` is given, e.g. the gold judge), its ``fit`` fine-tunes; the fine-tuned encoder is
-    saved under ``out_dir/name`` and returned as an EncoderConfig.
+    ``ex`` is an executor (:mod:`irene.executor`): its ``encode`` embeds, its ``score``
+    judges (unless ``score`` is given, e.g. the gold judge), its ``fit`` fine-tunes; the
+    fine-tuned encoder is saved under ``out_dir/name`` and returned as an EncoderConfig.
     """
-    from irene.pipeline import fit_encoder
-
     secs = {}
     t0 = time.perf_counter()
     doc_emb = ex.encode(list(docs), encoder)  # (n, d)
@@ -268,11 +244,9 @@ def distill(
 
 
 def finetune_on_pseudo_labels(
-    ex, encoder: EncoderConfig, docs: Sequence[str], cfg: PseudoLabelConfig, out_dir: str
+    ex: Executor, encoder: EncoderConfig, docs: Sequence[str], cfg: PseudoLabelConfig, out_dir: str
 ) -> tuple[EncoderConfig, list[dict], int]:
     """The pseudo-label baseline: (document anchor, pseudo-query candidate) pairs."""
-    from irene.pipeline import fit_encoder
-
     q, d = pseudo_pairs(docs, cfg)
     if len(q) < 2:
         return encoder, [], len(q)
@@ -283,7 +257,7 @@ def finetune_on_pseudo_labels(
     return tuned, run.history, len(q)
 
 
-def run_distill(cfg: Config, out_dir: str, executor=None) -> dict:
+def run_distill(cfg: Config, out_dir: str, executor: Executor | None = None) -> dict:
     """``irene oracle distill``: the whole flow; writes ``OUT/bundle``, the oracle scores and
     ``OUT/summary.json``; returns the summary."""
     import json
@@ -292,7 +266,6 @@ def run_distill(cfg: Config, out_dir: str, executor=None) -> dict:
 
     from irene.config import replace, to_dict
     from irene.data.xc import read_xc
-    from irene.pipeline import make_executor
 
     cfg = replace(cfg, work_dir=cfg.work_dir or out_dir)  # Ray Train storage: OUT/ray_results
     ex = executor or make_executor(cfg)

@@ -29,6 +29,7 @@ from irene.data.xc import XCDataset, read_xc
 from irene.device import set_threads
 from irene.eval.metrics import evaluate, filter_mask, inverse_propensity, remove_pairs
 from irene.eval.protocol import EVAL_KS, REPORT_METRICS, rank
+from irene.executor import Executor, make_executor
 from irene.oracle.distill import distill, finetune_on_pseudo_labels, sample_docs
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,8 @@ def evaluate_encoder(ex, encoder: EncoderConfig, ds: XCDataset, cfg: Config) -> 
     return evaluate(pred, Y[rows], inv_prop, EVAL_KS)
 
 
-def run_ezxmc(cfg: Config, out_dir: str, executor=None) -> dict:
+def run_ezxmc(cfg: Config, out_dir: str, executor: Executor | None = None) -> dict:
     """Run the arms; write ``results.json`` and ``results.md`` to ``out_dir``."""
-    from irene.pipeline import make_executor
-
     ex = executor or make_executor(cfg)
     set_threads()
     timings: dict[str, float] = {}

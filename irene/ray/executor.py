@@ -1,4 +1,6 @@
-"""RayExecutor: the pipeline's three seams (encode, fit, score) on a Ray cluster."""
+"""RayExecutor: the executor seams of :mod:`irene.executor` (encode, fit, score) on a Ray
+cluster. It implements the ``irene.executor.Executor`` protocol without importing that module
+(``irene.executor.make_executor`` imports this one)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from irene import io
-from irene.config import Config, EncoderConfig, to_dict
+from irene.config import Config, EncoderConfig
+from irene.train.result import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +23,9 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, cfg: Config, oracle_factory=None, fault=None) -> None:
-        from irene.ray.train import FaultInjection
-
+    def __init__(self, cfg: Config, oracle_factory=None) -> None:
         self.cfg = cfg
         self._oracle_factory = oracle_factory
-        self.fault = fault if fault is not None else FaultInjection.from_env()
 
     def _ray(self) -> None:
         from irene.ray import ensure_ray
@@ -42,8 +42,7 @@ class RayExecutor:
             texts, encoder, r.encode_actors, r.encode_batch_size, resolve_use_gpu(r.use_gpu)
         )
 
-    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str):
-        from irene.pipeline import FitResult
+    def fit(self, stage: str, config: dict[str, Any], table: str, run_name: str) -> FitResult:
         from irene.ray.train import TrainerSettings, read_table, run_trainer
 
         self._ray()
@@ -53,7 +52,6 @@ class RayExecutor:
             "stage": stage,
             "shuffle_buffer": r.shuffle_buffer,
             "env": self._worker_env(),
-            "fault": None if self.fault is None else to_dict(self.fault),
         }
         settings = TrainerSettings(
             num_workers=r.num_workers,

@@ -1,4 +1,5 @@
-"""Bulk ingest on Ray Data: the stages of ``irene.ingest`` as ``map_batches`` actor pools.
+"""Bulk ingest on Ray Data: the stages of ``irene.ingest_stages`` as ``map_batches`` actor pools
+(``irene.ingest.run`` dispatches here; this module never imports ``irene.ingest``).
 
     read (Parquet / JSONL / TSV, local or s3://)
       -> Skip + Encode (encoder actors, GPU if any: ids already in the index dropped first)
@@ -24,7 +25,7 @@ import numpy as np
 
 from irene import io
 from irene.config import Config, IndexConfig, to_dict
-from irene.ingest import (
+from irene.ingest_stages import (
     NO_META,
     Encode,
     Generate,
@@ -49,13 +50,15 @@ READ_TASKS = 3  # read tasks at once: their CPUs are budgeted, so they never sta
 
 
 def shard_actors(index: IndexConfig | dict, dim: int, env: dict[str, str] | None = None):
-    """The index's shard actors (created with these settings when absent), as a synchronous
-    routed index."""
+    """The index's shard actors (created with these settings when absent; running with
+    other settings: ``SettingsMismatch``), as a synchronous routed index."""
     from irene.config import from_dict
     from irene.ray.index import actors_for
 
     ix = index if isinstance(index, IndexConfig) else from_dict(IndexConfig, index)
-    return actors_for(ix, ix.uri, dim, env, max_task_retries=-1).sync()
+    shards = actors_for(ix, dim, env, max_task_retries=-1)
+    shards.verify_sync(timeout=300)
+    return shards.sync()
 
 
 class _SkipEncode(Encode):

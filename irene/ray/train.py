@@ -27,34 +27,6 @@ from irene.train.loop import EpochStats
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
-# Testing hook read by the driver: "rank=1,epoch=1,marker=/tmp/x[,delay_s=3]" makes that rank
-# exit hard after reporting that epoch, once (the marker file records that it happened).
-FAULT_ENV = "IRENE_FAULT_INJECT"
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    rank: int
-    epoch: int
-    marker: str
-    delay_s: float = 3.0  # a crash < 2 s after train.report can lose that checkpoint
-
-    @classmethod
-    def from_env(cls, value: str | None = None) -> FaultInjection | None:
-        value = os.environ.get(FAULT_ENV, "") if value is None else value
-        if not value:
-            return None
-        kv = dict(part.split("=", 1) for part in value.split(",") if part)
-        return cls(int(kv["rank"]), int(kv["epoch"]), kv["marker"], float(kv.get("delay_s", 3.0)))
-
-    def maybe_crash(self, rank: int, epoch: int) -> None:
-        if rank != self.rank or epoch != self.epoch or os.path.exists(self.marker):
-            return
-        with open(self.marker, "w") as f:
-            f.write(f"rank {rank} crashed after epoch {epoch}\n")
-        log.warning("fault injection: rank %d exits after epoch %d", rank, epoch)
-        time.sleep(self.delay_s)
-        os._exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,7 +51,6 @@ class RayContext:
         self.device = ray.train.torch.get_device()
         self.seed = int(config.get("seed", 0))
         self.shuffle = int(config.get("shuffle_buffer", 0)) or None
-        self.fault = FaultInjection(**config["fault"]) if config.get("fault") else None
         self._shard = ray.train.get_dataset_shard("train")
         self._epoch = -1
 
@@ -174,8 +145,6 @@ class RayContext:
                 metrics["loss"],
                 self.world_size,
             )
-        if self.fault is not None:
-            self.fault.maybe_crash(self.rank, int(metrics["epoch"]))
 
 
 def reduce_stats(stats: EpochStats, device: torch.device | str = "cpu") -> dict[str, float]:

@@ -49,6 +49,8 @@ RESULTS = "results.json"
 NEIGHBOURS = "neighbours.parquet"
 CLASSIFIERS_DIR = "classifiers"
 GENERATOR_DIR = "generator"
+PAIRS_PER_FILE = 50_000  # rows per Parquet part of the pair tables
+ITEMS_PER_FILE = 5_000  # rows per Parquet part of the item table
 
 
 def history_file(stage: str) -> str:

@@ -47,14 +47,14 @@ def test_launcher_has_head_and_autoscaling_gpu_group(launcher):
     types = launcher["available_node_types"]
     assert launcher["head_node_type"] in types
     workers = [t for name, t in types.items() if name != launcher["head_node_type"]]
-    gpu = [t for t in workers if "index_shard" not in t["resources"]]
+    gpu = [t for t in workers if "index" not in t["resources"]]
     assert len(gpu) == 1
     group = gpu[0]
     assert 0 <= group["min_workers"] <= group["max_workers"] <= launcher["max_workers"]
     assert group["max_workers"] > group["min_workers"]  # it can scale
     assert group["node_config"]["InstanceType"].startswith(("g4", "g5", "g6", "p3", "p4", "p5"))
-    (index,) = [t for t in workers if "index_shard" in t["resources"]]  # shard actors' nodes
-    assert index["max_workers"] > index["min_workers"] and index["resources"]["index_shard"] >= 1
+    (index,) = [t for t in workers if "index" in t["resources"]]  # shard actors' nodes
+    assert index["max_workers"] > index["min_workers"] and index["resources"]["index"] >= 1
     setup = " ".join(launcher["setup_commands"])
     assert "irene[gpu]" in setup
     assert any("ray start --head" in c for c in launcher["head_start_ray_commands"])
@@ -94,7 +94,7 @@ def test_rayservice_structure(rayservice):
             assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
         else:  # the shard actors' pods advertise the resource the actors ask for
             res = json.loads(json.loads(g["rayStartParams"]["resources"]))
-            assert res["index_shard"] >= 1 and res["index_reader"] >= 1  # + ShardReaders
+            assert res["index"] >= 1 and res["index_reader"] >= 1  # + ShardReaders
 
 
 def test_rayservice_serve_config_is_a_valid_serve_config(rayservice):
@@ -114,7 +114,7 @@ def test_rayservice_serve_config_is_a_valid_serve_config(rayservice):
         auto = deps[name]["autoscaling_config"]
         assert auto["min_replicas"] >= 1 and auto["min_replicas"] < auto["max_replicas"]
     assert deps["Encoder"]["ray_actor_options"]["num_gpus"] > 0
-    assert args.index.n_owners > 1 and args.index.resources == {"index_shard": 1}
+    assert args.index.n_owners > 1 and args.index.resources == {"index": 1}
     # queries fan out to one copy of each shard: ShardReader replicas on the index nodes
     assert args.index.shard_readers and not args.index.copies_in_replica
     reader = args.deployment_options["ShardReader"]

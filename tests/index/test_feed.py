@@ -1,4 +1,4 @@
-"""Read replicas: ChangeFeed (actor side) + ReadReplica (follower side), without Ray."""
+"""Read replicas: ChangeFeed (actor side) + IndexCopy (follower side), without Ray."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-from irene.index.feed import ChangeFeed, ReadReplica
+from irene.index.feed import ChangeFeed, IndexCopy
 from irene.index.log import DurableIndex
+from tests.helpers import named_search
 
 DIM = 8
 SPEC = {"kind": "flat", "use_gpu": False}
@@ -34,31 +35,31 @@ def _feed(idx: DurableIndex, **kw) -> ChangeFeed:
     return feed
 
 
-def _synced(idx: DurableIndex, **kw) -> tuple[ChangeFeed, ReadReplica]:
+def _synced(idx: DurableIndex, **kw) -> tuple[ChangeFeed, IndexCopy]:
     """A feed over ``idx`` and a follower that has loaded its state."""
     feed = _feed(idx, **kw)
-    rep = ReadReplica()
+    rep = IndexCopy()
     _sync(feed, rep)
     return feed, rep
 
 
-def _sync(feed: ChangeFeed, rep: ReadReplica, timeout_s: float = 0.0):
+def _sync(feed: ChangeFeed, rep: IndexCopy, timeout_s: float = 0.0):
     ch = feed.poll(*rep.poll_args(), timeout_s)
     rep.apply(ch)
     return ch
 
 
-def _assert_same(idx: DurableIndex, rep: ReadReplica) -> None:
+def _assert_same(idx: DurableIndex, rep: IndexCopy) -> None:
     q = np.random.default_rng(99).standard_normal((5, DIM)).astype(np.float32)  # (5, DIM)
     assert rep.index.count == idx.count
-    assert rep.search(q, 3) == idx.search(q, 3)
+    assert named_search(rep.index, q, 3) == named_search(idx, q, 3)
 
 
 def test_bootstrap_then_deltas_match_the_index(durable):
     durable.add(*_batch(0))
     feed = _feed(durable)
-    rep = ReadReplica()
-    assert rep.search(np.zeros((1, DIM), np.float32), 1) is None  # nothing yet: ask the actor
+    rep = IndexCopy()
+    assert rep.index is None and not rep.fresh()  # nothing yet: ask the actor
     ch = _sync(feed, rep)
     assert ch.state is not None and ch.seq == 1 and rep.seq == 1
     _assert_same(durable, rep)
@@ -117,7 +118,7 @@ def test_silent_follower_is_expelled_and_its_lease_has_expired(durable):
     assert 0.3 <= time.monotonic() - t0 < 5
     # the invariant that makes this safe: before the write is acknowledged, the cut-off copy
     # has stopped answering (it would miss b0-0)
-    assert not rep.fresh() and rep.search(_batch(0)[1], 1) is None
+    assert not rep.fresh()
     assert feed.stats()["followers"] == 0
     assert feed.wait_followers(seq) == []  # expelled followers are not waited for again
     rep.poll_args()
@@ -140,7 +141,7 @@ def test_a_new_feed_acknowledges_nothing_before_old_leases_have_run_out(durable)
     """A restarted actor does not know the followers of its previous incarnation: its first
     writes wait until their leases have expired (then they have polled it, or stay stale)."""
     old_feed = _feed(durable, lease_s=0.3)
-    rep = ReadReplica()
+    rep = IndexCopy()
     _sync(old_feed, rep)
     assert rep.fresh()
     restarted = ChangeFeed(durable.export_state, durable.last_seq, lease_s=0.3)  # grace 0.6 s
@@ -157,7 +158,7 @@ def test_a_new_feed_acknowledges_nothing_before_old_leases_have_run_out(durable)
 
 def test_new_epoch_or_far_behind_gets_the_whole_state(durable):
     feed = _feed(durable, max_rows=8)  # keeps 2 batches of 4 rows
-    rep = ReadReplica()
+    rep = IndexCopy()
     _sync(feed, rep)
     for b in range(5):
         durable.add(*_batch(b))
@@ -175,7 +176,7 @@ def test_new_epoch_or_far_behind_gets_the_whole_state(durable):
 
 def test_lease_and_lost_contact():
     now = [100.0]
-    rep = ReadReplica(clock=lambda: now[0])
+    rep = IndexCopy(clock=lambda: now[0])
     feed = ChangeFeed(lambda: (0, _empty_state()), 0, lease_s=1.0, clock=lambda: now[0])
     rep.apply(feed.poll(*rep.poll_args(), 0.0))
     assert rep.poll_timeout_s() == pytest.approx(1 / 3)
@@ -211,7 +212,7 @@ def test_a_replica_copy_holds_the_records(durable):
     durable.add(ids0, x0, recs(ids0, "a"))
     feed, rep = _synced(durable)  # bootstrap: the whole state, records included
     assert rep.index.get_records(ids0) == durable.get_records(ids0)
-    assert rep.get_records(ids0)[0] == {
+    assert rep.index.get_records(ids0)[0] == {
         "text": "b0-0 a", "metadata": {"tag": "a"}, "source": "trained", "version": "a"
     }  # fmt: skip
     ids1, x1 = _batch(1)
@@ -226,4 +227,4 @@ def test_a_replica_copy_holds_the_records(durable):
     got = rep.index.get_records(ids0)
     assert got[0]["text"] == "b0-0 c" and got[1] == empty_record() and got[2] is None
     rep.lost_contact()
-    assert rep.get_records(ids0) is None  # stale: ask the actor
+    assert not rep.fresh()  # stale: CopiesView asks the actor

@@ -25,6 +25,7 @@ from irene.index.log import (
 )
 from irene.index.records import Records, empty_record
 from irene.index.sharded import ShardedIndex
+from tests.helpers import named_search
 
 DIM = 8
 BUCKET = "irene-test"  # created by the moto_s3 fixture
@@ -52,6 +53,7 @@ def _fill(uri: str, batches: range, **kw) -> None:
     with _open(uri, **kw) as di:
         for b in batches:
             di.add(*_batch(b))
+            di.wait_snapshot()  # automatic snapshots run in the background: one at a time here
 
 
 def _segments(uri: str) -> list[str]:
@@ -86,7 +88,7 @@ def test_round_trip(uri):
         assert di.delete(["b0-0", "zzz", "b0-0"]) == [True, False, False]
         assert di.delete(["zzz"]) == [False]  # nothing to delete: no record
         q = _batch(99)[1]
-        before = di.search(q, 5)
+        before = named_search(di, q, 5)
         assert di.count == 19 and di.last_seq == 6
 
     records, report = read_log(uri)
@@ -104,7 +106,7 @@ def test_round_trip(uri):
         )
         assert di.count == 19 and di.get("b0-0") is None
         _assert_has(di, range(1, 5))
-        assert di.search(q, 5) == before
+        assert named_search(di, q, 5) == before
         assert di.add(*_batch(7)) == 7
 
 
@@ -227,7 +229,8 @@ def test_snapshot_restores_without_replay(uri):
     with _open(uri, snapshot_every=3) as di:
         for b in range(3):
             di.add(*_batch(b))
-        assert di.snapshot_seq == 3  # automatic
+        di.wait_snapshot()  # automatic, in the background: the write did not wait for it
+        assert di.snapshot_seq == 3
     with _open(uri) as di:
         rep = di.recovery_report
         assert rep.snapshot_seq == 3 and rep.replayed_records == 0 and rep.clean
@@ -301,7 +304,7 @@ def test_s3_outage_refuses_writes_then_resumes_by_itself(moto_endpoint, monkeypa
         with pytest.raises(StorageUnavailable, match="nothing was acknowledged"):
             di.add(*_batch(1))
         assert di.last_seq == 1 and di.get("b1-0") is None
-        assert di.search(_batch(0)[1][:1], 1)[0][0][0] == "b0-0"  # reads still answer
+        assert named_search(di, _batch(0)[1][:1], 1)[0][0][0] == "b0-0"  # reads still answer
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()  # S3 back (same state)
         assert di.add(*_batch(2)) == 2

@@ -6,9 +6,10 @@ import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-from irene.index.router import RoutedIndex, ShardRouter, merge_topk, owner_of, owner_uri
+from irene.index.actor import IndexActor
+from irene.index.router import RoutedIndex, ShardRouter, owner_of, owner_uri
 from irene.index.sharded import ShardedIndex, int_id
-from irene.ray.index import IndexActor
+from tests.helpers import named_search
 
 DIM = 16
 FLAT = {"kind": "flat", "use_gpu": False}
@@ -21,7 +22,10 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _owners(tmp_path, n: int, **kw) -> RoutedIndex:
     return RoutedIndex(
-        [IndexActor(owner_uri(str(tmp_path / "index"), i, n), DIM, 2, FLAT, **kw) for i in range(n)]
+        [
+            IndexActor.open(owner_uri(str(tmp_path / "index"), i, n), DIM, 2, FLAT, **kw)
+            for i in range(n)
+        ]
     )
 
 
@@ -52,7 +56,7 @@ def test_four_owners_answer_like_one_index(tmp_path):
     per_owner = [o.count() for o in shards.owners]
     assert sum(per_owner) == 400 and min(per_owner) > 60
     assert shards.count() == 400
-    got, want = shards.search(q, 10), one.search(q, 10)
+    got, want = named_search(shards, q, 10), named_search(one, q, 10)
     assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want]
     np.testing.assert_allclose([[s for _, s in r] for r in got], [[s for _, s in r] for r in want])
     # per-id answers come back in the caller's order, whichever owner holds each id
@@ -74,8 +78,8 @@ def test_four_owners_answer_like_one_index(tmp_path):
     # every owner restores its own log: the same index again
     again = _owners(tmp_path, 4)
     assert again.count() == 398
-    assert [i for i, _ in again.search(q[:1], 5)[0]] == [
-        i for i, _ in one.search(q[:1], 7)[0] if i not in ("item-0", "item-1")
+    assert [i for i, _ in named_search(again, q[:1], 5)[0]] == [
+        i for i, _ in named_search(one, q[:1], 7)[0] if i not in ("item-0", "item-1")
     ][:5]
     again.close()
 
@@ -90,23 +94,21 @@ def test_seeding_splits_the_bundle_items_over_the_owners(tmp_path):
     vecs = np.concatenate([c[1] for c in chunks])  # (n, d)
     want = [c[2].row(k) for c in chunks for k in range(len(c[0]))]
     owners = [
-        IndexActor(owner_uri(str(tmp_path / "idx"), i, 3), vecs.shape[1], 1, FLAT) for i in range(3)
+        IndexActor.open(owner_uri(str(tmp_path / "idx"), i, 3), vecs.shape[1], 1, FLAT)
+        for i in range(3)
     ]
-    added = [o.seed_from_bundle(bundle, 8, i, 3) for i, o in enumerate(owners)]
+    added = [o.seed(iter_index_items(bundle, 8), i, 3) for i, o in enumerate(owners)]
     assert sum(added) == len(ids) >= 40 and min(added) > 0
     shards = RoutedIndex(owners)
     assert shards.contains(ids) == [True] * len(ids)
     np.testing.assert_allclose(np.stack(shards.get_many(ids)), vecs, atol=1e-6)
     assert shards.get_records(ids) == want  # every item with its record
     assert {r["source"] for r in want} >= {"trained"}
-    assert [o.seed_from_bundle(bundle, 8, i, 3) for i, o in enumerate(owners)] == [0, 0, 0]
+    assert [o.seed(iter_index_items(bundle, 8), i, 3) for i, o in enumerate(owners)] == [0, 0, 0]
     shards.close()
 
 
-def test_merge_topk_and_bad_input():
-    a = [[("a", 0.9), ("b", 0.1)], []]
-    b = [[("c", 0.5)], [("d", 0.3)]]
-    assert merge_topk([a, b], 2) == [[("a", 0.9), ("c", 0.5)], [("d", 0.3)]]
+def test_bad_input():
     router = ShardRouter(3)
     with pytest.raises(TypeError):
         router.contains("not-a-list")

@@ -16,6 +16,7 @@ import irene.index.sharded as sharded_mod
 from irene.index.records import Records, empty_record
 from irene.index.shard import IndexSpec
 from irene.index.sharded import IdCollisionError, ShardedIndex, int_id
+from tests.helpers import named_search
 
 DIM = 12
 
@@ -53,7 +54,7 @@ def test_search_matches_brute_force_across_shards():
     per_shard = [s.count for s in index._shards]
     assert sum(per_shard) == 300 and min(per_shard) > 30  # hash partitioning spreads ids
     q = _unit(np.random.default_rng(9), 15)
-    res = index.search(q, 8)
+    res = named_search(index, q, 8)
     s = q @ x.T  # (15, 300)
     for qi, row in enumerate(res):
         order = np.argsort(-s[qi])[:8]
@@ -69,7 +70,7 @@ def test_parallel_and_serial_shard_search_agree(monkeypatch, min_work):
     index, ids, x = _filled()
     monkeypatch.setattr(sharded_mod, "PARALLEL_MIN_WORK", min_work)
     q = _unit(np.random.default_rng(3), 7)
-    res = index.search(q, 5)
+    res = named_search(index, q, 5)
     assert (index._pool is not None) == (min_work == 0)  # the thread pool is made on first use
     s = q @ x.T  # (7, 300)
     for qi, row in enumerate(res):
@@ -83,12 +84,14 @@ def test_upsert_delete_get():
     assert index.count == 51
     np.testing.assert_allclose(index.get("item-3"), new[0])
     np.testing.assert_allclose(index.get("brand-new"), new[1])
-    assert index.search(new[:1], 1)[0][0][0] == "item-3"
+    assert named_search(index, new[:1], 1)[0][0][0] == "item-3"
     assert index.delete(["item-3", "nope", "item-4", "item-3"]) == [True, False, True, False]
     assert index.count == 49 and index.get("item-3") is None and "item-4" not in index
-    assert all(r[0] not in ("item-3", "item-4") for row in index.search(x[3:5], 49) for r in row)
+    assert all(
+        r[0] not in ("item-3", "item-4") for row in named_search(index, x[3:5], 49) for r in row
+    )
     assert index.get("missing") is None
-    assert len(index.search(x[:1], 500)[0]) == 49  # fewer than k: no padding in results
+    assert len(named_search(index, x[:1], 500)[0]) == 49  # fewer than k: no padding in results
 
 
 def test_duplicates_in_a_batch_last_wins():
@@ -120,7 +123,7 @@ def test_rejects_bad_ids():
     with pytest.raises(TypeError):
         index.add([1], np.zeros((1, DIM)))
     with pytest.raises(ValueError):
-        index.search(np.zeros((1, DIM + 1)), 3)
+        named_search(index, np.zeros((1, DIM + 1)), 3)
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
@@ -131,11 +134,13 @@ def test_state_round_trip(kind):
     blob = index.to_bytes()
     restored = ShardedIndex.from_bytes(blob)
     assert restored.count == 195 and restored.n_shards == 3 and restored.spec.kind == kind
-    assert restored.search(q, 5) == index.search(q, 5)
+    assert named_search(restored, q, 5) == named_search(index, q, 5)
     np.testing.assert_allclose(restored.get(ids[10]), x[10])
     other = ShardedIndex(DIM, 3, IndexSpec(kind=kind, hnsw_m=16, use_gpu=False))
     other.load_state_dict(index.state_dict())
-    assert other.search(q, 5) == index.search(q, 5) and sorted(other.ids()) == sorted(ids[5:])
+    assert named_search(other, q, 5) == named_search(index, q, 5) and sorted(other.ids()) == sorted(
+        ids[5:]
+    )
     with pytest.raises(ValueError):
         ShardedIndex(DIM, 2).load_state_dict(index.state_dict())
 
@@ -167,7 +172,7 @@ def test_concurrent_search_while_adding(kind):
         try:
             deadline = time.monotonic() + 30
             while not done.is_set() and time.monotonic() < deadline:
-                for row in index.search(e0, B):
+                for row in named_search(index, e0, B):
                     if not row:
                         continue
                     scores = {round(s, 3) for _, s in row}
@@ -188,7 +193,7 @@ def test_concurrent_search_while_adding(kind):
     assert not errors, errors[0]
     assert observed, "readers never ran"
     assert index.count == B * n_batches - n_batches // 10
-    assert index.search(e0, 1)[0][0][1] == pytest.approx(n_batches)
+    assert named_search(index, e0, 1)[0][0][1] == pytest.approx(n_batches)
     index.close()
 
 
@@ -228,26 +233,26 @@ def test_records_are_stored_replaced_and_deleted_with_their_ids():
     assert index.get_records(ids[:2]) == [None, None]
     index.add([ids[0]], x[:1])  # back, without a record: the old one is not resurrected
     assert index.get_records([ids[0]]) == [empty_record()]
-    assert index.search(x[3:4], 1)[0][0][0] == ids[3]  # search is unchanged
+    assert named_search(index, x[3:4], 1)[0][0][0] == ids[3]  # search is unchanged
 
 
 def test_bad_records_are_refused_before_anything_is_stored():
     index = ShardedIndex(DIM, 2)
     x = _unit(np.random.default_rng(6), 2)
-    bad = [
-        Records.of(["only one"]),  # length
-        Records.of(["a", "b"], [{"x": float("nan")}, {}]),  # NaN
-        Records.of(["a", "b"], [{"x": object()}, {}]),  # not JSON
-        Records(["a", "b"], [{}, "not a dict"], ["generated"] * 2, ["", ""]),
-        Records(["a", 3], [{}, {}], ["generated"] * 2, ["", ""]),
-        Records.of(["a", "lone \ud800 surrogate"]),  # not encodable: would fail after logging
-        Records.of(["a", "b"], [{"k": "\udfff"}, {}]),
+    with pytest.raises(ValueError):  # length: refused by the index
+        index.add(["a", "b"], x, Records.of(["only one"]))
+    bad = [  # refused where the batch is built (validated once, never again downstream)
+        lambda: Records.of(["a", "b"], [{"x": float("nan")}, {}]),  # NaN
+        lambda: Records.of(["a", "b"], [{"x": object()}, {}]),  # not JSON
+        lambda: Records(["a", "b"], [{}, "not a dict"], ["generated"] * 2, ["", ""]),
+        lambda: Records(["a", 3], [{}, {}], ["generated"] * 2, ["", ""]),
+        lambda: Records.of(["a", "lone \ud800 surrogate"]),  # would fail after logging
+        lambda: Records.of(["a", "b"], [{"k": "\udfff"}, {}]),
+        lambda: Records.of(["a"], source="invented"),
     ]
-    for recs in bad:
+    for make in bad:
         with pytest.raises((ValueError, TypeError)):
-            index.add(["a", "b"], x, recs)
-    with pytest.raises(ValueError):
-        Records.of(["a"], source="invented")
+            make()
     assert index.count == 0 and index.record_stats()["records"] == 0
 
 

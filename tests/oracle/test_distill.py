@@ -10,6 +10,7 @@ import pytest
 from irene.bundle import load_bundle
 from irene.config import PseudoLabelConfig, load_config
 from irene.data.xc import read_xc, write_xc
+from irene.executor import LocalExecutor
 from irene.model.encoder import TextEncoder
 from irene.oracle.distill import (
     oracle_training_pairs,
@@ -19,7 +20,6 @@ from irene.oracle.distill import (
     sample_docs,
 )
 from irene.oracle.ezxmc import EZXMC_ARMS, run_ezxmc
-from irene.pipeline import LocalExecutor
 from tests.helpers import make_tiny_encoder, synthetic_xc
 from tests.oracle import fakes
 from tests.oracle.fakes import KeywordOracle

@@ -1,5 +1,6 @@
 """A training worker dies mid-run: the run (or the resubmitted job) resumes from the last
-checkpoint instead of repeating epochs from zero."""
+checkpoint instead of repeating epochs from zero. The crash is injected from the test side
+(the ``worker_crash`` fixture, tests/faults.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pipelines.prepare
 from irene.config import load_config, replace
 from irene.pipeline import train_classifiers, train_generator
 from irene.ray.executor import RayExecutor
-from irene.ray.train import FAULT_ENV
 from tests.pipelines.common import tiny_config, write_config, write_inputs
 
 
@@ -21,7 +21,7 @@ def _retries(cfg, n: int):
 
 
 @pytest.mark.slow  # ~1.5 min: in `make test-slow`
-def test_worker_crash_resumes_from_checkpoint(ray_local, tmp_path, monkeypatch):
+def test_worker_crash_resumes_from_checkpoint(ray_local, tmp_path, worker_crash):
     data, enc = write_inputs(tmp_path)
     raw = tiny_config(enc, data, str(tmp_path / "work"), str(tmp_path / "bundle"))
     raw["train"]["classifiers"]["epochs"] = 4
@@ -33,7 +33,7 @@ def test_worker_crash_resumes_from_checkpoint(ray_local, tmp_path, monkeypatch):
     # 1. rank 1 exits hard after epoch 1's checkpoint; FailureConfig(max_failures=1) restarts
     #    the worker group, which restores the epoch-1 checkpoint and runs epochs 2 and 3 only.
     marker = tmp_path / "crashed-classifiers"
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,epoch=1,marker={marker}")
+    worker_crash.arm(rank=1, epoch=1, marker=marker)
     cfg1 = _retries(cfg, 1)
     record = train_classifiers(cfg1, RayExecutor(cfg1))
     assert marker.exists()
@@ -44,12 +44,12 @@ def test_worker_crash_resumes_from_checkpoint(ray_local, tmp_path, monkeypatch):
 
     # 2. with no retries left the run fails; resubmitting the same job resumes from storage.
     marker = tmp_path / "crashed-generator"
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,epoch=0,marker={marker}")
+    worker_crash.arm(rank=1, epoch=0, marker=marker)
     cfg0 = _retries(cfg, 0)
     with pytest.raises(TrainingFailedError):
         train_generator(cfg0, RayExecutor(cfg0))
     assert marker.exists()
-    monkeypatch.delenv(FAULT_ENV)
+    worker_crash.disarm()
     record = train_generator(cfg0, RayExecutor(cfg0))
     epochs = record["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]

@@ -13,9 +13,18 @@ import faiss  # noqa: F401 -- faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-from irene.index.feed import ReadReplica
+from irene.config import IndexConfig
+from irene.index.actor import ActorSettings, IndexActor
+from irene.index.feed import IndexCopy
 from irene.index.records import Records, empty_record
-from irene.ray.index import FEED_GROUP, IndexActor, get_or_create_index_actor
+from irene.ray.index import (
+    FEED_GROUP,
+    ActorShards,
+    SettingsMismatch,
+    ShardActor,
+    get_or_create_index_actor,
+)
+from tests.helpers import named_search
 
 DIM = 8
 NAMESPACE = "irene-tests"
@@ -37,28 +46,32 @@ def _records(b: int, n: int = 5) -> Records:
 
 def test_plain_actor_class(tmp_path):
     uri = str(tmp_path / "index")
-    actor = IndexActor(uri, DIM, n_shards=2, spec={"kind": "flat", "use_gpu": False}, lease_s=0.1)
+    actor = IndexActor.open(uri, DIM, 2, {"kind": "flat", "use_gpu": False}, lease_s=0.1)
     ids, x = _batch(0)
     assert actor.add(ids, x, _records(0)) == 1
+    seq, created = actor.upsert(ids[:2] + ["fresh"], x[:3])  # says created / updated itself
+    assert seq == 2 and created.tolist() == [False, False, True]
+    assert actor.delete(["fresh"]) == [True]
+    actor.add(ids[:2], x[:2], _records(0).take([0, 1]))  # back as they were
     assert actor.get_records([ids[1], "nope"]) == [_records(0).row(1), None]
-    assert actor.add(*_batch(1)) == 2  # without records
+    assert actor.add(*_batch(1)) == 5  # without records
     assert actor.get_records(_batch(1)[0][:1]) == [empty_record()]
     assert actor.delete(_batch(1)[0]) == [True] * 5
-    assert actor.add(ids, x, _records(0).to_json()) == 4  # the JSON columns are accepted too
+    assert actor.add(ids, x, _records(0).to_json()) == 7  # the JSON columns are accepted too
     assert actor.count() == 5
     assert actor.contains([ids[0], "nope", ids[4]]) == [True, False, True]
-    assert actor.search(x[:1], 1)[0][0][0] == ids[0]
+    assert named_search(actor, x[:1], 1)[0][0][0] == ids[0]
     assert actor.delete([ids[0], "zzz"]) == [True, False]
     assert actor.get(ids[0]) is None and np.allclose(actor.get(ids[1]), x[1])
-    assert actor.snapshot() == 5
+    assert actor.snapshot() == 8
     stats = actor.stats()
-    assert stats["count"] == 4 and stats["last_seq"] == 5 and stats["snapshot_seq"] == 5
+    assert stats["count"] == 4 and stats["last_seq"] == 8 and stats["snapshot_seq"] == 8
     assert (
         stats["pid"] == os.getpid() and stats["n_shards"] == 2 and stats["recovery_report"]["clean"]
     )
     actor.close()
-    again = IndexActor(uri, DIM, n_shards=2)
-    assert again.count() == 4 and again.stats()["recovery_report"]["snapshot_seq"] == 5
+    again = IndexActor.open(uri, DIM, 2)
+    assert again.count() == 4 and again.stats()["recovery_report"]["snapshot_seq"] == 8
     assert again.get_records(ids) == [None] + [_records(0).row(k) for k in range(1, 5)]
     again.close()
 
@@ -71,7 +84,7 @@ def test_actor_seeds_itself_from_a_bundle_once(tmp_path):
     b = load_bundle(bundle)
     items = list(iter_index_items(bundle, 5))
     n = sum(len(c[0]) for c in items)
-    actor = IndexActor(str(tmp_path / "index"), b.dim, n_shards=2)
+    actor = ShardActor.open(str(tmp_path / "index"), b.dim, 2)  # the Ray actor's class, plain
     assert actor.seed_from_bundle(bundle, chunk=5) == n >= 12
     assert actor.stats()["last_seq"] == len(items)  # durable log records of <= 5 items
     assert actor.contains(b.item_ids) == [True] * 12
@@ -103,7 +116,7 @@ def _call(ray, fn, *args, deadline: float, timeout: float = 30.0):
     raise TimeoutError(f"actor call did not succeed before the deadline: {last!r}")
 
 
-def _poll(ray, actor, rep: ReadReplica, lock: threading.Lock) -> None:
+def _poll(ray, actor, rep: IndexCopy, lock: threading.Lock) -> None:
     """One long poll of the actor's change feed, applied to ``rep``."""
     ch = ray.get(
         actor.poll.options(concurrency_group=FEED_GROUP).remote(*rep.poll_args(), 0.2), timeout=30
@@ -115,28 +128,21 @@ def _poll(ray, actor, rep: ReadReplica, lock: threading.Lock) -> None:
 def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + 90
+    settings = ActorSettings(uri, DIM, n_shards=2, max_concurrency=4, num_cpus=0, snapshot_every=7)
     actor = get_or_create_index_actor(
-        name,
-        NAMESPACE,
-        uri,
-        DIM,
-        n_shards=2,
-        max_restarts=-1,
-        max_task_retries=-1,
-        max_concurrency=4,
-        num_cpus=0,
-        snapshot_every=7,
-        env_vars=env_vars,
+        name, NAMESPACE, settings, max_restarts=-1, max_task_retries=-1, env_vars=env_vars
     )
     try:
-        assert (
-            get_or_create_index_actor(name, NAMESPACE, uri, DIM, num_cpus=0) == actor
-        )  # get_if_exists
+        assert get_or_create_index_actor(name, NAMESPACE, settings) == actor  # get_if_exists
+        ActorShards([actor], [settings]).verify_sync(timeout=60)  # same settings: fine
+        other = ActorSettings(uri, DIM, n_shards=3, max_concurrency=4, num_cpus=0, snapshot_every=7)
+        with pytest.raises(SettingsMismatch, match="n_shards=2 \\(asked for 3\\)"):
+            ActorShards([get_or_create_index_actor(name, NAMESPACE, other)], [other]).verify_sync()
         pid0 = _call(ray, actor.stats, deadline=deadline)["pid"]
         acked: list[int] = []
         errors: list[BaseException] = []
         stop = threading.Event()
-        copy, copy_lock = ReadReplica(), threading.Lock()  # a read replica following the actor
+        copy, copy_lock = IndexCopy(), threading.Lock()  # a read replica following the actor
         served_by_copy = [0]
 
         def ingest():
@@ -212,16 +218,18 @@ def _chaos(ray, uri: str, env_vars: dict[str, str] | None) -> None:
             np.testing.assert_allclose(got, x[0], rtol=1e-6)
         sample = acked[:: max(1, len(acked) // 10)] + [acked[-1]]
         queries = np.concatenate([_batch(b)[1][:1] for b in sample])
-        results = _call(ray, actor.search, queries, 1, deadline=deadline)
-        assert [r[0][0] for r in results] == [f"b{b}-0" for b in sample]
+        scores, hits = _call(ray, actor.search, queries, 1, deadline=deadline)
+        names, _ = _call(ray, actor.lookup, hits[:, 0], deadline=deadline)
+        assert names == [f"b{b}-0" for b in sample]
 
         # the read replica caught up with the restarted actor (new epoch: whole state) and
         # answers the same
         assert served_by_copy[0] > 0, "the read replica never answered"
         _poll(ray, actor, copy, copy_lock)
         assert copy.epoch == final["feed"]["epoch"] and copy.seq == final["last_seq"]
-        assert copy.index.count == final["count"] and copy.search(queries, 1) == results
-        assert copy.get_records(all_ids) == want
+        assert copy.index.count == final["count"] and copy.fresh()
+        np.testing.assert_array_equal(copy.index.search(queries, 1)[1], hits)
+        assert copy.index.get_records(all_ids) == want
     finally:
         ray.kill(actor)
 
@@ -237,7 +245,9 @@ def test_chaos_kill_actor_s3_log(ray_local, moto_s3):
 
 def test_rejects_serial_actor():
     with pytest.raises(ValueError):
-        get_or_create_index_actor("x", NAMESPACE, "/tmp/unused", DIM, max_concurrency=1)
+        get_or_create_index_actor(
+            "x", NAMESPACE, ActorSettings("/tmp/unused", DIM, max_concurrency=1)
+        )
 
 
 def test_four_shard_actors_survive_kills_of_one_shard(ray_local, tmp_path):
@@ -247,16 +257,17 @@ def test_four_shard_actors_survive_kills_of_one_shard(ray_local, tmp_path):
     index holding everything."""
     from irene.index.router import owner_of
     from irene.index.sharded import ShardedIndex, int_id
-    from irene.ray.index import ActorShards, index_actors
+    from irene.ray.index import actors_for
 
     ray = ray_local
     name = f"shards-{uuid.uuid4().hex[:8]}"
     uri = str(tmp_path / "index")
-    handles = index_actors(
-        name, NAMESPACE, uri, DIM, 4, n_shards=2, max_task_retries=-1, max_concurrency=4,
+    config = IndexConfig(
+        uri=uri, name=name, namespace=NAMESPACE, n_owners=4, n_shards=2, max_concurrency=4,
         num_cpus=0, snapshot_every=5,
     )  # fmt: skip
-    shards = ActorShards(handles)
+    shards = actors_for(config, DIM, max_task_retries=-1)
+    handles = shards.handles
     deadline = time.monotonic() + 120
     victim = handles[2]
     try:
@@ -264,12 +275,12 @@ def test_four_shard_actors_survive_kills_of_one_shard(ray_local, tmp_path):
         acked: list[int] = []
         errors: list[BaseException] = []
         stop = threading.Event()
-        copy, copy_lock = ReadReplica(), threading.Lock()  # follows shard 2 only
+        copy, copy_lock = IndexCopy(), threading.Lock()  # follows shard 2 only
 
         def retrying(method, *args):
             while True:
                 try:
-                    return shards.call(method, *args, timeout=30)
+                    return getattr(shards.sync(30), method)(*args)
                 except _ray_actor_errors():
                     if time.monotonic() > deadline:
                         raise
@@ -327,18 +338,19 @@ def test_four_shard_actors_survive_kills_of_one_shard(ray_local, tmp_path):
         # every acknowledged item is on its own shard with its vector; nothing extra anywhere
         ids = [i for b in acked for i in _batch(b, 8)[0]]
         x = np.concatenate([_batch(b, 8)[1] for b in acked])
-        stats = shards.call("stats", timeout=30)
+        sync = shards.sync(30)
+        stats = sync.stats()
         assert stats["count"] == len(ids) == stats["integrity"]["ids"]
         assert stats["integrity"]["labels"] == len(ids)
         for o, h in enumerate(handles):
             mine = [i for i in ids if owner_of(int_id(i), 4) == o]
             assert ray.get(h.count.remote(), timeout=30) == len(mine)
-        got = shards.call("get_many", ids, timeout=30)
+        got = sync.get_many(ids)
         np.testing.assert_allclose(np.stack(got), x, rtol=1e-6)
         reference = ShardedIndex(DIM, 2)
         reference.add(ids, x)
         q = _batch(20_000, 10)[1]
-        assert shards.call("search", q, 5, timeout=30) == reference.search(q, 5)
+        assert named_search(sync, q, 5) == reference.search_named(q, 5)
 
         # the replica copies one shard, not the index
         _poll(ray, victim, copy, copy_lock)

@@ -224,8 +224,8 @@ def deploy(
     ingress = {"num_cpus": 0.05, **({"runtime_env": {"env_vars": env}} if env else {})}
     args = {
         "bundle": bundle_dir,
-        "index_uri": index_uri,
         "index": {
+            "uri": index_uri,
             "name": f"irene-{name}",
             "namespace": NAMESPACE,
             "n_shards": 3,

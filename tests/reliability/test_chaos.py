@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from irene.client import IreneClient, IreneHTTPError, pairs
+from tests.helpers import named_search
 from tests.reliability.conftest import (
     LIMITS,
     SCALES,
@@ -72,7 +73,7 @@ def _actor_chaos(app, scale, report, storage: str) -> None:
         # every query replica agrees with the actors (queries over HTTP land on any copy)
         texts = [random_text(rng) for _ in range(12)]
         emb = app.bundle.encoder.encode(texts)
-        want = app.index().search(emb, 5)
+        want = named_search(app.index(), emb, 5)
         disagree = sum(
             not hits_agree(got, exp)
             for _ in range(2)

@@ -119,8 +119,8 @@ def served(ray_local, tmp_path_factory, request):
     placement, read_replica, n_owners, shard_readers = request.param
     args = {
         "bundle": bundle_dir,
-        "index_uri": str(index_dir),
         "index": {
+            "uri": str(index_dir),
             "name": index_name,
             "namespace": NAMESPACE,
             "n_owners": n_owners,
@@ -687,10 +687,10 @@ def test_metrics(served):
     assert value("irene_stage_duration_seconds_count", stage="encode") >= 1
     if served.placement == "ingress":  # this replica's micro-batches are timed too
         assert value("irene_stage_duration_seconds_count", stage="batch_encode") >= 1
-    if served.read_replica:  # queries are answered from the replica's copy of the index
-        assert value("irene_stage_duration_seconds_count", stage="batch_replica_search") >= 1
-    elif served.placement == "ingress":
-        assert value("irene_stage_duration_seconds_count", stage="batch_index_search") >= 1
+    assert value("irene_stage_duration_seconds_count", stage="batch_search") >= 1
+    assert value("irene_stage_duration_seconds_count", stage="batch_lookup") >= 1
+    if served.read_replica and not served.shard_readers:  # answered from the Ingress' copies
+        assert value("irene_stage_duration_seconds_count", stage="copies_search") >= 1
     assert value("irene_stage_duration_seconds_count", stage="index_add") >= 1
     assert value("irene_stage_duration_seconds_count", stage="encode_search") >= 1
     assert value("irene_items_ingested_total") >= 1
@@ -712,7 +712,7 @@ def _stage_counts(served) -> dict[str, float]:
 def _reader_answers(served) -> list[int]:
     """Query batches answered from a ShardReader copy so far, per shard (the replica that
     Serve picks for the stats call; the sum grows when any answer came from a copy)."""
-    return [served.reader_stats(i)["answered"]["copy"] for i in range(served.index["n_owners"])]
+    return [served.reader_stats(i)["answered"]["copies"] for i in range(served.index["n_owners"])]
 
 
 def test_read_replica_answers_right_after_an_ingest(served):
@@ -729,16 +729,16 @@ def test_read_replica_answers_right_after_an_ingest(served):
             assert served.ingest([(f"fresh-reader-{i}", text)]).status_code == 200
             assert served.query(text, 1)[0]["id"] == f"fresh-reader-{i}"
         assert sum(_reader_answers(served)) > 0
-        assert "batch_replica_search" not in _stage_counts(served)  # no copy in the Ingress
+        assert "copies_search" not in _stage_counts(served)  # no copy in the Ingress
         return
     if not served.read_replica:  # read_replica off: the copy never answers
         text = tiny_item_text(399)
         assert served.ingest([("fresh-actor", text)]).status_code == 200
         assert served.query(text, 1)[0]["id"] == "fresh-actor"
-        assert "batch_replica_search" not in _stage_counts(served)
+        assert "copies_search" not in _stage_counts(served)
         return
     deadline = time.monotonic() + 30
-    while _stage_counts(served).get("batch_replica_search", 0) == 0:  # copy loaded
+    while _stage_counts(served).get("copies_search", 0) == 0:  # copy loaded
         assert time.monotonic() < deadline, "the read replica never answered"
         served.query("warm up", 1)
         time.sleep(0.1)
@@ -749,8 +749,8 @@ def test_read_replica_answers_right_after_an_ingest(served):
         hits = served.query(text, 1)
         after = _stage_counts(served)
         assert hits[0]["id"] == f"fresh-{i}"
-        assert after["batch_replica_search"] == before["batch_replica_search"] + 1
-        assert after.get("batch_index_search", 0) == before.get("batch_index_search", 0)
+        assert after["copies_search"] == before["copies_search"] + 1
+        assert after.get("fallback_search", 0) == before.get("fallback_search", 0)
 
 
 def test_each_shard_holds_its_own_items(served):

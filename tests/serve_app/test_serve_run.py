@@ -46,7 +46,7 @@ def test_serve_run_local_yaml(tmp_path, mode):
     cfg["http_options"]["port"] = port
     (app,) = cfg["applications"]
     app["args"]["bundle"] = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=20)
-    app["args"]["index_uri"] = str(tmp_path / "index")
+    app["args"]["index"]["uri"] = str(tmp_path / "index")
     app["args"]["index"]["name"] = f"serve-run-{uuid.uuid4().hex[:8]}"
     app["args"]["auth"]["token_env"] = "IRENE_SERVE_RUN_TOKEN"
     config = tmp_path / "serve.yaml"

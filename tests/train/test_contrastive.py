@@ -87,7 +87,7 @@ def test_hard_negatives_separate_confusable_candidates(encoder, tmp_path):
     widens the positive-vs-hard-negative margin more than in-batch negatives alone (the hard
     negatives never appear in-batch)."""
     from irene.config import Config
-    from irene.pipeline import LocalExecutor, fit_encoder
+    from irene.executor import LocalExecutor, fit_encoder
 
     q = [f"w{i} w{i + 1}" for i in range(0, 24, 2)]
     d = [f"w{i + 1} w{i + 2}" for i in range(0, 24, 2)]
