@@ -98,7 +98,7 @@ def make_app(bundle_uri: str, threads: int, max_batch: int, wait_s: float, n_sha
 
     def encode_search(texts: list[str], k: int):
         q = bundle.encoder.encode(texts)  # (m, d)
-        return index.search(np.asarray(q, dtype=np.float32), k)
+        return index.search_named(np.asarray(q, dtype=np.float32), k)  # [(id, score)] per text
 
     batcher = MicroBatcher(encode_search, pool, max_batch, wait_s)
     app = FastAPI(title="plain IRENE query service")

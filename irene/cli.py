@@ -215,24 +215,13 @@ def train(
 
 
 def _check_cluster_storage(cfg, temp_work_dir: bool) -> None:
-    """On a Ray cluster of more than one node, the work dir (and Ray Train's storage) must be
-    storage every node sees (``irene.ray.cluster.check_shared_storage``); raises
-    ``SharedStorageError`` (a ValueError) naming the nodes that cannot see it. Connects to
-    ``ray.address`` (or the job's cluster, or starts a local Ray) as the executor would."""
-    from irene import io
-    from irene.ray import ensure_ray
-    from irene.ray.cluster import SHARED_STORAGE_HINT, check_shared_storage
+    """``irene.ray.cluster.check_work_dirs``, naming the temp dir default in the hint."""
+    from irene.ray.cluster import SHARED_STORAGE_HINT, check_work_dirs
 
-    ensure_ray(cfg.ray.address or None)
     hint = SHARED_STORAGE_HINT
     if temp_work_dir:
         hint += " (without --work-dir, irene train uses a temp dir on this machine)"
-    check_shared_storage(cfg.work_dir, "work_dir", hint)
-    storage = cfg.storage()
-    if not io.is_s3(storage) and not storage.startswith(cfg.work_dir.rstrip("/") + "/"):
-        check_shared_storage(
-            storage, "ray.storage_path", "set ray.storage_path to an s3:// prefix or a shared mount"
-        )
+    check_work_dirs(cfg, hint)
 
 
 @app.command()

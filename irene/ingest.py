@@ -63,26 +63,10 @@ log = logging.getLogger(__name__)
 def open_local_index(index: IndexConfig, dim: int):
     """The index's shard owners opened in this process (no Ray): each takes its shard's
     lock, so this fails while the shard actors of a running app hold them."""
-    from irene.index.actor import ActorSettings, IndexActor
-    from irene.index.router import RoutedIndex, owner_uri
+    from irene.index.actor import IndexActor, actor_settings
+    from irene.index.router import RoutedIndex
 
-    n = index.n_owners
-    return RoutedIndex(
-        [
-            IndexActor(
-                ActorSettings(
-                    uri=owner_uri(index.uri, i, n),
-                    dim=int(dim),
-                    n_shards=index.n_shards,
-                    spec=dict(index.spec),
-                    snapshot_every=index.snapshot_every,
-                    keep_snapshots=index.keep_snapshots,
-                    lease_s=index.lease_s,
-                )
-            )
-            for i in range(n)
-        ]
-    )
+    return RoutedIndex([IndexActor(s) for s in actor_settings(index, dim)])
 
 
 def ingest_local(cfg: Config, show_progress: bool = True) -> IngestReport:

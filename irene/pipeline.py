@@ -578,6 +578,14 @@ def driver_main(stage: str, argv: list[str] | None = None) -> int:
     except (ConfigError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if cfg.executor == "ray" and stage != "build_bundle":  # every node must see the work dir
+        from irene.ray.cluster import SharedStorageError, check_work_dirs
+
+        try:
+            check_work_dirs(cfg)
+        except SharedStorageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
     ex = None if stage == "build_bundle" else make_executor(cfg)
     result = STAGES[stage](cfg, ex)
     log.info("stage %s finished: %s", stage, _summary(result))

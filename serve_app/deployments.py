@@ -389,6 +389,7 @@ class Ingress:
             view,
             self.args.encoder_batch.max_batch_size,
             self.metrics.observe_stage,
+            local=self._encoder if isinstance(self._encoder, BatchedEncoder) else None,
         )
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from irene.index.view import IndexView
+from irene.index.view import CopiesView, IndexView
 from serve_app.batching import Coalescer
 
 log = logging.getLogger("irene.serve")
@@ -77,6 +77,10 @@ class BatchedEncoder:
         self._observe("batch_encode", time.perf_counter() - t0)
         return emb
 
+    def encode_now(self, texts: list) -> np.ndarray:
+        """:meth:`encode` without batching, in the calling thread (call it in ``pool``)."""
+        return self._encoder.encode(texts)
+
     async def encode(self, texts: list) -> np.ndarray:
         """(n, d) float32 L2-normalised embeddings of ``texts``."""
         emb = await self._texts.submit(list(texts))
@@ -90,7 +94,12 @@ class BatchedEncoder:
 class QueryBatcher:
     """Top-k hits of concurrent ``(text, k)`` queries, batched: ``encode(texts)`` returns
     (n, d) embeddings; ``view`` is the index view searched. Each answer is one
-    ``[(id, score, record), ...]`` list per text (hits whose item is gone are dropped)."""
+    ``[(id, score, record), ...]`` list per text (hits whose item is gone are dropped).
+
+    ``local``: this replica's :class:`BatchedEncoder` when ``view`` is a
+    :class:`~irene.index.view.CopiesView` searched in the same compute thread: a batch is
+    then encoded, searched and looked up in *one* compute call (no thread hop in between);
+    while a copy may be stale the view's fallback answers as usual."""
 
     def __init__(
         self,
@@ -98,38 +107,75 @@ class QueryBatcher:
         view: IndexView,
         max_batch: int,
         observe: Callable[[str, float], None] | None = None,
+        local: BatchedEncoder | None = None,
     ) -> None:
         self._encode = encode
         self.view = view
         self._observe = observe or (lambda stage, seconds: None)
         self._queries = Coalescer(self._run, max_batch)
+        self._local = local if isinstance(view, CopiesView) else None
 
     async def search(self, texts: list, k: int) -> list:
         """Top-``k`` ``[(id, score, record), ...]`` per text."""
         return await self._queries.submit([(t, int(k)) for t in texts])
 
     async def _run(self, items: list) -> list:
-        ks = [k for _, k in items]
-        q = np.asarray(await self._encode([t for t, _ in items]), np.float32)  # (n, d)
+        texts, ks = [t for t, _ in items], [k for _, k in items]
+        found = looked = None
+        if self._local is not None:
+            loop = asyncio.get_running_loop()
+            q, found, looked = await loop.run_in_executor(
+                self._local.pool, self._encode_search_now, texts, ks
+            )
+        else:
+            q = np.asarray(await self._encode(texts), np.float32)  # (n, d)
         t0 = time.perf_counter()
-        scores, ids = await self.view.search(q, max(ks))  # (n, K), (n, K)
+        if found is None:  # not searched above (or a copy may be stale): the view decides
+            found = await self.view.search(q, max(ks))  # (n, K), (n, K)
+        scores, ids = found
+        wanted = _wanted(ids, ks)
         t1 = time.perf_counter()
+        if looked is None:
+            looked = await self.view.lookup(wanted) if len(wanted) else ([], [])
         self._observe("batch_search", t1 - t0)
-        keep = np.arange(ids.shape[1])[None, :] < np.asarray(ks)[:, None]  # each row's own k
-        wanted = np.unique(ids[keep & (ids >= 0)])
-        names, records = await self.view.lookup(wanted) if len(wanted) else ([], [])
         self._observe("batch_lookup", time.perf_counter() - t1)
-        found = {int(i): (n, r) for i, n, r in zip(wanted.tolist(), names, records, strict=True)}
-        out = []
-        for row_s, row_i, k in zip(scores.tolist(), ids.tolist(), ks, strict=True):
-            hits = []
-            for s, i in zip(row_s[:k], row_i[:k], strict=True):
-                name, rec = found.get(i, (None, None))
-                if name is not None:
-                    hits.append((name, s, rec))
-            out.append(hits)
-        return out
+        return _hits(scores, ids, ks, wanted, looked)
+
+    def _encode_search_now(self, texts: list, ks: list[int]) -> tuple:
+        """In the compute thread: embeddings, and the copies' hits and lookup (None, None
+        while a copy may be stale)."""
+        t0 = time.perf_counter()
+        q = np.asarray(self._local.encode_now(texts), np.float32)  # (n, d)
+        t1 = time.perf_counter()
+        self._observe("batch_encode", t1 - t0)
+        found = self.view.search_now(q, max(ks))
+        if found is None:
+            return q, None, None
+        self._observe("copies_search", time.perf_counter() - t1)
+        wanted = _wanted(found[1], ks)
+        return q, found, self.view.lookup_now(wanted) if len(wanted) else ([], [])
 
     def stats(self) -> dict:
         """Mean queries per batch so far."""
         return self._queries.stats()
+
+
+def _wanted(ids: np.ndarray, ks: list[int]) -> np.ndarray:
+    """The distinct int64 ids among the first ``ks[i]`` hits of each row i."""
+    keep = np.arange(ids.shape[1])[None, :] < np.asarray(ks)[:, None]
+    return np.unique(ids[keep & (ids >= 0)])
+
+
+def _hits(scores: np.ndarray, ids: np.ndarray, ks: list[int], wanted, looked) -> list:
+    """``[(id, score, record), ...]`` per row (its own k; ids gone meanwhile dropped)."""
+    names, records = looked
+    found = {int(i): (n, r) for i, n, r in zip(wanted.tolist(), names, records, strict=True)}
+    out = []
+    for row_s, row_i, k in zip(scores.tolist(), ids.tolist(), ks, strict=True):
+        hits = []
+        for s, i in zip(row_s[:k], row_i[:k], strict=True):
+            name, rec = found.get(i, (None, None))
+            if name is not None:
+                hits.append((name, s, rec))
+        out.append(hits)
+    return out

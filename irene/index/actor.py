@@ -13,14 +13,15 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from irene.config import IndexConfig
 from irene.index.feed import ChangeFeed, Changes
 from irene.index.log import DurableIndex
 from irene.index.records import Records, as_records
-from irene.index.router import owner_of
+from irene.index.router import owner_of, owner_uri
 from irene.index.shard import IndexSpec
 from irene.index.sharded import int_id
 
@@ -48,6 +49,24 @@ class ActorSettings:
         """``{field: (self's, other's)}`` for every field that differs."""
         a, b = asdict(self), asdict(other)
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def actor_settings(config: IndexConfig, dim: int) -> list[ActorSettings]:
+    """The settings of each of ``config``'s shard actors, in owner order."""
+    n = config.n_owners
+    base = ActorSettings(
+        uri=config.uri,
+        dim=int(dim),
+        n_shards=config.n_shards,
+        spec=dict(config.spec),
+        snapshot_every=config.snapshot_every,
+        keep_snapshots=config.keep_snapshots,
+        lease_s=config.lease_s,
+        num_cpus=config.num_cpus,
+        resources=dict(config.resources),
+        max_concurrency=config.max_concurrency,
+    )
+    return [replace(base, uri=owner_uri(config.uri, i, n)) for i in range(n)]
 
 
 class IndexActor:

@@ -68,6 +68,7 @@ class CopiesView:
         if not self.fresh():
             return None
         parts = [c.index.search(queries, k) for c in self.copies]
+        self.answered["copies"] += 1
         return merge_topk(parts, k)
 
     def lookup_now(self, ids: np.ndarray) -> tuple[list, list] | None:
@@ -86,7 +87,6 @@ class CopiesView:
             out = await self._fallback.search(q, int(k))
             self._observe("fallback_search", time.perf_counter() - t0)
             return out
-        self.answered["copies"] += 1
         self._observe("copies_search", time.perf_counter() - t0)
         return out
 

@@ -257,3 +257,19 @@ def delete_serve_apps(names: list[str], wait_s: float = 60.0) -> bool:
         log.warning("Serve did not confirm deleting %s within %.0f s", names, wait_s)
         return False
     return True
+
+
+def check_work_dirs(cfg, hint: str = SHARED_STORAGE_HINT) -> None:
+    """On a Ray cluster of more than one node, ``cfg.work_dir`` (and Ray Train's storage) must
+    be storage every node sees (:func:`check_shared_storage`); raises ``SharedStorageError``
+    (a ValueError) naming the nodes that cannot see it. Connects to ``ray.address`` (or the
+    job's cluster, or starts a local Ray) as the executor would."""
+    from irene.ray import ensure_ray
+
+    ensure_ray(cfg.ray.address or None)
+    check_shared_storage(cfg.work_dir, "work_dir", hint)
+    storage = cfg.storage()
+    if not io.is_s3(storage) and not storage.startswith(cfg.work_dir.rstrip("/") + "/"):
+        check_shared_storage(
+            storage, "ray.storage_path", "set ray.storage_path to an s3:// prefix or a shared mount"
+        )

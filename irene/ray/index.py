@@ -20,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
 from irene.bundle import iter_index_items
 from irene.config import IndexConfig
-from irene.index.actor import ActorSettings, IndexActor
+from irene.index.actor import ActorSettings, IndexActor, actor_settings
 from irene.index.records import Records
-from irene.index.router import RoutedIndex, ShardRouter, owner_name, owner_uri
+from irene.index.router import RoutedIndex, ShardRouter, owner_name
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +94,6 @@ def get_or_create_index_actor(
         .options(**options)
         .remote(settings)
     )
-
-
-def actor_settings(config: IndexConfig, dim: int) -> list[ActorSettings]:
-    """The settings of each of ``config``'s shard actors (in owner order)."""
-    n = config.n_owners
-    base = ActorSettings(
-        uri=config.uri,
-        dim=int(dim),
-        n_shards=config.n_shards,
-        spec=dict(config.spec),
-        snapshot_every=config.snapshot_every,
-        keep_snapshots=config.keep_snapshots,
-        lease_s=config.lease_s,
-        num_cpus=config.num_cpus,
-        resources=dict(config.resources),
-        max_concurrency=config.max_concurrency,
-    )
-    return [replace(base, uri=owner_uri(config.uri, i, n)) for i in range(n)]
 
 
 def index_actors(config: IndexConfig, dim: int, env: dict | None = None, **options) -> list:
