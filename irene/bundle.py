@@ -46,7 +46,7 @@ from irene.model.encoder import CONFIG_FILE as ENCODER_CONFIG
 from irene.model.encoder import TextEncoder
 from irene.model.generator import IreneGenerator
 from irene.model.selector import Selector
-from irene.model.synthesis import synthesize
+from irene.model.synthesis import explain, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,12 @@ class Bundle:
         """(n, d) generated classifiers for novel items from their text embeddings."""
         k = k or self.config.generator.num_neighbors
         return synthesize(self.generator, self.selector, self._weights(), item_emb, k)
+
+    def explain(self, item_emb: np.ndarray, k: int | None = None) -> tuple:
+        """``irene.model.synthesis.explain`` with this bundle's parts: (classifiers,
+        neighbour positions in ``item_ids``, cosines, attention)."""
+        k = k or self.config.generator.num_neighbors
+        return explain(self.generator, self.selector, self._weights(), item_emb, k)
 
     def _weights(self) -> np.ndarray:
         if self._weights_cache is None:

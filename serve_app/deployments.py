@@ -153,6 +153,17 @@ class Generator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
 
+    async def explain(self, item_emb: np.ndarray) -> tuple:
+        """How the classifiers of items with embeddings ``item_emb`` (n, d) are generated:
+        ``(classifiers (n, d), neighbour ids (n lists of K, None: no neighbour), cosines
+        (n, K), attention (n, K+1): column 0 the item itself)``."""
+        loop = asyncio.get_running_loop()
+        emb = np.asarray(item_emb, dtype=np.float32)
+        clf, pos, cos, att = await loop.run_in_executor(self._pool, self._bundle.explain, emb)
+        ids = self._bundle.item_ids
+        names = [[ids[p] if p >= 0 else None for p in row] for row in pos.tolist()]
+        return clf, names, cos, att
+
     async def generate(self, item_emb: np.ndarray) -> np.ndarray:
         """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
         out = await self._rows.submit(list(np.asarray(item_emb, dtype=np.float32)))
@@ -493,15 +504,44 @@ class Ingress:
         response_model_exclude_none=True,
         dependencies=[Depends(require_read)],
         responses={404: {"description": "no such item"}},
-        summary="Read an item: its text, metadata, source, bundle version (vector if asked)",
+        summary="Read an item: its text, metadata, source, bundle version (vector if asked; "
+        "with `explain=true`, the seen neighbours its generated classifier comes from)",
     )
-    async def get_item(self, item_id: str, include_vector: bool = False) -> ItemOut:
+    async def get_item(
+        self, item_id: str, include_vector: bool = False, explain: bool = False
+    ) -> ItemOut:
         vec, (record,) = await asyncio.gather(
             self._index.get(item_id), self._index.get_records([item_id])
         )
         if vec is None:
             raise HTTPException(404, f"item {item_id!r} not found")
-        return _item_out(item_id, vec, include_vector, record)
+        out = _item_out(item_id, vec, include_vector, record)
+        if explain:
+            out.explain = await self._explain(vec, record or {})
+        return out
+
+    async def _explain(self, vec: np.ndarray, record: dict) -> dict:
+        """Which seen items a generated classifier comes from: the serving bundle's
+        generator rerun on the stored text (its selector's K neighbours, their cosine to the
+        text and the attention they receive), and how close that is to the stored vector."""
+        out = {"bundle_version": self.version, "neighbors": []}
+        if record.get("source") != "generated" or not record.get("text"):
+            out["reason"] = "a trained classifier (learned from interactions): no neighbours"
+            return out
+        emb = await self._encoder.encode([record["text"]])  # (1, d)
+        clf, names, cos, att = await self._generator.explain.remote(emb)
+        stored = np.asarray(vec, dtype=np.float32)
+        out["made_by_this_bundle"] = record.get("version") == self.version
+        out["cosine_to_stored_vector"] = float(
+            clf[0] @ stored / max(float(np.linalg.norm(stored)), 1e-12)
+        )
+        out["self_attention"] = float(att[0, 0])
+        out["neighbors"] = [
+            {"id": n, "cosine": float(c), "attention": float(a)}
+            for n, c, a in zip(names[0], cos[0].tolist(), att[0, 1:].tolist(), strict=True)
+            if n is not None and c > 0
+        ]
+        return out
 
     @api.post(
         "/v1/items/fetch",

@@ -220,6 +220,14 @@ class ItemOut(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="the item's metadata")
     source: str | None = Field(None, description="'trained' or 'generated'")
     version: str | None = Field(None, description="the bundle version that made the vector")
+    explain: dict[str, Any] | None = Field(
+        None,
+        description="with `explain=true`: for a generated item, the serving bundle's "
+        "generator rerun on its text -- `neighbors` (the seen items it drew on: id, cosine of "
+        "their embedding to the text, attention they receive), `self_attention`, "
+        "`cosine_to_stored_vector` (1.0: the stored vector is reproduced) and "
+        "`made_by_this_bundle`; for a trained item, no neighbours and the reason",
+    )
 
 
 class DeleteResponse(BaseModel):

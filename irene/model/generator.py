@@ -56,7 +56,11 @@ class IreneGenerator(nn.Module):
         nbr_clf: torch.Tensor,  # (B, K, d) classifiers of the K selected seen items
         nbr_bucket: torch.Tensor,  # (B, K) int64 cosine buckets 0..10
         nbr_valid: torch.Tensor | None = None,  # (B, K) bool, False for padding
-    ) -> torch.Tensor:
+        return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Generated classifiers (B, d); with ``return_attention`` also (B, K+1): the
+        attention each slot (0: the item itself, 1..K: the neighbours) receives, averaged
+        over the heads and over the valid slots the output pools (rows sum to 1)."""
         B, K, _ = nbr_clf.shape
         dev = nbr_clf.device
         types = torch.full((B, K + 1), TYPE_CLF, dtype=torch.long, device=dev)
@@ -69,12 +73,18 @@ class IreneGenerator(nn.Module):
         if nbr_valid is not None:
             valid[:, 1:] = nbr_valid
         h = self.norm1(x)
-        a, _ = self.attn(h, h, h, key_padding_mask=~valid, need_weights=False)  # (B, K+1, d)
+        a, att = self.attn(
+            h, h, h, key_padding_mask=~valid, need_weights=return_attention
+        )  # (B, K+1, d), (B, K+1, K+1) averaged over heads
         x = x + self.drop1(a)
         x = x + self.drop2(self.ff(self.norm2(x)))  # (B, K+1, d)
         w = valid.unsqueeze(-1).to(x.dtype)  # (B, K+1, 1)
         pooled = (x * w).sum(1) / w.sum(1)  # (B, d) mean over the valid slots
-        return F.normalize(pooled, dim=-1)
+        out = F.normalize(pooled, dim=-1)
+        if not return_attention:
+            return out
+        received = (att * w).sum(1) / w.sum(1)  # (B, K+1): mean over the pooled query slots
+        return out, received
 
     def save(self, path: str) -> None:
         save_part(path, "generator", self.state_dict(), {"dim": self.dim, **asdict(self.cfg)})

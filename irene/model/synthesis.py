@@ -50,6 +50,32 @@ def synthesize(
     return generate(generator, item_emb, idx, scores, classifiers)
 
 
+@torch.no_grad()
+def explain(
+    generator: IreneGenerator,
+    selector: Selector,
+    classifiers: np.ndarray,  # (S, d) seen items' classifiers, selector order
+    item_emb: np.ndarray,  # (n, d) text embeddings
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`synthesize` does for each item, shown: ``(classifiers (n, d), neighbour
+    positions (n, K) (-1: none), their cosine (n, K), attention (n, K+1))`` -- attention
+    column 0 is the item's own embedding, columns 1..K its neighbours (0 where masked)."""
+    idx, scores = selector.search(item_emb, k)
+    generator.eval()
+    device = next(generator.parameters()).device
+    W = torch.as_tensor(classifiers, dtype=torch.float32, device=device)
+    t_idx = torch.as_tensor(idx, device=device)
+    out, att = generator(
+        torch.as_tensor(item_emb, dtype=torch.float32, device=device),
+        W[t_idx.clamp(min=0)],
+        torch.as_tensor(score_buckets(scores), device=device),
+        (t_idx >= 0) & torch.as_tensor(scores > 0, device=device),
+        return_attention=True,
+    )
+    return out.cpu().numpy(), idx, scores, att.cpu().numpy()
+
+
 def mean_synthesis(
     classifiers: np.ndarray, nbr_idx: np.ndarray, item_emb: np.ndarray | None = None
 ) -> np.ndarray:

@@ -200,3 +200,40 @@ def test_neighbours_with_non_positive_cosine_are_masked():
     u = generate(gen, emb[:1], np.array([[1, 2]]), np.array([[0.8, -1.0]], np.float32), W)
     expect = generate(gen, emb[:1], np.array([[1, -1]]), np.array([[0.8, 0.0]], np.float32), W)
     np.testing.assert_allclose(u, expect, atol=1e-6)
+
+
+def test_explain_shows_what_synthesize_does():
+    """explain returns synthesize's classifiers, the selector's neighbours and the attention
+    each slot receives (a distribution over the item and its unmasked neighbours), computed
+    by hand from the attention layer."""
+    from irene.model.synthesis import explain, synthesize
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(12, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    W = rng.normal(size=(12, 8)).astype(np.float32)
+    gen = IreneGenerator(8, GeneratorConfig(num_heads=2, dropout=0.0))
+    torch.manual_seed(0)
+    for p in gen.parameters():  # a "trained" generator: non-zero residual branches
+        torch.nn.init.normal_(p, std=0.3)
+    sel = Selector(emb)
+    q = emb[:3] + 0.1 * rng.normal(size=(3, 8)).astype(np.float32)
+    clf, idx, cos, att = explain(gen, sel, W, q, 4)
+    np.testing.assert_allclose(clf, synthesize(gen, sel, W, q, 4), rtol=1e-5, atol=1e-6)
+    want_idx, want_cos = sel.search(q, 4)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(cos, want_cos)
+    assert att.shape == (3, 5) and (att >= 0).all()
+    np.testing.assert_allclose(att.sum(1), 1.0, rtol=1e-5)
+    assert (att[:, 1:][cos <= 0] == 0).all()  # masked neighbours receive nothing
+    # by hand: the attention matrix averaged over heads, then over the valid query slots
+    valid = np.concatenate([np.ones((3, 1), bool), cos > 0], axis=1)
+    with torch.no_grad():
+        x = torch.cat([torch.as_tensor(q).unsqueeze(1), torch.as_tensor(W[idx])], 1)
+        types = torch.ones((3, 5), dtype=torch.long)
+        types[:, 0] = 0
+        scores = torch.cat([torch.full((3, 1), 11), torch.as_tensor(score_buckets(cos))], 1)
+        h = gen.norm1(x + gen.type_emb(types) + gen.score_emb(scores))
+        _, a = gen.attn(h, h, h, key_padding_mask=~torch.as_tensor(valid))
+    w = valid[:, :, None].astype(np.float32)
+    np.testing.assert_allclose(att, (a.numpy() * w).sum(1) / w.sum(1), rtol=1e-4, atol=1e-6)

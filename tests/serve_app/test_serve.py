@@ -565,6 +565,30 @@ def test_query_with_several_texts_and_default_k(served):
         assert all(set(h) == {"id", "score", "source"} for h in hits)
 
 
+def test_explain_names_the_neighbours_a_generated_classifier_comes_from(served):
+    """GET ?explain=true reruns the serving generator on the stored text: its seen
+    neighbours (real seen ids, positive cosine, attention shares), and the stored vector is
+    reproduced; a trained item has no neighbours and says why."""
+    text = tiny_item_text(480)
+    assert served.ingest([("explain-me", text)]).status_code == 200
+    r = served.client.get("/v1/items/explain-me", params={"explain": "true"})
+    assert r.status_code == 200, r.text
+    ex = r.json()["explain"]
+    seen = set(served.bundle.item_ids)
+    assert ex["made_by_this_bundle"] and ex["neighbors"]
+    assert all(n["id"] in seen and n["cosine"] > 0 and n["attention"] >= 0 for n in ex["neighbors"])
+    assert ex["cosine_to_stored_vector"] == pytest.approx(1.0, abs=1e-3)
+    total = ex["self_attention"] + sum(n["attention"] for n in ex["neighbors"])
+    assert total == pytest.approx(1.0, abs=1e-4)
+    # the neighbours are the selector's: the seen items nearest to the text's embedding
+    emb = served.bundle.encoder.encode([text])
+    idx, _ = served.bundle.selector.search(emb, len(ex["neighbors"]))
+    assert [n["id"] for n in ex["neighbors"]] == [served.bundle.item_ids[i] for i in idx[0]]
+    trained = served.client.get("/v1/items/seen-0", params={"explain": "true"}).json()["explain"]
+    assert trained["neighbors"] == [] and "trained" in trained["reason"]
+    assert "explain" not in served.client.get("/v1/items/explain-me").json()
+
+
 def test_records_are_stored_and_returned(served):
     """Items ingested with metadata: GET / fetch return text, metadata, source and the
     bundle's version; query hits carry source always and the payload fields asked for; an
