@@ -417,8 +417,20 @@ class Ingress:
     # ----------------------------------------------------------------- setup
     async def _check_index(self) -> None:
         """Fail fast if a same-named shard actor runs with other settings (location,
-        dimension, shards, ...): the error names the difference."""
+        dimension, shards, ...): the error names the difference; and refuse an index whose
+        items were made by another bundle version (naming both), unless allowed."""
         await self._index.verify()
+        versions = (await self._index.stats()).get("versions", {})
+        other = {v: n for v, n in versions.items() if v and v != self.version}
+        if other and not self.args.allow_bundle_mismatch:
+            found = ", ".join(f"{v} ({n} items)" for v, n in sorted(other.items()))
+            raise RuntimeError(
+                f"the index at {self.args.index.uri!r} holds items made by bundle version "
+                f"{found}, but this app serves bundle version {self.version} "
+                f"({self.args.bundle}); serving both would mix two models' classifiers. Give "
+                "index.uri (and index.name) a new location, which seeds itself from this "
+                "bundle, or set allow_bundle_mismatch: true to serve it as it is"
+            )
 
     # ----------------------------------------------------------------- helpers
     async def _timed(self, stage: str, awaitable):

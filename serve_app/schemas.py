@@ -87,6 +87,11 @@ class AppArgs(_Frozen):
         "e.g. on GPU nodes) or inside each Ingress replica (no Serve hop; fastest on CPU)",
     )
     seed_index: bool = Field(True, description="add the seen items when the index is empty")
+    allow_bundle_mismatch: bool = Field(
+        False,
+        description="serve an index whose items were made by another bundle version (by "
+        "default the app refuses to start: it would mix two models' classifiers)",
+    )
     deployment_options: dict[Literal["Encoder", "Generator", "Ingress", "ShardReader"], dict] = (
         Field(
             default_factory=dict,

@@ -186,6 +186,7 @@ class IndexActor:
             "count": self._index.count,
             "integrity": self._index.index.integrity(),
             "records": self._index.index.record_stats(),
+            "versions": self._index.index.version_counts(),
             "n_shards": self._index.index.n_shards,
             "kind": self._index.index.spec.kind,
             "last_seq": self._index.last_seq,

@@ -294,6 +294,12 @@ class RecordStore:
         order = np.argsort(rows, kind="stable")
         return keys[order], rows[order]
 
+    def version_counts(self) -> dict[str, int]:
+        """Live items per bundle version that made their vector (``""``: no record)."""
+        _, rows = self._live_pairs()
+        counts = np.bincount(self._version[rows], minlength=len(self._versions))
+        return {v: int(c) for v, c in zip(self._versions, counts.tolist(), strict=True) if c}
+
     def compact(self) -> None:
         """Drop garbage rows (live rows keep their order)."""
         if self.garbage == 0:

@@ -261,6 +261,16 @@ class ShardedIndex:
                 for p, r in zip(present, rows, strict=True)
             ]
 
+    def version_counts(self) -> dict[str, int]:
+        """Items per bundle version that made their vector; ids stored without a record
+        count under ``""``."""
+        with self._lock.read():
+            counts = self._records.version_counts()
+            missing = len(self._str_of) - sum(counts.values())
+        if missing:
+            counts[""] = counts.get("", 0) + missing
+        return counts
+
     def record_stats(self) -> dict[str, int]:
         """Rows (live, garbage) and bytes of the record store."""
         with self._lock.read():

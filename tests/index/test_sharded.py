@@ -341,3 +341,15 @@ def test_a_snapshot_compacts_the_records_without_blocking_on_it():
     assert index.get_records(ids) == want == ShardedIndex.from_bytes(blob).get_records(ids)
     index.add(ids[:1], x[:1], _records(ids[:1], "c"))  # still writable after the swap
     assert index.get_records(ids[:1]) == _want(ids[:1], "c")
+
+
+def test_version_counts_follow_upserts_and_deletes():
+    index = ShardedIndex(DIM, 2)
+    x = _unit(np.random.default_rng(9), 5)
+    ids = [f"v{i}" for i in range(5)]
+    index.add(ids[:3], x[:3], Records.of(["t"] * 3, version="v1"))
+    index.add(ids[3:], x[3:])  # no records
+    assert index.version_counts() == {"v1": 3, "": 2}
+    index.add(ids[:1], x[:1], Records.of(["t"], version="v2"))  # upsert moves one
+    index.delete([ids[1]])
+    assert index.version_counts() == {"v1": 1, "v2": 1, "": 2}

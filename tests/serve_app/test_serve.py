@@ -845,3 +845,52 @@ def test_fuzzed_requests_never_get_a_5xx(served):
     assert calls > 50
     assert not failures, failures[:5]
     assert served.client.get("/readyz").status_code == 200
+
+
+def test_app_refuses_an_index_made_by_another_bundle(ray_local, tmp_path):
+    """An index whose items name another bundle version: the app does not start (the error
+    names both versions) unless allow_bundle_mismatch is set; then it serves."""
+    from ray import serve
+
+    from irene.bundle import bundle_version, read_manifest
+    from irene.index.actor import IndexActor
+    from irene.index.records import Records
+    from irene.index.router import owner_name
+    from serve_app.app import build_app
+
+    bundle = make_tiny_bundle(str(tmp_path / "bundle"), n_seen=8)
+    version = bundle_version(read_manifest(bundle))
+    index_dir = str(tmp_path / "index")
+    old = IndexActor.open(index_dir, read_manifest(bundle)["dim"], 3)
+    x = np.eye(3, read_manifest(bundle)["dim"], dtype=np.float32)
+    old.add(["a", "b", "c"], x, Records.of(["a", "b", "c"], source="generated", version="v-old"))
+    old.close()
+    name = f"irene-mismatch-{uuid.uuid4().hex[:6]}"
+    args = {
+        "bundle": bundle,
+        "index": {"uri": index_dir, "name": name, "namespace": NAMESPACE, "n_shards": 3,
+                  "num_cpus": 0.1},
+        "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
+        "threads": 1,
+        "encoder_placement": "ingress",
+        "deployment_options": {"Generator": {"ray_actor_options": {"num_cpus": 0.1}},
+                               "Ingress": {"ray_actor_options": {"num_cpus": 0.1}}},
+    }  # fmt: skip
+    port = free_port()
+    serve.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        with pytest.raises(RuntimeError):
+            serve.run(build_app(args), name="irene-mismatch", route_prefix="/")
+        status = serve.status().applications["irene-mismatch"].deployments["Ingress"]
+        assert "v-old (3 items)" in status.message and version in status.message, status
+        serve.delete("irene-mismatch")
+        serve.run(build_app({**args, "allow_bundle_mismatch": True}), name="irene-mismatch")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.get("/v1/items/a").json()["version"] == "v-old"
+    finally:
+        serve.shutdown()
+        try:
+            ray_local.kill(ray_local.get_actor(owner_name(name, 0, 1), namespace=NAMESPACE))
+        except ValueError:
+            pass
