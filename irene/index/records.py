@@ -296,7 +296,8 @@ class RecordStore:
 
     def version_counts(self) -> dict[str, int]:
         """Live items per bundle version that made their vector (``""``: no record)."""
-        _, rows = self._live_pairs()
+        recent = np.fromiter(self._recent.values(), np.int64, len(self._recent))
+        rows = np.concatenate([self._rows[self._rows >= 0], recent])
         counts = np.bincount(self._version[rows], minlength=len(self._versions))
         return {v: int(c) for v, c in zip(self._versions, counts.tolist(), strict=True) if c}
 

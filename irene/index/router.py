@@ -52,16 +52,13 @@ class Plan:
     combine: Callable[[list[Any]], Any]
 
 
-def _merge_counts(dicts: list[dict]) -> dict:
+def _sum_dicts(dicts: list[dict]) -> dict:
+    """Per key, the sum over the dicts that have it."""
     out: dict = {}
     for d in dicts:
         for key, n in d.items():
             out[key] = out.get(key, 0) + n
     return out
-
-
-def _sum_dicts(dicts: list[dict]) -> dict:
-    return {key: sum(d[key] for d in dicts) for key in dicts[0]} if dicts else {}
 
 
 class ShardRouter:
@@ -201,7 +198,7 @@ class ShardRouter:
                 "count": sum(p["count"] for p in per),
                 "integrity": _sum_dicts([p["integrity"] for p in per]),
                 "records": _sum_dicts([p["records"] for p in per if "records" in p]),
-                "versions": _merge_counts([p.get("versions", {}) for p in per]),
+                "versions": _sum_dicts([p.get("versions", {}) for p in per]),
                 "last_seq": max(p["last_seq"] for p in per),
                 "pid": first["pid"] if self.n == 1 else [p["pid"] for p in per],
                 "owners": per,

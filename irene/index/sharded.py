@@ -252,14 +252,8 @@ class ShardedIndex:
         """Per id its record ``{"text", "metadata", "source", "version"}`` (``empty_record()``
         when stored without one), or None when the id is absent; one pass, one read lock."""
         ids = check_str_ids(ids)
-        iids = [int_id(s) for s in ids]
-        with self._lock.read():
-            present = [self._str_of.get(i) == s for s, i in zip(ids, iids, strict=True)]
-            rows = self._records.rows_of(np.array(iids, dtype=np.int64)).tolist()
-            return [
-                None if not p else self._records.row(r) if r >= 0 else empty_record()
-                for p, r in zip(present, rows, strict=True)
-            ]
+        names, records = self.lookup(np.array([int_id(s) for s in ids], dtype=np.int64))
+        return [r if n == s else None for s, n, r in zip(ids, names, records, strict=True)]
 
     def version_counts(self) -> dict[str, int]:
         """Items per bundle version that made their vector; ids stored without a record
