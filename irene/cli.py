@@ -20,6 +20,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Build datasets in the XC raw 
 app.add_typer(data_app, name="data")
 oracle_app = typer.Typer(no_args_is_help=True, help="LLM relevance oracle and its distillation.")
 app.add_typer(oracle_app, name="oracle")
+token_app = typer.Typer(
+    no_args_is_help=True, help="API tokens of the serving app: new tokens and their hashed entries."
+)
+app.add_typer(token_app, name="token")
 
 CONFIG_HELP = "YAML config (irene.config.Config; local or s3://)"
 SET_HELP = "override, e.g. train.generator.epochs=3 (repeatable)"
@@ -420,6 +424,53 @@ def _hits_table(hits: list[dict], with_payload: bool, width: int = 40) -> str:
         return "  " + "  ".join(cells).rstrip()
 
     return "\n".join([line(cols), *(line(r) for r in rows)])
+
+
+TOKEN_NAME_HELP = "who holds the token (named in logs and 403 messages)"
+TOKEN_SCOPES_HELP = "comma-separated, from read, write, admin (none implies another)"
+TOKEN_TENANT_HELP = "the only tenant it may see and write (needs auth.tenant_field)"
+
+
+def _token_entry_line(token: str, name: str, scopes: str, tenant: str | None) -> str:
+    from irene.tokens import AuthConfigError, token_entry
+
+    try:
+        return json.dumps(token_entry(token, name, scopes, tenant))
+    except AuthConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+@token_app.command("new")
+def token_new(
+    name: str = typer.Option(..., help=TOKEN_NAME_HELP),
+    scopes: str = typer.Option(..., help=TOKEN_SCOPES_HELP),
+    tenant: str | None = typer.Option(None, help=TOKEN_TENANT_HELP),
+) -> None:
+    """Make a random API token. Line 1: the token (hand it to the client; it is not stored
+    anywhere); line 2: its JSON entry, with the token's sha256 only (add it to the list in
+    auth.tokens_file / $IRENE_API_TOKENS)."""
+    from irene.tokens import new_token
+
+    token = new_token()
+    entry = _token_entry_line(token, name, scopes, tenant)
+    typer.echo(token)
+    typer.echo(entry)
+
+
+@token_app.command("hash")
+def token_hash(
+    name: str = typer.Option(..., help=TOKEN_NAME_HELP),
+    scopes: str = typer.Option(..., help=TOKEN_SCOPES_HELP),
+    tenant: str | None = typer.Option(None, help=TOKEN_TENANT_HELP),
+) -> None:
+    """The JSON entry of an existing token read from stdin (its first line), e.g. to move the
+    legacy $IRENE_API_TOKEN into auth.tokens_file without changing the clients."""
+    token = typer.get_text_stream("stdin").readline().strip()
+    if not token:
+        typer.echo("error: no token on stdin", err=True)
+        raise typer.Exit(2)
+    typer.echo(_token_entry_line(token, name, scopes, tenant))
 
 
 @oracle_app.command("distill")

@@ -22,7 +22,7 @@ backoff from ``backoff_s``. 4xx replies are never retried.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -125,16 +125,24 @@ class IreneClient:
         k: int,
         batch_size: int = 64,
         with_payload: bool | Sequence[str] = False,
+        filter: dict | None = None,
+        score_threshold: float | None = None,
     ) -> list[list[dict]]:
         """Top-``k`` hits for every text, in order, as the server answers them: ``{"id",
         "score", "source"}`` plus the fields ``with_payload`` asks for (True: text + metadata;
-        a list of "text", "metadata", "version"). :func:`pairs` makes ``(id, score)`` rows."""
+        a list of "text", "metadata", "version"). ``filter``: only items whose record matches
+        (``{"must": [{"key": "shop", "match": {"value": "a"}}]}``; grammar in the README);
+        ``score_threshold``: drop hits below it. :func:`pairs` makes ``(id, score)`` rows."""
         chunks = [list(texts[s : s + batch_size]) for s in range(0, len(texts), batch_size)]
         body: dict[str, Any] = {"k": k}
         if with_payload:
             body["with_payload"] = (
                 with_payload if isinstance(with_payload, bool) else list(with_payload)
             )
+        if filter is not None:
+            body["filter"] = filter
+        if score_threshold is not None:
+            body["score_threshold"] = score_threshold
 
         def send(chunk):
             return self._post("/v1/query", {**body, "texts": chunk})["results"]
@@ -168,8 +176,29 @@ class IreneClient:
 
         return [d for res in self._map(send, chunks) for d in res]
 
-    def count(self) -> int:
-        return int(self.wait_ready(timeout_s=0)["index_count"])
+    def count(self, filter: dict | None = None) -> int:
+        """Items in the index (that ``filter`` matches)."""
+        if filter is None:
+            return int(self.wait_ready(timeout_s=0)["index_count"])
+        return int(self._post("/v1/count", {"filter": filter})["count"])
+
+    def scroll(self, filter: dict | None = None, page_size: int = 256) -> Iterator[dict]:
+        """Every item (that ``filter`` matches) once, page by page in a stable order:
+        ``{"id", "text", "metadata", "source", "version"}``."""
+        cursor = None
+        while True:
+            body: dict[str, Any] = {"limit": page_size, "cursor": cursor}
+            if filter is not None:
+                body["filter"] = filter
+            page = self._post("/v1/items/scroll", body)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def delete_where(self, filter: dict) -> int:
+        """Delete every item ``filter`` matches; returns how many."""
+        return int(self._post("/v1/items/delete_by_filter", {"filter": filter})["deleted"])
 
 
 def _item(it: tuple | dict) -> dict:

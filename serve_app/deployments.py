@@ -57,6 +57,10 @@ from serve_app.readers import copies_view
 from serve_app.schemas import (
     AppArgs,
     BatchSettings,
+    CountRequest,
+    CountResponse,
+    DeleteByFilterRequest,
+    DeleteByFilterResponse,
     DeleteManyResponse,
     DeleteResponse,
     FetchResponse,
@@ -69,12 +73,16 @@ from serve_app.schemas import (
     QueryRequest,
     QueryResponse,
     Ready,
+    ScrollItem,
+    ScrollRequest,
+    ScrollResponse,
     SnapshotResponse,
     check_ids,
     check_ingest,
     check_query,
     payload_fields,
 )
+from serve_app.tenancy import Scope
 
 log = logging.getLogger("irene.serve")
 
@@ -193,10 +201,11 @@ class ShardReader:
         if getattr(self, "_follower", None) is not None:
             await self._follower.aclose()
 
-    async def search(self, queries: np.ndarray, k: int) -> tuple:
-        """Top-``k`` ``(scores, int64 ids)`` of this shard for ``queries`` (n, d)."""
+    async def search(self, queries: np.ndarray, k: int, filter=None) -> tuple:
+        """Top-``k`` ``(scores, int64 ids)`` of this shard for ``queries`` (n, d), of the
+        items ``filter`` matches."""
         self._follower.start()  # restarts the follower if it ever ended
-        return await self._view.search(queries, int(k))
+        return await self._view.search(queries, int(k), filter)
 
     async def lookup(self, iids: np.ndarray) -> tuple:
         """String ids and records of int64 ids of this shard."""
@@ -241,9 +250,13 @@ def _item_out(item_id: str, vec, include_vector: bool, record: dict | None) -> I
     )
 
 
-def _hit(hit: tuple, fields: tuple[str, ...]) -> dict:
-    """One query hit as JSON: id, score, source, and the record ``fields`` asked for."""
+def _hit(hit: tuple, fields: tuple[str, ...], scope: Scope) -> dict | None:
+    """One query hit as JSON: id, score, source, and the record ``fields`` asked for (None:
+    not an item of the request's tenant)."""
     id_, score, rec = hit
+    id_ = scope.user_id(id_)
+    if id_ is None:
+        return None
     out = {"id": id_, "score": score, "source": rec["source"] if rec else None}
     for f in fields:
         out[f] = rec[f] if rec else None
@@ -269,13 +282,25 @@ def _token(creds: HTTPAuthorizationCredentials | None) -> str | None:
     return creds.credentials if creds is not None else None
 
 
+def _scope(creds: HTTPAuthorizationCredentials | None, scope: str) -> Scope:
+    """The request's view of the index (its tenant's, or all), once its token holds
+    ``scope``; ``AuthError`` otherwise."""
+    rep = _replica()
+    principal = rep.auth.require(rep.auth.authenticate(_token(creds)), scope)
+    return Scope(principal.tenant, rep.args.auth.tenant_field)
+
+
 # async, not def: FastAPI runs a sync dependency in a worker thread (a thread hop per request)
-async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    _replica().auth.check(_token(creds), write=True)
+async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Scope:
+    return _scope(creds, "write")
 
 
-async def require_read(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    _replica().auth.check(_token(creds), write=False)
+async def require_read(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Scope:
+    return _scope(creds, "read")
+
+
+async def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Scope:
+    return _scope(creds, "admin")
 
 
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -444,17 +469,21 @@ class Ingress:
     @api.post(
         "/v1/items",
         response_model=IngestResponse,
-        dependencies=[Depends(require_write)],
         summary="Add or update items (acknowledged after the write-ahead log write)",
     )
-    async def ingest(self, req: IngestRequest) -> JSONResponse:
+    async def ingest(
+        self, req: IngestRequest, scope: Scope = Depends(require_write)
+    ) -> JSONResponse:
         check_ingest(req, self.limits)
         ids = [it.id for it in req.items]
         texts = [it.text for it in req.items]
         emb = await self._timed("encode", self._encoder.encode(texts))
         clf = await self._timed("generate", self._generator.generate.remote(emb))
-        records = Records.of(texts, [it.metadata for it in req.items], "generated", self.version)
-        seq, created = await self._timed("index_add", self._index.upsert(ids, clf, records))
+        meta = [scope.metadata(it.metadata) for it in req.items]
+        records = Records.of(texts, meta, "generated", self.version)
+        seq, created = await self._timed(
+            "index_add", self._index.upsert(scope.ids(ids), clf, records)
+        )
         self.metrics.observe_ingest(len(ids))
         results = [
             {"id": i, "status": "created" if c else "updated"}
@@ -465,11 +494,12 @@ class Ingress:
     @api.delete(
         "/v1/items/{item_id:path}",
         response_model=DeleteResponse,
-        dependencies=[Depends(require_write)],
         responses={404: {"description": "no such item"}},
     )
-    async def delete_item(self, item_id: str) -> DeleteResponse:
-        present = await self._index.delete([item_id])
+    async def delete_item(
+        self, item_id: str, scope: Scope = Depends(require_write)
+    ) -> DeleteResponse:
+        present = await self._index.delete([scope.id(item_id)])
         if not present[0]:
             raise HTTPException(404, f"item {item_id!r} not found")
         return DeleteResponse(id=item_id, deleted=True)
@@ -477,12 +507,13 @@ class Ingress:
     @api.post(
         "/v1/items/delete",
         response_model=DeleteManyResponse,
-        dependencies=[Depends(require_write)],
         summary="Delete items by id (any id, including ones with '/' or '..')",
     )
-    async def delete_items(self, req: IdsRequest) -> DeleteManyResponse:
+    async def delete_items(
+        self, req: IdsRequest, scope: Scope = Depends(require_write)
+    ) -> DeleteManyResponse:
         ids = check_ids(req, self.limits)
-        present = await self._index.delete(ids)
+        present = await self._index.delete(scope.ids(ids))
         return DeleteManyResponse(
             results=[
                 DeleteResponse(id=i, deleted=bool(p)) for i, p in zip(ids, present, strict=True)
@@ -490,7 +521,18 @@ class Ingress:
         )
 
     @api.post(
-        "/v1/snapshot", response_model=SnapshotResponse, dependencies=[Depends(require_write)]
+        "/v1/items/delete_by_filter",
+        response_model=DeleteByFilterResponse,
+        summary="Delete every item a filter matches",
+    )
+    async def delete_by_filter(
+        self, req: DeleteByFilterRequest, scope: Scope = Depends(require_write)
+    ) -> DeleteByFilterResponse:
+        deleted = await self._index.delete_where(scope.filter(req.filter))
+        return DeleteByFilterResponse(deleted=int(deleted))
+
+    @api.post(
+        "/v1/snapshot", response_model=SnapshotResponse, dependencies=[Depends(require_admin)]
     )
     async def snapshot(self) -> SnapshotResponse:
         seq = await self._index.snapshot()
@@ -500,30 +542,69 @@ class Ingress:
     @api.post(
         "/v1/query",
         response_model=QueryResponse,
-        dependencies=[Depends(require_read)],
         summary="Top-k items per text: id, score, source; text / metadata with `with_payload`",
     )
-    async def query(self, req: QueryRequest) -> JSONResponse:
+    async def query(self, req: QueryRequest, scope: Scope = Depends(require_read)) -> JSONResponse:
         texts, k = check_query(req, self.limits)
         fields = payload_fields(req.with_payload)
-        hits = await self._timed("encode_search", self._queries.search(texts, k))
+        search = self._queries.search(texts, k, scope.filter(req.filter))
+        hits = await self._timed("encode_search", search)
         self.metrics.queries.inc(len(texts))
-        return JSONResponse({"results": [[_hit(h, fields) for h in row] for row in hits]})
+        floor = req.score_threshold
+        rows = [
+            [_hit(h, fields, scope) for h in row if floor is None or h[1] >= floor] for row in hits
+        ]
+        return JSONResponse({"results": [[h for h in row if h] for row in rows]})
+
+    @api.post(
+        "/v1/count",
+        response_model=CountResponse,
+        summary="How many items match a filter (all items without one)",
+    )
+    async def count(self, req: CountRequest, scope: Scope = Depends(require_read)) -> CountResponse:
+        return CountResponse(count=int(await self._index.count_where(scope.filter(req.filter))))
+
+    @api.post(
+        "/v1/items/scroll",
+        response_model=ScrollResponse,
+        summary="Page through the items (matching a filter) in a stable order: id, text, "
+        "metadata, source, version; follow `next_cursor`",
+    )
+    async def scroll(
+        self, req: ScrollRequest, scope: Scope = Depends(require_read)
+    ) -> ScrollResponse:
+        after = -1 if req.cursor is None else int(req.cursor)
+        iids = await self._index.scroll(after, req.limit + 1, scope.filter(req.filter))
+        more = len(iids) > req.limit
+        iids = iids[: req.limit]
+        names, records = await self._index.lookup(iids) if len(iids) else ([], [])
+        items = [
+            ScrollItem(id=scope.user_id(n), **r)
+            for n, r in zip(names, records, strict=True)
+            if n is not None and scope.user_id(n) is not None
+        ]
+        return ScrollResponse(
+            items=items, next_cursor=str(int(iids[-1])) if more and len(iids) else None
+        )
 
     @api.get(
         "/v1/items/{item_id:path}",
         response_model=ItemOut,
         response_model_exclude_none=True,
-        dependencies=[Depends(require_read)],
         responses={404: {"description": "no such item"}},
         summary="Read an item: its text, metadata, source, bundle version (vector if asked; "
         "with `explain=true`, the seen neighbours its generated classifier comes from)",
     )
     async def get_item(
-        self, item_id: str, include_vector: bool = False, explain: bool = False
+        self,
+        item_id: str,
+        include_vector: bool = False,
+        explain: bool = False,
+        scope: Scope = Depends(require_read),
     ) -> ItemOut:
+        stored = scope.id(item_id)
         vec, (record,) = await asyncio.gather(
-            self._index.get(item_id), self._index.get_records([item_id])
+            self._index.get(stored), self._index.get_records([stored])
         )
         if vec is None:
             raise HTTPException(404, f"item {item_id!r} not found")
@@ -559,13 +640,14 @@ class Ingress:
         "/v1/items/fetch",
         response_model=FetchResponse,
         response_model_exclude_none=True,
-        dependencies=[Depends(require_read)],
         summary="Read items by id (any id, including ones with '/' or '..')",
     )
-    async def fetch_items(self, req: IdsRequest) -> JSONResponse:
+    async def fetch_items(
+        self, req: IdsRequest, scope: Scope = Depends(require_read)
+    ) -> JSONResponse:
         ids = check_ids(req, self.limits)
         vecs, records = await asyncio.gather(
-            self._index.get_many(ids), self._index.get_records(ids)
+            self._index.get_many(scope.ids(ids)), self._index.get_records(scope.ids(ids))
         )
         items = [
             None

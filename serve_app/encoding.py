@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from irene.index.filters import Filter
 from irene.index.view import CopiesView, IndexView
 from serve_app.batching import Coalescer
 
@@ -115,23 +116,28 @@ class QueryBatcher:
         self._queries = Coalescer(self._run, max_batch)
         self._local = local if isinstance(view, CopiesView) else None
 
-    async def search(self, texts: list, k: int) -> list:
-        """Top-``k`` ``[(id, score, record), ...]`` per text."""
-        return await self._queries.submit([(t, int(k)) for t in texts])
+    async def search(self, texts: list, k: int, filter: Filter | None = None) -> list:
+        """Top-``k`` ``[(id, score, record), ...]`` per text, of the items ``filter``
+        matches (``irene.index.filters``)."""
+        return await self._queries.submit([(t, int(k), filter) for t in texts])
 
     async def _run(self, items: list) -> list:
-        texts, ks = [t for t, _ in items], [k for _, k in items]
+        texts, ks = [t for t, _, _ in items], [k for _, k, _ in items]
+        groups = _groups([f for _, _, f in items])
         found = looked = None
         if self._local is not None:
             loop = asyncio.get_running_loop()
             q, found, looked = await loop.run_in_executor(
-                self._local.pool, self._encode_search_now, texts, ks
+                self._local.pool, self._encode_search_now, texts, ks, groups
             )
         else:
             q = np.asarray(await self._encode(texts), np.float32)  # (n, d)
         t0 = time.perf_counter()
         if found is None:  # not searched above (or a copy may be stale): the view decides
-            found = await self.view.search(q, max(ks))  # (n, K), (n, K)
+            parts = await asyncio.gather(
+                *(self.view.search(q[rows], max(ks[r] for r in rows), f) for f, rows in groups)
+            )
+            found = _scatter(groups, parts, len(texts))  # (n, K), (n, K)
         scores, ids = found
         wanted = _wanted(ids, ks)
         t1 = time.perf_counter()
@@ -141,16 +147,20 @@ class QueryBatcher:
         self._observe("batch_lookup", time.perf_counter() - t1)
         return _hits(scores, ids, ks, wanted, looked)
 
-    def _encode_search_now(self, texts: list, ks: list[int]) -> tuple:
+    def _encode_search_now(self, texts: list, ks: list[int], groups: list) -> tuple:
         """In the compute thread: embeddings, and the copies' hits and lookup (None, None
         while a copy may be stale)."""
         t0 = time.perf_counter()
         q = np.asarray(self._local.encode_now(texts), np.float32)  # (n, d)
         t1 = time.perf_counter()
         self._observe("batch_encode", t1 - t0)
-        found = self.view.search_now(q, max(ks))
-        if found is None:
-            return q, None, None
+        parts = []
+        for f, rows in groups:
+            part = self.view.search_now(q[rows], max(ks[r] for r in rows), f)
+            if part is None:
+                return q, None, None
+            parts.append(part)
+        found = _scatter(groups, parts, len(texts))
         self._observe("copies_search", time.perf_counter() - t1)
         wanted = _wanted(found[1], ks)
         return q, found, self.view.lookup_now(wanted) if len(wanted) else ([], [])
@@ -158,6 +168,26 @@ class QueryBatcher:
     def stats(self) -> dict:
         """Mean queries per batch so far."""
         return self._queries.stats()
+
+
+def _groups(filters: list) -> list[tuple[Filter | None, np.ndarray]]:
+    """Rows that share a filter (the same request's texts, or every unfiltered text)."""
+    by: dict[int, tuple[Filter | None, list[int]]] = {}
+    for i, f in enumerate(filters):
+        by.setdefault(id(f), (f, []))[1].append(i)
+    return [(f, np.asarray(rows)) for f, rows in by.values()]
+
+
+def _scatter(groups: list, parts: list, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The groups' ``(scores, ids)`` as one (n, K) pair, padded with -inf / -1."""
+    if len(parts) == 1 and len(groups[0][1]) == n:
+        return parts[0]
+    width = max(p[0].shape[1] for p in parts)
+    scores = np.full((n, width), -np.inf, dtype=np.float32)
+    ids = np.full((n, width), -1, dtype=np.int64)
+    for (_, rows), (s, i) in zip(groups, parts, strict=True):
+        scores[rows, : s.shape[1]], ids[rows, : i.shape[1]] = s, i
+    return scores, ids
 
 
 def _wanted(ids: np.ndarray, ks: list[int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from irene.config import IndexConfig, from_dict, to_dict
+from irene.index.filters import Filter
 from irene.metadata import MAX_METADATA_BYTES, MetadataError, check_metadata, metadata_bytes
 
 MAX_ID_CHARS = 256
@@ -49,12 +50,72 @@ class ServeLimits(_Frozen):
 
 
 class AuthSettings(_Frozen):
-    """Bearer-token auth. The token is read from ``token_env`` first, then ``token``."""
+    """Bearer-token auth (:class:`serve_app.auth.TokenAuth`).
 
-    token: str | None = Field(None, description="write token (prefer the environment)")
-    token_env: str = "IRENE_API_TOKEN"
-    protect_reads: bool = False
-    allow_unauthenticated_writes: bool = False
+    Tokens come from three sources, merged: the legacy single token (``token_env`` first, then
+    ``token``; all scopes, no tenant), and hashed entries (name, sha256, scopes, tenant) in the
+    environment variable ``tokens_env`` and in the file ``tokens_file``, which is re-read when
+    it changes. Only entries with a ``tenant`` need ``tenant_field``.
+    """
+
+    token: str | None = Field(
+        None,
+        repr=False,  # a plaintext secret: never in a repr / log line
+        description="legacy single token, all scopes, no tenant (prefer the environment)",
+    )
+    token_env: str = Field(
+        "IRENE_API_TOKEN", description="environment variable holding the legacy single token"
+    )
+    tokens_env: str = Field(
+        "IRENE_API_TOKENS",
+        description="environment variable holding a JSON list of hashed token entries "
+        '({"name", "sha256", "scopes", "tenant"}; irene token new makes them)',
+    )
+    tokens_file: str | None = Field(
+        None,
+        description="JSON or YAML file holding a list of hashed token entries (e.g. a mounted "
+        "Kubernetes Secret); re-read when its mtime / size changes, so tokens rotate without a "
+        "restart (a file that fails to load keeps the previous set)",
+    )
+    reload_s: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between checks of tokens_file for a change (0: each request)",
+    )
+    tenant_field: str | None = Field(
+        None,
+        min_length=1,
+        description="metadata key holding an item's tenant (like a Milvus partition key): a "
+        "token with a tenant only sees and writes its tenant's items (serve_app.tenancy); "
+        "required when any token entry has a tenant, and needs protect_reads",
+    )
+    protect_reads: bool = Field(False, description="reads need a token with the 'read' scope")
+    allow_unauthenticated_writes: bool = Field(
+        False, description="with no token configured at all, accept writes without one (testing)"
+    )
+
+    @field_validator("tokens_env", "token_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name an environment variable")
+        return v
+
+    @field_validator("tokens_file")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path or null")
+        return v
+
+    @model_validator(mode="after")
+    def _tenants_need_protected_reads(self) -> AuthSettings:
+        if self.tenant_field is not None and not self.protect_reads:
+            raise ValueError(
+                "tenant_field is set but protect_reads is false: a request without a token "
+                "would read every tenant's items (set protect_reads: true)"
+            )
+        return self
 
 
 class BatchSettings(_Frozen):
@@ -149,6 +210,15 @@ METADATA_DOC = (
 )
 
 
+FILTER_DOC = (
+    "restrict to items whose record matches: must / should / must_not lists of conditions "
+    "(`{key, match: {value}}`, `{key, match: {any: [...]}}`, `{key, range: {gt, gte, lt, "
+    "lte}}`, `{id_prefix}` or a nested filter); `key` names a metadata key, or `source` / "
+    "`version`; evaluated inside each shard before the top-k, so k hits come back whenever "
+    "k items match"
+)
+
+
 class ItemIn(_Strict):
     id: ItemId
     text: str
@@ -183,6 +253,33 @@ class QueryRequest(_Strict):
         False,
         description="what each hit carries beside `id`, `score` and `source`: true = `text` "
         "and `metadata`; a list names the fields (of text, metadata, version); false = none",
+    )
+    filter: Filter | None = Field(None, description=FILTER_DOC)
+    score_threshold: float | None = Field(
+        None, description="drop hits scoring below this (after the top-k)"
+    )
+
+
+class CountRequest(_Strict):
+    filter: Filter | None = Field(None, description="count the items it matches (none: all)")
+
+
+class DeleteByFilterRequest(_Strict):
+    filter: Filter = Field(description="delete every item it matches (" + FILTER_DOC + ")")
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> DeleteByFilterRequest:
+        f = self.filter
+        if not (f.must or f.should or f.must_not):
+            raise ValueError("filter: an empty filter matches every item; refusing to delete all")
+        return self
+
+
+class ScrollRequest(_Strict):
+    filter: Filter | None = Field(None, description="only the items it matches (none: all)")
+    limit: int = Field(100, ge=1, le=1000, description="items per page")
+    cursor: str | None = Field(
+        None, pattern=r"^[0-9]{1,19}$", description="`next_cursor` of the previous page"
     )
 
 
@@ -238,6 +335,29 @@ class ItemOut(BaseModel):
 class DeleteResponse(BaseModel):
     id: str
     deleted: bool
+
+
+class CountResponse(BaseModel):
+    count: int
+
+
+class DeleteByFilterResponse(BaseModel):
+    deleted: int = Field(description="items removed (durable on return)")
+
+
+class ScrollItem(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    source: str
+    version: str
+
+
+class ScrollResponse(BaseModel):
+    items: list[ScrollItem]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null: this was the last page"
+    )
 
 
 class FetchResponse(BaseModel):

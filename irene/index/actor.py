@@ -19,6 +19,7 @@ import numpy as np
 
 from irene.config import IndexConfig
 from irene.index.feed import ChangeFeed, Changes
+from irene.index.filters import Filter, as_filter
 from irene.index.log import DurableIndex
 from irene.index.records import Records, as_records
 from irene.index.router import owner_of, owner_uri
@@ -121,6 +122,12 @@ class IndexActor:
         self._feed.wait_followers(self._index.last_seq)
         return present
 
+    def delete_where(self, filter: Filter | dict) -> int:
+        """Remove the items ``filter`` matches; returns how many (durable on return)."""
+        n = self._index.delete_where(as_filter(filter))
+        self._feed.wait_followers(self._index.last_seq)
+        return n
+
     def seed(self, batches: Iterable[tuple], owner: int = 0, n_owners: int = 1) -> int:
         """Add the ``(ids, vecs, records)`` batches' items that belong to this owner if the
         index is empty, one log record per batch; returns the number added (0 when the
@@ -149,9 +156,19 @@ class IndexActor:
         self._feed.leave(follower)
 
     # ----------------------------------------------------------------- reads
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ``(scores (m, k), int64 ids (m, k))`` (``irene.index.topk``)."""
-        return self._index.search(np.asarray(queries, dtype=np.float32), k)
+    def search(
+        self, queries, k: int, filter: Filter | dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(scores (m, k), int64 ids (m, k))`` (``irene.index.topk``) of the items
+        ``filter`` matches (``irene.index.filters``; None: all)."""
+        return self._index.search(np.asarray(queries, dtype=np.float32), k, as_filter(filter))
+
+    def count_where(self, filter: Filter | dict | None = None) -> int:
+        return self._index.index.count_where(as_filter(filter))
+
+    def scroll(self, after: int, limit: int, filter: Filter | dict | None = None) -> np.ndarray:
+        """The next ``limit`` int64 ids above ``after`` (``ShardedIndex.scroll``)."""
+        return self._index.index.scroll(after, limit, as_filter(filter))
 
     def lookup(self, iids) -> tuple[list, list]:
         """String ids and records of int64 ids (None, None where absent)."""

@@ -73,6 +73,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from irene import io as iio
+from irene.index.filters import Filter
 from irene.index.records import Records
 from irene.index.shard import IndexSpec, as_vectors
 from irene.index.sharded import ShardedIndex, check_str_ids
@@ -791,15 +792,27 @@ class DurableIndex:
             for s in ids:
                 present.append(s not in seen and s in self.index)
                 seen.add(s)
-            doomed = [s for s, p in zip(ids, present, strict=True) if p]
-            if doomed:
-                rec = LogRecord(self._last_seq + 1, "delete", doomed)
-                self._commit(rec)
-                self.index.delete(doomed)
-                self._publish(rec)
-        if doomed:
+            self._delete_locked([s for s, p in zip(ids, present, strict=True) if p])
+        if any(present):
             self._maybe_snapshot()
         return present
+
+    def delete_where(self, filter: Filter | dict) -> int:
+        """Remove every item ``filter`` matches (decided and logged under the write lock, so
+        a concurrent write cannot slip between); returns how many. Durable when it returns."""
+        with self._write_lock:
+            doomed = [s for s in self.index.names(self.index.match(filter)) if s is not None]
+            self._delete_locked(doomed)
+        if doomed:
+            self._maybe_snapshot()
+        return len(doomed)
+
+    def _delete_locked(self, doomed: list[str]) -> None:
+        if doomed:
+            rec = LogRecord(self._last_seq + 1, "delete", doomed)
+            self._commit(rec)
+            self.index.delete(doomed)
+            self._publish(rec)
 
     def add_listener(self, fn: Callable[[LogRecord], None]) -> None:
         """Call ``fn(record)`` for every committed record, in seq order, once it is durable
@@ -826,9 +839,11 @@ class DurableIndex:
         """Per id its record dict, or None when absent (``ShardedIndex.get_records``)."""
         return self.index.get_records(ids)
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries, k: int, filter: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, int64 ids)`` arrays (``ShardedIndex.search``)."""
-        return self.index.search(queries, k)
+        return self.index.search(queries, k, filter)
 
     def lookup(self, iids) -> tuple[list, list]:
         """String ids and records of int64 ids (``ShardedIndex.lookup``)."""

@@ -9,11 +9,14 @@ Only the HTTP edge (and ``get_records``) turns records into per-item dicts.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from irene.index.filters import Filter, KeyColumn, append_at, evaluate, metadata_key
 
 SOURCES = ("trained", "generated")
 FIELDS = ("text", "metadata", "source", "version")
@@ -204,6 +207,9 @@ class RecordStore:
         self._keys = np.zeros(0, dtype=np.int64)  # sorted ids
         self._rows = np.zeros(0, dtype=np.int64)  # row of _keys[i]; -1: none
         self._recent: dict[int, int] = {}  # id -> row for ids not in _keys
+        self._iid = np.zeros(0, dtype=np.int64)  # (capacity,) the id a row was written for
+        self._alive = np.zeros(0, dtype=bool)  # (capacity,) the row is its id's current one
+        self._cols = _ColumnCache(self)  # filter columns, built on first use
         self.writes = 0  # puts so far (``ShardedIndex`` swaps in a compacted copy if unchanged)
 
     def __len__(self) -> int:
@@ -222,14 +228,14 @@ class RecordStore:
         if records is None:
             self._map(iids, np.full(len(iids), -1, dtype=np.int64))
         else:
-            self._map(iids, self._append(records))
+            self._map(iids, self._append(records, iids))
         if self.garbage > self._live:
             self.compact()
 
     def discard(self, iids: np.ndarray) -> None:
         self.put(iids, None)
 
-    def _append(self, records: Records) -> np.ndarray:
+    def _append(self, records: Records, iids: np.ndarray) -> np.ndarray:
         k, n0 = len(records), self._n
         n1 = n0 + k
         texts = [t.encode("utf-8") for t in records.text]
@@ -238,6 +244,9 @@ class RecordStore:
         self._meta_off = _grow(self._meta_off, n1 + 1)
         self._source = _grow(self._source, n1)
         self._version = _grow(self._version, n1)
+        self._iid = _grow(self._iid, n1)
+        self._alive = _grow(self._alive, n1)
+        self._iid[n0:n1] = iids
         tl = np.fromiter(map(len, texts), dtype=np.int64, count=k)
         ml = np.fromiter(map(len, metas), dtype=np.int64, count=k)
         self._text_off[n0 + 1 : n1 + 1] = self._text_off[n0] + np.cumsum(tl)
@@ -263,11 +272,16 @@ class RecordStore:
         hit[hit] = self._keys[pos[hit]] == iids[hit]
         p = pos[hit]
         self._live += int((rows[hit] >= 0).sum() - (self._rows[p] >= 0).sum())
+        old = self._rows[p]
+        self._alive[old[old >= 0]] = False
         self._rows[p] = rows[hit]
+        self._alive[rows[rows >= 0]] = True
         recent = self._recent
         for iid, row in zip(iids[~hit].tolist(), rows[~hit].tolist(), strict=True):
             old = recent.pop(iid, -1)
             self._live -= old >= 0
+            if old >= 0:
+                self._alive[old] = False
             if row >= 0:
                 recent[iid] = row
                 self._live += 1
@@ -339,6 +353,11 @@ class RecordStore:
         """The record of each id (:func:`empty_record` where it has none)."""
         return [self.row(r) if r >= 0 else empty_record() for r in self.rows_of(iids).tolist()]
 
+    def match(self, f: Filter, names: Callable[[np.ndarray], list]) -> np.ndarray:
+        """The ids (int64, row order) of the live rows that ``f`` matches; ``names(iids)``
+        gives string ids (read only when ``f`` has an ``id_prefix``)."""
+        return self._cols.match(f, names)
+
     def nbytes(self) -> dict[str, int]:
         """Memory held: ``values`` (text + metadata bytes) and ``bookkeeping`` (everything
         else: offsets, codes, the position map; array capacity included)."""
@@ -348,7 +367,12 @@ class RecordStore:
         book = sum(a.nbytes for a in arrays) + self._keys.nbytes + self._rows.nbytes
         book += sys.getsizeof(self._recent) + 2 * 32 * len(self._recent)  # + int objects
         book += sum(sys.getsizeof(v) for v in self._versions)
-        return {"values": len(self._text) + len(self._meta), "bookkeeping": book}
+        book += self._iid.nbytes + self._alive.nbytes
+        return {
+            "values": len(self._text) + len(self._meta),
+            "bookkeeping": book,
+            "filter_columns": self._cols.nbytes(),
+        }
 
     # ----------------------------------------------------------------- snapshots
     def _columns(self) -> dict[str, Any]:
@@ -394,6 +418,8 @@ class RecordStore:
             raise ValueError("record state: columns do not match the ids")
         order = np.argsort(ids, kind="stable")
         self._keys, self._rows, self._recent = ids[order], order.astype(np.int64), {}
+        self._iid, self._alive = ids.copy(), np.ones(n, dtype=bool)
+        self._cols = _ColumnCache(self)  # rows were renumbered
 
     @classmethod
     def from_state(cls, st: dict[str, Any] | None) -> RecordStore:
@@ -402,3 +428,83 @@ class RecordStore:
         if st is not None:
             store._load(st)
         return store
+
+
+class _ColumnCache:
+    """The filter columns of a :class:`RecordStore`, over its rows: one :class:`KeyColumn`
+    per metadata key a filter has named and the rows' string ids, each built on first use
+    and extended over the rows appended since (rows are append-only until a compaction,
+    which starts a new cache). Safe for concurrent readers (its own lock)."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._n = 0  # rows covered by every cached key column
+        self._keys: dict[str, KeyColumn] = {}
+        self._ids = np.zeros(0, dtype="S1")
+        self._nids = 0
+
+    def _metadata(self, a: int, b: int) -> list[dict]:
+        st = self._store
+        off, buf = st._meta_off, st._meta
+        chunks = [
+            bytes(buf[off[r] : off[r + 1]]) or b"{}" for r in range(a, b)
+        ]  # one JSON parse for the whole run
+        return json.loads(b"[" + b",".join(chunks) + b"]") if chunks else []
+
+    def _ensure(self, keys: set[str], n: int) -> None:
+        new = [k for k in keys if k not in self._keys]
+        if self._keys and self._n < n:
+            rows = self._metadata(self._n, n)
+            for k, col in self._keys.items():
+                col.extend([m.get(k) for m in rows])
+        if new:
+            rows = self._metadata(0, n)
+            for k in new:
+                col = self._keys[k] = KeyColumn()
+                col.extend([m.get(k) for m in rows])
+        self._n = n
+
+    def _ids_upto(self, n: int, names: Callable[[np.ndarray], list]) -> np.ndarray:
+        have = self._nids
+        if have < n:
+            got = names(self._store._iid[have:n])
+            more = np.array([(s or "").encode("utf-8") for s in got], dtype="S")
+            if more.dtype.itemsize > self._ids.dtype.itemsize:
+                self._ids = self._ids.astype(more.dtype)
+            self._ids = append_at(self._ids, have, more)
+            self._nids = n
+        return self._ids[:n]
+
+    def match(self, f: Filter, names: Callable[[np.ndarray], list]) -> np.ndarray:
+        st = self._store
+        n = st._n
+        with self._lock:
+            self._ensure({metadata_key(k) for k in f.keys()} - {None}, n)
+            ids = self._ids_upto(n, names) if f.uses_ids() else None
+            cols = _RowColumns(st, n, self._keys, ids)
+            hit = evaluate(f, cols) & st._alive[:n]
+        return st._iid[:n][hit]
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self._keys.values()) + self._ids.nbytes
+
+
+class _RowColumns:
+    """``irene.index.filters.Columns`` over the first ``n`` rows of a store."""
+
+    def __init__(self, store: RecordStore, n: int, keys: dict, ids: np.ndarray | None) -> None:
+        self._store, self.n, self._keys, self._ids = store, n, keys, ids
+
+    def key(self, key: str) -> KeyColumn:
+        return self._keys[key]
+
+    def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
+        st = self._store
+        if field == "source":
+            return st._source[: self.n], list(SOURCES)
+        return st._version[: self.n], list(st._versions)
+
+    def ids(self) -> np.ndarray:
+        assert self._ids is not None
+        return self._ids

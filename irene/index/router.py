@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from irene.index.filters import Filter
 from irene.index.records import Records, as_records
 from irene.index.sharded import check_str_ids, int_id
 from irene.index.topk import merge_topk
@@ -160,10 +161,24 @@ class ShardRouter:
     def get(self, id_: str) -> Plan:
         return Plan([(self.owner(id_), "get", (id_,))], lambda a: a[0])
 
-    def search(self, queries, k: int) -> Plan:
-        """Top-k ``(scores, int64 ids)`` arrays over every owner, merged."""
+    def search(self, queries, k: int, filter: Filter | None = None) -> Plan:
+        """Top-k ``(scores, int64 ids)`` arrays over every owner, merged (of the items
+        ``filter`` matches: each owner filters before its top-k)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)  # (m, d)
-        return self._everyone("search", (q, int(k)), lambda parts: merge_topk(parts, int(k)))
+        args = (q, int(k)) if filter is None else (q, int(k), filter)
+        return self._everyone("search", args, lambda parts: merge_topk(parts, int(k)))
+
+    def count_where(self, filter: Filter | None = None) -> Plan:
+        return self._everyone("count_where", (filter,), sum)
+
+    def scroll(self, after: int, limit: int, filter: Filter | None = None) -> Plan:
+        """The next ``limit`` int64 ids above ``after`` over every owner, ascending."""
+        return self._everyone(
+            "scroll", (int(after), int(limit), filter), lambda parts: merge_scroll(parts, limit)
+        )
+
+    def delete_where(self, filter: Filter) -> Plan:
+        return self._everyone("delete_where", (filter,), sum)
 
     def lookup(self, iids) -> Plan:
         """``(string ids, records)`` of int64 ids (None, None where absent), in the caller's
@@ -205,6 +220,12 @@ class ShardRouter:
             }
 
         return self._everyone("stats", (), combine)
+
+
+def merge_scroll(parts: list[np.ndarray], limit: int) -> np.ndarray:
+    """The first ``limit`` of the owners' ascending id pages, ascending."""
+    ids = np.sort(np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]))
+    return ids[: int(limit)]
 
 
 def run_plan(plan: Plan, owners: Sequence[Any], resolve: Callable[[Any], Any] | None = None):

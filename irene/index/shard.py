@@ -48,6 +48,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 from dataclasses import asdict, dataclass, replace
 
@@ -60,6 +61,10 @@ KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 IVF_KINDS = ("ivf", "ivfpq")
 HNSW_REBUILD_FRACTION = 0.2
 IVF_MIN_POINTS_PER_CENTROID = 39
+# A filtered search scores the matching vectors directly when that is cheaper than the index's
+# own search with a selector; one gathered vector costs about this many scanned ones.
+EXACT_GATHER_COST = 4
+HNSW_MAX_FILTER_EF = 4096  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
 _FORMAT_VERSION = 1
 
 
@@ -385,8 +390,13 @@ class Shard:
                 self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._index)
             return self._gpu_index
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: scores (m, k) float32, ids (m, k) int64; -1 / -inf padding."""
+    def search(
+        self, queries, k: int, subset: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: scores (m, k) float32, ids (m, k) int64; -1 / -inf padding.
+
+        ``subset``: only these ids (int64, unique, all stored here) may be returned -- a
+        filter evaluated before the search, so a query gets k hits whenever k ids qualify."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
@@ -395,8 +405,10 @@ class Shard:
         m = q.shape[0]
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         ids = np.full((m, k), -1, dtype=np.int64)
-        if not self._labels or m == 0:
+        if not self._labels or m == 0 or (subset is not None and not len(subset)):
             return scores, ids
+        if subset is not None and len(subset) < len(self._labels):
+            return self._search_subset(q, k, np.asarray(subset, dtype=np.int64), scores, ids)
         kk = min(k, self._index.ntotal)
         index = self._search_index()
         if self._use_gpu:
@@ -412,6 +424,63 @@ class Shard:
             ids[:, :kk] = np.where(valid, self._labels_to_ids(lab), -1)
         else:
             ids[:, :kk] = lab
+        return scores, ids
+
+    def plan(self, n_match: int) -> str:
+        """How a search restricted to ``n_match`` of the stored ids runs: ``"exact"`` (score
+        just those vectors) when that costs less than the index's own search with the ids as
+        an ``IDSelector`` (``"selector"``), by the cost model in the README (Filters)."""
+        n = max(len(self._labels), 1)
+        gathered = EXACT_GATHER_COST * n_match
+        if self.spec.kind in IVF_KINDS and self._ivf_trained:
+            nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe * n / n_match))
+            return "exact" if gathered <= n * nprobe / self.spec.ivf_nlist else "selector"
+        if self.spec.kind == "hnsw":
+            ef = self.spec.ef_search * n / n_match
+            return "exact" if gathered <= ef * self.spec.hnsw_m * 2 else "selector"
+        return "exact" if gathered <= n else "selector"
+
+    def _search_subset(
+        self, q: np.ndarray, k: int, subset: np.ndarray, scores: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.spec.kind == "hnsw":
+            labels = np.fromiter(
+                (self._labels[i] for i in subset.tolist()), dtype=np.int64, count=len(subset)
+            )
+        else:
+            labels = subset
+        kk = min(k, len(subset))
+        if self.plan(len(subset)) == "exact":
+            x = self._index.reconstruct_batch(labels)  # (s, dim)
+            sc = q @ x.T  # (m, s)
+            top = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < len(subset) else None
+            if top is None:
+                top = np.broadcast_to(np.arange(len(subset)), sc.shape)
+            part = np.take_along_axis(sc, top, axis=1)
+            order = np.argsort(-part, axis=1, kind="stable")
+            scores[:, :kk] = np.take_along_axis(part, order, axis=1)
+            ids[:, :kk] = subset[np.take_along_axis(top, order, axis=1)]
+            return scores, ids
+        sel = faiss.IDSelectorBatch(labels)
+        frac = len(subset) / len(self._labels)
+        if self.spec.kind in IVF_KINDS and self._ivf_trained:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe / frac))
+        elif self.spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(
+                kk, min(HNSW_MAX_FILTER_EF, math.ceil(self.spec.ef_search / frac))
+            )
+        else:
+            params = faiss.SearchParameters()
+        params.sel = sel
+        d, lab = self._index.search(q, kk, params=params)
+        del sel  # kept alive until the search returned
+        valid = lab >= 0
+        scores[:, :kk] = np.where(valid, d, -np.inf)
+        ids[:, :kk] = (
+            np.where(valid, self._labels_to_ids(lab), -1) if self.spec.kind == "hnsw" else lab
+        )
         return scores, ids
 
     def _labels_to_ids(self, labels: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from irene.index.filters import Filter, as_filter
 from irene.index.records import Records, RecordStore, as_records, empty_record
 from irene.index.shard import IndexSpec, Shard, as_vectors
 from irene.index.topk import merge_topk, named
@@ -279,27 +280,68 @@ class ShardedIndex:
                 )
             return self._pool
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries, k: int, filter: Filter | dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product per query row: ``(scores (m, k) float32, ids (m, k) int64)``
-        best first, padded with -inf / -1 (``irene.index.topk``); queries (m, dim)."""
+        best first, padded with -inf / -1 (``irene.index.topk``); queries (m, dim).
+
+        ``filter`` (``irene.index.filters``) is evaluated on the records first and each shard
+        searches only the matching ids, so k hits come back whenever k items match."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
         if k < 1:
             raise ValueError("k must be >= 1")
+        f = as_filter(filter)
         with self._lock.read():
-            per_shard = self.count * len(q) / self.n_shards  # vectors x queries per shard
+            subsets: list = [None] * self.n_shards
+            work = self.count
+            if f is not None:
+                hit = self._records.match(f, self._names_locked)
+                part = hit % self.n_shards
+                subsets = [hit[part == i] for i in range(self.n_shards)]
+                work = len(hit)
+            per_shard = work * len(q) / self.n_shards  # vectors x queries per shard
+            jobs = list(zip(self._shards, subsets, strict=True))
             if self.n_shards == 1 or self._search_threads == 1 or per_shard < PARALLEL_MIN_WORK:
-                parts = [s.search(q, k) for s in self._shards]
+                parts = [s.search(q, k, sub) for s, sub in jobs]
             else:
-                parts = list(self._executor().map(lambda s: s.search(q, k), self._shards))
+                parts = list(self._executor().map(lambda j: j[0].search(q, k, j[1]), jobs))
         return merge_topk(parts, k)
+
+    def _names_locked(self, iids: np.ndarray) -> list[str | None]:
+        get = self._str_of.get
+        return [get(i) for i in np.asarray(iids, dtype=np.int64).tolist()]
+
+    def match(self, filter: Filter | dict) -> np.ndarray:
+        """The int64 ids of the items ``filter`` matches (unordered)."""
+        f = as_filter(filter)
+        with self._lock.read():
+            return self._records.match(f, self._names_locked)
+
+    def count_where(self, filter: Filter | dict | None = None) -> int:
+        """How many items ``filter`` matches (None: all)."""
+        return self.count if filter is None else len(self.match(filter))
+
+    def scroll(self, after: int = -1, limit: int = 100, filter: Filter | dict | None = None):
+        """The next ``limit`` int64 ids greater than ``after`` in id order (of those
+        ``filter`` matches): a stable cursor over the items while they change."""
+        f = as_filter(filter)
+        with self._lock.read():
+            if f is None:
+                iids = np.fromiter(self._str_of.keys(), dtype=np.int64, count=len(self._str_of))
+            else:
+                iids = self._records.match(f, self._names_locked)
+        iids = iids[iids > after]
+        if len(iids) > limit:
+            iids = np.partition(iids, limit - 1)[:limit]
+        return np.sort(iids)
 
     def names(self, iids) -> list[str | None]:
         """The string id of each int64 id (None where absent)."""
         with self._lock.read():
-            get = self._str_of.get
-            return [get(i) for i in np.asarray(iids, dtype=np.int64).tolist()]
+            return self._names_locked(iids)
 
     def lookup(self, iids) -> tuple[list[str | None], list[dict | None]]:
         """String id and record of each int64 id (None, None where absent), under one read

@@ -2,7 +2,8 @@
 
 An *index view* answers two calls, arrays in and out::
 
-    await view.search(queries (m, d) float32, k) -> (scores (m, k) float32, ids (m, k) int64)
+    await view.search(queries (m, d) float32, k, filter=None)
+        -> (scores (m, k) float32, ids (m, k) int64)          # filter: irene.index.filters
     await view.lookup(ids (n,) int64)            -> (string ids, records)   # None where gone
 
 Three placements implement it:
@@ -29,12 +30,15 @@ from typing import Protocol
 import numpy as np
 
 from irene.index.feed import IndexCopy
+from irene.index.filters import Filter
 from irene.index.router import ShardRouter, run_plan
 from irene.index.topk import merge_topk
 
 
 class IndexView(Protocol):
-    async def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    async def search(
+        self, queries: np.ndarray, k: int, filter: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     async def lookup(self, ids: np.ndarray) -> tuple[list, list]: ...
 
@@ -63,11 +67,13 @@ class CopiesView:
     def fresh(self) -> bool:
         return bool(self.copies) and all(c.fresh() for c in self.copies)
 
-    def search_now(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def search_now(
+        self, queries: np.ndarray, k: int, filter: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """In ``pool``: the merged top-k of the copies, or None while any may be stale."""
         if not self.fresh():
             return None
-        parts = [c.index.search(queries, k) for c in self.copies]
+        parts = [c.index.search(queries, k, filter) for c in self.copies]
         self.answered["copies"] += 1
         return merge_topk(parts, k)
 
@@ -77,14 +83,16 @@ class CopiesView:
             return None
         return run_plan(self.router.lookup(ids), [c.index for c in self.copies])
 
-    async def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    async def search(
+        self, queries: np.ndarray, k: int, filter: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        out = await loop.run_in_executor(self._pool, self.search_now, q, int(k))
+        out = await loop.run_in_executor(self._pool, self.search_now, q, int(k), filter)
         if out is None:
             self.answered["fallback"] += 1
-            out = await self._fallback.search(q, int(k))
+            out = await self._fallback.search(q, int(k), filter)
             self._observe("fallback_search", time.perf_counter() - t0)
             return out
         self._observe("copies_search", time.perf_counter() - t0)

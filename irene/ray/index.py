@@ -198,9 +198,19 @@ class ActorShards:
     async def get_records(self, ids: Sequence[str]) -> list[dict | None]:
         return await self._acall("get_records", ids)
 
-    async def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k ``(scores (m, k), int64 ids (m, k))`` over every shard, merged."""
-        return await self._acall("search", queries, k)
+    async def search(self, queries, k: int, filter=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(scores (m, k), int64 ids (m, k))`` over every shard, merged (of the
+        items ``filter`` matches)."""
+        return await self._acall("search", queries, k, filter)
+
+    async def count_where(self, filter=None) -> int:
+        return await self._acall("count_where", filter)
+
+    async def scroll(self, after: int, limit: int, filter=None) -> np.ndarray:
+        return await self._acall("scroll", after, limit, filter)
+
+    async def delete_where(self, filter) -> int:
+        return await self._acall("delete_where", filter)
 
     async def lookup(self, iids) -> tuple[list, list]:
         """String ids and records of int64 ids (None, None where absent)."""

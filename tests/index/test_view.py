@@ -24,7 +24,7 @@ class _AsyncIndex:
     def __init__(self, routed: RoutedIndex) -> None:
         self.routed, self.calls = routed, 0
 
-    async def search(self, q, k):
+    async def search(self, q, k, filter=None):
         self.calls += 1
         return self.routed.search(q, k)
 

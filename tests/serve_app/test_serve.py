@@ -642,6 +642,77 @@ def test_records_are_stored_and_returned(served):
     assert [it is None for it in r.json()["items"]] == [True, True, False]
 
 
+def test_filters_count_scroll_and_delete_by_filter(served):
+    """A filtered query returns only matching items and k of them whenever k match (the
+    filter runs before the top-k); count, scroll and delete-by-filter agree with the items
+    written; a bad clause is a 422 naming it."""
+    shops = ["a", "b", "b", "c", "c", "c", "a", "b"]
+    items = [
+        (f"flt-{i}", tiny_item_text(600 + i), {"shop": s, "price": 10 * i, "new": i % 2 == 0})
+        for i, s in enumerate(shops)
+    ]
+    assert served.ingest(items).status_code == 200
+    query = tiny_item_text(601)
+    only_b = {"must": [{"key": "shop", "match": {"value": "b"}}]}
+    hits = served.query(query, 3, filter=only_b, with_payload=["metadata"])
+    assert [h["metadata"]["shop"] for h in hits] == ["b"] * 3  # all 3 of 8 items, not fewer
+    assert hits[0]["id"] == "flt-1"
+    cheap_new = {
+        "must": [{"key": "price", "range": {"lt": 50}}, {"key": "new", "match": {"value": True}}],
+        "must_not": [{"id_prefix": "flt-0"}],
+    }
+    hits = served.query(query, LIMITS["max_k"], filter=cheap_new)
+    assert {h["id"] for h in hits} == {"flt-2", "flt-4"}
+    assert served.query(
+        query, 5, filter={"must": [{"key": "source", "match": {"value": "trained"}}]}
+    )
+    assert all(h["source"] == "trained" for h in served.query(
+        query, 5, filter={"must": [{"key": "source", "match": {"value": "trained"}}]}
+    ))  # fmt: skip
+    top = served.query(query, 5)
+    floor = top[2]["score"]
+    assert [h["id"] for h in served.query(query, 5, score_threshold=floor)] == [
+        h["id"] for h in top if h["score"] >= floor
+    ]
+
+    def count(f):
+        r = served.client.post("/v1/count", json={"filter": f})
+        assert r.status_code == 200, r.text
+        return r.json()["count"]
+
+    prefix = {"must": [{"id_prefix": "flt-"}]}
+    assert count(prefix) == 8 and count(only_b) == 3
+    assert count({"must": [{"key": "shop", "match": {"any": ["a", "c"]}}]}) == 5
+    seen, cursor = [], None
+    while True:
+        r = served.client.post(
+            "/v1/items/scroll", json={"filter": prefix, "limit": 3, "cursor": cursor}
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["items"]) <= 3
+        seen += [(it["id"], it["metadata"]["shop"], it["text"]) for it in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted((i, m["shop"], t) for i, t, m in items)
+    r = served.client.post("/v1/items/delete_by_filter", json={"filter": only_b})
+    assert r.status_code == 401  # a write: needs the token
+    r = served.client.post("/v1/items/delete_by_filter", json={"filter": only_b}, headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"deleted": 3}
+    assert count(prefix) == 5 and count(only_b) == 0
+    assert served.query(query, 3, filter=only_b) == []
+    r = served.client.post("/v1/items/delete_by_filter", json={"filter": {}}, headers=AUTH)
+    assert r.status_code == 422 and "every item" in r.text
+    bad = {"must": [{"key": "price", "range": {}}]}
+    r = served.client.post("/v1/query", json={"text": query, "filter": bad})
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"][:5] == ["body", "filter", "must", 0, "field"] and "range" in err["msg"]
+    r = served.client.post("/v1/items/delete_by_filter", json={"filter": prefix}, headers=AUTH)
+    assert r.json() == {"deleted": 5}
+
+
 def test_bad_metadata_gets_a_422_naming_the_field(served):
     ok = {"id": "bm-0", "text": tiny_item_text(470)}
     bad = {"id": "bm-1", "text": tiny_item_text(471), "metadata": {"brand": "a", "price": {}}}

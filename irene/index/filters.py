@@ -1,0 +1,366 @@
+"""Filters over item records: the grammar (pydantic, shared with the HTTP schema) and its
+vectorised evaluation over a :class:`Columns` view of a record store.
+
+A filter is Qdrant-shaped::
+
+    {"must": [cond, ...], "should": [cond, ...], "must_not": [cond, ...]}
+
+``must``: every condition holds; ``should``: at least one holds (when the list is not empty);
+``must_not``: none holds. A condition is one of
+
+- ``{"key": K, "match": {"value": V}}``: the field equals ``V`` (a string, an integer or a
+  bool; types are strict: ``"1"`` does not match ``1``, ``true`` does not match ``1``); a
+  list-of-strings field matches when any element equals ``V``;
+- ``{"key": K, "match": {"any": [V, ...]}}``: the field equals one of the values (strings or
+  integers);
+- ``{"key": K, "range": {"gt": x, "gte": x, "lt": x, "lte": x}}``: a numeric field (integer or
+  float, not bool) within the bounds given (at least one);
+- ``{"id_prefix": P}``: the item's string id starts with ``P``;
+- a nested filter (``{"must": ..., "should": ..., "must_not": ...}``).
+
+``K`` names a metadata key, except ``"source"`` and ``"version"``, which name the record's
+source (``trained`` / ``generated``) and the bundle version that made its vector; a metadata key
+with one of those names is reached as ``"metadata.source"``. An item without the key does not
+match a ``match``/``range`` condition (so it does match its ``must_not``). Items stored without
+any record match no filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_validator,
+)
+
+RECORD_KEYS = ("source", "version")
+META_PREFIX = "metadata."
+
+Scalar = StrictStr | StrictInt | StrictBool
+Number = StrictInt | StrictFloat
+
+
+class _Clause(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchValue(_Clause):
+    value: Scalar = Field(description="equals this string, integer or bool (types are strict)")
+
+
+class MatchAny(_Clause):
+    any: list[StrictStr] | list[StrictInt] = Field(
+        min_length=1, description="equals one of these strings (or integers)"
+    )
+
+
+class Range(_Clause):
+    gt: Number | None = None
+    gte: Number | None = None
+    lt: Number | None = None
+    lte: Number | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Range:
+        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+            raise ValueError("a range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+def _match_tag(v: Any) -> str | None:
+    if isinstance(v, dict):
+        return "any" if "any" in v else "value"
+    return "any" if hasattr(v, "any") else "value"
+
+
+Match = Annotated[
+    Annotated[MatchValue, Tag("value")] | Annotated[MatchAny, Tag("any")],
+    Discriminator(_match_tag),
+]
+
+
+class FieldCondition(_Clause):
+    key: str = Field(min_length=1, max_length=200, description="metadata key, source or version")
+    match: Match | None = None
+    range: Range | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> FieldCondition:
+        if (self.match is None) == (self.range is None):
+            raise ValueError(f"condition on {self.key!r}: give exactly one of match, range")
+        if self.range is not None and self.key in RECORD_KEYS:
+            raise ValueError(f"condition on {self.key!r}: range applies to numbers only")
+        return self
+
+
+class IdPrefix(_Clause):
+    id_prefix: str = Field(min_length=1, max_length=256, description="string id starts with")
+
+
+def _condition_tag(v: Any) -> str:
+    keys = v.keys() if isinstance(v, dict) else type(v).model_fields.keys()
+    if "key" in keys:
+        return "field"
+    if "id_prefix" in keys:
+        return "id_prefix"
+    return "filter"
+
+
+class Filter(_Clause):
+    """A boolean combination of conditions (module docstring)."""
+
+    must: list[Condition] = Field(default_factory=list, max_length=64)
+    should: list[Condition] = Field(default_factory=list, max_length=64)
+    must_not: list[Condition] = Field(default_factory=list, max_length=64)
+
+    def keys(self) -> set[str]:
+        """Every field key the filter reads (nested filters included)."""
+        out: set[str] = set()
+        for c in (*self.must, *self.should, *self.must_not):
+            if isinstance(c, FieldCondition):
+                out.add(c.key)
+            elif isinstance(c, Filter):
+                out |= c.keys()
+        return out
+
+    def uses_ids(self) -> bool:
+        return any(
+            isinstance(c, IdPrefix) or (isinstance(c, Filter) and c.uses_ids())
+            for c in (*self.must, *self.should, *self.must_not)
+        )
+
+    def and_(self, other: Filter | None) -> Filter:
+        """This filter and ``other`` both (``other`` None: this one)."""
+        if other is None:
+            return self
+        return Filter(must=[self, other])
+
+
+Condition = Annotated[
+    Annotated[FieldCondition, Tag("field")]
+    | Annotated[IdPrefix, Tag("id_prefix")]
+    | Annotated[Filter, Tag("filter")],
+    Discriminator(_condition_tag),
+]
+Filter.model_rebuild()
+
+
+def as_filter(f: Filter | dict | None) -> Filter | None:
+    """``f`` as a :class:`Filter` (pydantic's ``ValidationError`` names the bad clause)."""
+    if f is None or isinstance(f, Filter):
+        return f
+    return Filter.model_validate(f)
+
+
+def metadata_key(key: str) -> str | None:
+    """The metadata key a condition's ``key`` names (None: a record field)."""
+    if key in RECORD_KEYS:
+        return None
+    return key[len(META_PREFIX) :] if key.startswith(META_PREFIX) else key
+
+
+# --------------------------------------------------------------------------- evaluation
+def append_at(a: np.ndarray, at: int, values: np.ndarray) -> np.ndarray:
+    """``a`` with ``values`` written at ``[at, at + len(values))``, grown by doubling."""
+    need = at + len(values)
+    if len(a) < need:
+        b = np.empty(max(need, 2 * len(a), 16), dtype=a.dtype)
+        b[:at] = a[:at]
+        a = b
+    a[at:need] = values
+    return a
+
+
+class KeyColumn:
+    """One metadata key over rows ``[0, n)``, by value type: ``num`` float64 (int and float
+    values; NaN elsewhere), ``ints`` int64 with ``is_int``, ``bools`` int8 (-1: not a bool),
+    and the strings (a string, or the elements of a list) as codes ``kw_codes`` into ``vocab``
+    with CSR offsets ``kw_off`` (n + 1,). Appending rows costs amortised O(rows)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._nkw = 0
+        self._num = np.zeros(0, np.float64)
+        self._ints = np.zeros(0, np.int64)
+        self._is_int = np.zeros(0, bool)
+        self._bools = np.zeros(0, np.int8)
+        self._kw_off = np.zeros(1, np.int64)
+        self._kw_codes = np.zeros(0, np.int32)
+        self.vocab: dict[str, int] = {}
+
+    num = property(lambda self: self._num[: self.n])
+    ints = property(lambda self: self._ints[: self.n])
+    is_int = property(lambda self: self._is_int[: self.n])
+    bools = property(lambda self: self._bools[: self.n])
+    kw_off = property(lambda self: self._kw_off[: self.n + 1])
+    kw_codes = property(lambda self: self._kw_codes[: self._nkw])
+
+    def extend(self, values: list[Any]) -> None:
+        """Append the values of the next rows (``None``: the row lacks the key)."""
+        k, n = len(values), self.n
+        num = np.full(k, np.nan)
+        ints = np.zeros(k, np.int64)
+        is_int = np.zeros(k, bool)
+        bools = np.full(k, -1, np.int8)
+        lens = np.zeros(k, np.int64)
+        codes: list[int] = []
+        vocab = self.vocab
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if isinstance(v, bool):
+                bools[i] = v
+            elif isinstance(v, int):
+                ints[i], is_int[i], num[i] = v, True, float(v)
+            elif isinstance(v, float):
+                num[i] = v
+            else:
+                strs = [v] if isinstance(v, str) else v
+                lens[i] = len(strs)
+                codes.extend(vocab.setdefault(s, len(vocab)) for s in strs)
+        self._num = append_at(self._num, n, num)
+        self._ints = append_at(self._ints, n, ints)
+        self._is_int = append_at(self._is_int, n, is_int)
+        self._bools = append_at(self._bools, n, bools)
+        self._kw_off = append_at(self._kw_off, n + 1, self._kw_off[n] + np.cumsum(lens))
+        self._kw_codes = append_at(self._kw_codes, self._nkw, np.asarray(codes, np.int32))
+        self._nkw += len(codes)
+        self.n = n + k
+
+    def has_string(self, wanted: list[str]) -> np.ndarray:
+        """(n,) bool: the row's string (or one of its list's strings) is in ``wanted``."""
+        codes = [self.vocab[s] for s in wanted if s in self.vocab]
+        if not codes or not self._nkw:
+            return np.zeros(self.n, bool)
+        hit = np.isin(self.kw_codes, codes).astype(np.int64)
+        csum = np.concatenate([[0], np.cumsum(hit)])
+        off = self.kw_off
+        return csum[off[1:]] > csum[off[:-1]]
+
+    def nbytes(self) -> int:
+        arrays = (self._num, self._ints, self._is_int, self._bools, self._kw_off, self._kw_codes)
+        return sum(a.nbytes for a in arrays)
+
+
+class Columns(Protocol):
+    """What a filter reads, every array over the same ``n`` rows."""
+
+    n: int
+
+    def key(self, key: str) -> KeyColumn: ...
+
+    def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
+        """(codes (n,), names): the row's value is ``names[codes[row]]``."""
+        ...
+
+    def ids(self) -> np.ndarray:
+        """(n,) ``S`` dtype: each row's string id, UTF-8."""
+        ...
+
+
+def _field(c: FieldCondition, cols: Columns) -> np.ndarray:
+    meta = metadata_key(c.key)
+    if meta is None:  # source / version: one string per row
+        codes, names = cols.record_field(c.key)
+        m = c.match
+        wanted = [m.value] if isinstance(m, MatchValue) else list(m.any)
+        hit = [i for i, name in enumerate(names) if name in wanted]
+        return np.isin(codes, hit) if hit else np.zeros(cols.n, bool)
+    col = cols.key(meta)
+    if c.range is not None:
+        r, x = c.range, col.num
+        out = ~np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            for bound, op in ((r.gt, np.greater), (r.gte, np.greater_equal)):
+                if bound is not None:
+                    out &= op(x, bound)
+            for bound, op in ((r.lt, np.less), (r.lte, np.less_equal)):
+                if bound is not None:
+                    out &= op(x, bound)
+        return out
+    m = c.match
+    values = [m.value] if isinstance(m, MatchValue) else list(m.any)
+    out = np.zeros(cols.n, bool)
+    strs = [v for v in values if isinstance(v, str)]
+    if strs:
+        out |= col.has_string(strs)
+    bools = [v for v in values if isinstance(v, bool)]
+    for b in bools:
+        out |= col.bools == int(b)
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if ints:
+        out |= col.is_int & np.isin(col.ints, ints)
+    return out
+
+
+def _condition(c: Any, cols: Columns) -> np.ndarray:
+    if isinstance(c, FieldCondition):
+        return _field(c, cols)
+    if isinstance(c, IdPrefix):
+        return np.char.startswith(cols.ids(), c.id_prefix.encode("utf-8"))
+    return evaluate(c, cols)
+
+
+def evaluate(f: Filter, cols: Columns) -> np.ndarray:
+    """(n,) bool: the rows of ``cols`` that ``f`` matches."""
+    out = np.ones(cols.n, bool)
+    for c in f.must:
+        out &= _condition(c, cols)
+    if f.should:
+        any_ = np.zeros(cols.n, bool)
+        for c in f.should:
+            any_ |= _condition(c, cols)
+        out &= any_
+    for c in f.must_not:
+        out &= ~_condition(c, cols)
+    return out
+
+
+def matches(f: Filter, item_id: str, record: dict[str, Any]) -> bool:
+    """Whether one item (its string id and record dict) matches: the reference semantics,
+    one row at a time (tests check the vectorised :func:`evaluate` against it)."""
+
+    def cond(c: Any) -> bool:
+        if isinstance(c, IdPrefix):
+            return item_id.startswith(c.id_prefix)
+        if isinstance(c, Filter):
+            return matches(c, item_id, record)
+        meta = metadata_key(c.key)
+        v = record[c.key] if meta is None else record["metadata"].get(meta)
+        if v is None:
+            return False
+        if c.range is not None:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return False
+            r = c.range
+            return (
+                (r.gt is None or v > r.gt)
+                and (r.gte is None or v >= r.gte)
+                and (r.lt is None or v < r.lt)
+                and (r.lte is None or v <= r.lte)
+            )
+        wanted = [c.match.value] if isinstance(c.match, MatchValue) else list(c.match.any)
+        got = v if isinstance(v, list) else [v]
+        return any(type(g) is type(w) and g == w for g in got for w in wanted)
+
+    return (
+        all(cond(c) for c in f.must)
+        and (not f.should or any(cond(c) for c in f.should))
+        and not any(cond(c) for c in f.must_not)
+    )
+
+
+def filter_fn(f: Filter | None) -> Callable[[str, dict], bool] | None:
+    """``matches`` bound to ``f`` (None: no filter)."""
+    return None if f is None else (lambda item_id, record: matches(f, item_id, record))
