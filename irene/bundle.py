@@ -325,6 +325,17 @@ def iter_index_items(
         )
 
 
+def bundle_item_ids(uri: str, verify: bool = True) -> set[str]:
+    """The ids of the bundle's catalogue items (what ``iter_index_items`` seeds)."""
+    local, manifest = _local_copy(uri, verify, parts=("items.json", "items.parquet"))
+    if "items.parquet" not in manifest["files"]:
+        with open(os.path.join(local, "items.json")) as f:
+            return set(json.load(f))
+    return set(
+        pq.read_table(os.path.join(local, "items.parquet"), columns=["id"])["id"].to_pylist()
+    )
+
+
 def load_bundle(uri: str, device: str = "auto", verify: bool = True) -> Bundle:
     """Load a bundle from a local directory or s3:// prefix (checksums verified)."""
     local, manifest = _local_copy(uri, verify)

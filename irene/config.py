@@ -261,6 +261,7 @@ class IndexConfig:
     # answering replicas then hold no copy (read_replica is ignored)
     shard_readers: bool = False
     lease_s: float = 1.5  # a copy answers only while in contact with its shard actor
+    alias_poll_s: float = 1.0  # how often replicas check the generation alias (irene upgrade)
 
     def __post_init__(self) -> None:
         for name in ("n_owners", "n_shards", "keep_snapshots", "seed_chunk"):
@@ -272,6 +273,8 @@ class IndexConfig:
             raise ConfigError("'index.num_cpus' and 'index.snapshot_every' must be >= 0")
         if self.lease_s <= 0:
             raise ConfigError(f"'index.lease_s' must be > 0, got {self.lease_s}")
+        if self.alias_poll_s <= 0:
+            raise ConfigError(f"'index.alias_poll_s' must be > 0, got {self.alias_poll_s}")
 
     @property
     def copies_in_replica(self) -> bool:

@@ -69,15 +69,18 @@ def open_local_index(index: IndexConfig, dim: int):
     return RoutedIndex([IndexActor(s) for s in actor_settings(index, dim)])
 
 
-def ingest_local(cfg: Config, show_progress: bool = True) -> IngestReport:
-    """Run the stages in this process over ``cfg.ingest.items`` into ``cfg.ingest.index``."""
+def ingest_local(cfg: Config, show_progress: bool = True, index=None) -> IngestReport:
+    """Run the stages in this process over ``cfg.ingest.items`` into ``cfg.ingest.index``
+    (opened here), or into ``index`` (e.g. a running app's shard actors: ``RoutedIndex``;
+    left open)."""
     from irene.bundle import bundle_version, read_manifest
 
     ing = cfg.ingest
     check_ingest_config(cfg)
     manifest = read_manifest(cfg.bundle)
     dim = int(manifest["dim"])
-    index = open_local_index(ing.index, dim)
+    owned = index is None
+    index = open_local_index(ing.index, dim) if owned else index
     skip, write = Skip(index), Write(index, bundle_version(manifest))
     encode, generate = Encode(cfg.bundle), Generate(cfg.bundle)
     report = IngestReport(executor="local")
@@ -102,7 +105,8 @@ def ingest_local(cfg: Config, show_progress: bool = True) -> IngestReport:
         report.seconds = time.perf_counter() - t0
         report.index_count = int(index.count())
     finally:
-        index.close()
+        if owned:
+            index.close()
     return report
 
 

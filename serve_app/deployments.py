@@ -34,6 +34,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
 from irene import io
+from irene.config import IndexConfig
+from irene.index.actor import GenerationSealed
+from irene.index.generations import current as current_generation
 from irene.index.log import StorageUnavailable
 from irene.index.records import Records
 from irene.ray.index import ActorShards, actors_for
@@ -55,6 +60,7 @@ from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from serve_app.readers import copies_view
 from serve_app.schemas import (
+    MAX_ID_CHARS,
     AppArgs,
     BatchSettings,
     CountRequest,
@@ -92,13 +98,71 @@ S3_ENV = io.S3_ENV_VARS
 
 
 # --------------------------------------------------------------------------- helpers
-def index_actor(args: AppArgs, dim: int) -> ActorShards:
-    """The app's index: its named shard actors (created on first use with ``args.index``)
-    behind one router (:class:`irene.ray.index.ActorShards`)."""
+def index_actor(config: IndexConfig, bundle: str, dim: int) -> ActorShards:
+    """One generation's index (``config``: ``irene.index.generations.generation_config``):
+    its named shard actors (created on first use) behind one router
+    (:class:`irene.ray.index.ActorShards`)."""
     env = None
-    if args.index.uri.startswith("s3://") or args.bundle.startswith("s3://"):
+    if config.uri.startswith("s3://") or bundle.startswith("s3://"):
         env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
-    return actors_for(args.index, dim, env)
+    return actors_for(config, dim, env)
+
+
+def serving_generation(args: AppArgs) -> tuple[str, IndexConfig, str]:
+    """(generation, its index config, its bundle) that serves now: the alias's current
+    generation (``irene upgrade``), else the index at ``args.index.uri`` with
+    ``args.bundle``."""
+    name, config, gen = current_generation(args.index)
+    if gen is None:
+        return name, config, args.bundle
+    if gen.bundle != args.bundle:
+        log.info(
+            "index alias: generation %s serves bundle %s (args.bundle %s is the first one)",
+            name,
+            gen.bundle,
+            args.bundle,
+        )
+    return name, config, gen.bundle
+
+
+RETIRE_AFTER_S = 10.0  # a replaced generation's index copies outlive the switch this long
+
+
+async def _close_later(follower, after_s: float) -> None:
+    await asyncio.sleep(after_s)
+    await follower.aclose()
+
+
+class AliasWatch:
+    """Calls ``switch(generation, config, bundle)`` when the index alias names another
+    serving generation than ``serving()`` (checked every ``poll_s`` seconds, and at once by
+    :meth:`check`)."""
+
+    def __init__(self, args: AppArgs, serving: Callable[[], str], switch) -> None:
+        self._args, self._serving, self._switch = args, serving, switch
+        self._lock = asyncio.Lock()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def check(self) -> bool:
+        """Follow the alias now; True if the serving generation changed."""
+        async with self._lock:
+            name, config, bundle = await asyncio.to_thread(serving_generation, self._args)
+            if name == self._serving():
+                return False
+            log.info("index alias: switching from generation %r to %r", self._serving(), name)
+            await self._switch(name, config, bundle)
+            return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._args.index.alias_poll_s)
+            try:
+                await self.check()
+            except Exception as e:  # storage hiccup or a generation not ready: next poll
+                log.warning("index alias: %s", e)
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 # --------------------------------------------------------------------------- Encoder
@@ -109,38 +173,68 @@ class Encoder:
 
     def __init__(self, args: dict) -> None:
         self.args = AppArgs(**args)
-        self._model = BatchedEncoder(
-            self.args.bundle,
-            self.args.encoder_batch.max_batch_size,
-            self.args.threads,
-            self.args.device,
-        )
-        self.dim = self._model.dim
+        self._models = Loaded(self._load)
+        self._default = serving_generation(self.args)[2]
+        self._models.put(self._default, self._load(self._default))
+
+    def _load(self, bundle: str) -> BatchedEncoder:
+        a = self.args
+        return BatchedEncoder(bundle, a.encoder_batch.max_batch_size, a.threads, a.device)
 
     def batch_stats(self) -> dict:
-        """Mean texts per compute call so far."""
-        return self._model.stats()
+        """Mean texts per compute call so far (of the latest bundle)."""
+        return self._models.latest().stats()
 
-    async def encode(self, texts: list) -> np.ndarray:
-        """(n, d) float32 L2-normalised embeddings of ``texts``."""
-        return await self._model.encode(list(texts))
+    async def encode(self, texts: list, bundle: str | None = None) -> np.ndarray:
+        """(n, d) float32 L2-normalised embeddings of ``texts`` by ``bundle``'s encoder (the
+        serving generation's; loaded on first use, two bundles kept)."""
+        model = await self._models.get(bundle or self._default)
+        return await model.encode(list(texts))
 
 
 # --------------------------------------------------------------------------- Generator
 @serve.deployment(max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class Generator:
-    """Selector kNN over the seen items + the IRENE generator."""
+    """Selector kNN over the seen items + the IRENE generator, of the bundle each call names
+    (the serving generation's: loaded on first use, the two latest kept, so a generation
+    switch is served by both during the change)."""
 
     def __init__(self, bundle: str, batch: dict | None = None, threads: int | None = None) -> None:
+        self._default = bundle
+        self._pool = compute_pool(replica_threads(threads))
+        self._batch = BatchSettings(**(batch or {}))
+        self._models = Loaded(self._load)
+        self._models.put(bundle, self._load(bundle))
+
+    def _load(self, bundle: str) -> "Synthesizer":
+        return Synthesizer(bundle, self._pool, self._batch.max_batch_size)
+
+    async def info(self, bundle: str | None = None) -> dict:
+        return (await self._models.get(bundle or self._default)).info()
+
+    async def explain(self, item_emb: np.ndarray, bundle: str | None = None) -> tuple:
+        """How the classifiers of items with embeddings ``item_emb`` (n, d) are generated:
+        ``(classifiers (n, d), neighbour ids (n lists of K, None: no neighbour), cosines
+        (n, K), attention (n, K+1): column 0 the item itself)``."""
+        return await (await self._models.get(bundle or self._default)).explain(item_emb)
+
+    async def generate(self, item_emb: np.ndarray, bundle: str | None = None) -> np.ndarray:
+        """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
+        return await (await self._models.get(bundle or self._default)).generate(item_emb)
+
+
+class Synthesizer:
+    """One bundle's selector + generator, its calls micro-batched in ``pool``."""
+
+    def __init__(self, bundle: str, pool, max_batch: int) -> None:
         from irene.bundle import load_bundle
 
         loaded = load_bundle(bundle, device="cpu")
         loaded.encoder = None  # not needed here; free its memory
         self._bundle = loaded
         self._uri = bundle
-        self._pool = compute_pool(replica_threads(threads))
-        settings = BatchSettings(**(batch or {}))
-        self._rows = Coalescer(self._synthesize_rows, settings.max_batch_size)
+        self._pool = pool
+        self._rows = Coalescer(self._synthesize_rows, max_batch)
         log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
 
     def info(self) -> dict:
@@ -162,9 +256,6 @@ class Generator:
         return await loop.run_in_executor(self._pool, self._bundle.synthesize, np.stack(rows))
 
     async def explain(self, item_emb: np.ndarray) -> tuple:
-        """How the classifiers of items with embeddings ``item_emb`` (n, d) are generated:
-        ``(classifiers (n, d), neighbour ids (n lists of K, None: no neighbour), cosines
-        (n, K), attention (n, K+1): column 0 the item itself)``."""
         loop = asyncio.get_running_loop()
         emb = np.asarray(item_emb, dtype=np.float32)
         clf, pos, cos, att = await loop.run_in_executor(self._pool, self._bundle.explain, emb)
@@ -173,9 +264,39 @@ class Generator:
         return clf, names, cos, att
 
     async def generate(self, item_emb: np.ndarray) -> np.ndarray:
-        """(n, d) generated classifiers for items with text embeddings ``item_emb`` (n, d)."""
         out = await self._rows.submit(list(np.asarray(item_emb, dtype=np.float32)))
         return np.asarray(out, np.float32).reshape(-1, self._bundle.dim)
+
+
+class Loaded:
+    """Models by bundle, loaded on first use in a worker thread (one load per bundle at a
+    time), the ``keep`` most recently used kept."""
+
+    def __init__(self, load: Callable[[str], Any], keep: int = 2) -> None:
+        self._load, self._keep = load, keep
+        self._models: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, bundle: str) -> Any:
+        model = self._models.get(bundle)
+        if model is None:
+            async with self._locks.setdefault(bundle, asyncio.Lock()):
+                model = self._models.get(bundle)
+                if model is None:
+                    model = await asyncio.to_thread(self._load, bundle)
+                    self._models[bundle] = model
+        self._models[bundle] = self._models.pop(bundle)  # most recently used last
+        while len(self._models) > self._keep:
+            self._models.pop(next(iter(self._models)))
+        return model
+
+    def put(self, bundle: str, model: Any) -> Any:
+        """Keep an already loaded model (a replica's startup bundle)."""
+        self._models[bundle] = model
+        return model
+
+    def latest(self) -> Any:
+        return next(reversed(self._models.values()))
 
 
 # --------------------------------------------------------------------------- ShardReader
@@ -187,17 +308,29 @@ class ShardReader:
     actor answering while the copy may be stale)."""
 
     async def __init__(self, args: dict, owner: int) -> None:
-        from irene.bundle import read_manifest
-
         self.args = AppArgs(**args)
         self.owner = int(owner)
-        pool = compute_pool(replica_threads(self.args.threads))
-        index = index_actor(self.args, int(read_manifest(self.args.bundle)["dim"]))
+        self._pool = compute_pool(replica_threads(self.args.threads))
+        await self._switch(*serving_generation(self.args))
+        self._alias = AliasWatch(self.args, lambda: self._generation, self._switch)
+
+    async def _switch(self, name: str, config: IndexConfig, bundle: str) -> None:
+        """Follow this shard of generation ``name`` (the old copy is dropped a little later)."""
+        from irene.bundle import read_manifest
+
+        dim = int((await asyncio.to_thread(read_manifest, bundle))["dim"])
+        index = index_actor(config, bundle, dim)
         mine = ActorShards([index.handles[self.owner]])
-        self._view, (self._follower,) = copies_view([lambda: index.handles[self.owner]], pool, mine)
-        self._follower.start()
+        view, (follower,) = copies_view([lambda: index.handles[self.owner]], self._pool, mine)
+        follower.start()
+        old = getattr(self, "_follower", None)
+        self._generation, self._view, self._follower = name, view, follower
+        if old is not None:
+            asyncio.get_running_loop().create_task(_close_later(old, RETIRE_AFTER_S))
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
+        if getattr(self, "_alias", None) is not None:
+            self._alias.stop()
         if getattr(self, "_follower", None) is not None:
             await self._follower.aclose()
 
@@ -229,16 +362,46 @@ class ShardReader:
 
 
 class RemoteEncoder:
-    """The Encoder deployment behind the ``encode`` of :class:`BatchedEncoder`."""
+    """The Encoder deployment (``bundle``'s encoder) behind the ``encode`` of
+    :class:`BatchedEncoder`."""
 
-    def __init__(self, handle) -> None:
-        self._handle = handle
+    def __init__(self, handle, bundle: str) -> None:
+        self._handle, self._bundle = handle, bundle
 
     async def encode(self, texts: list) -> np.ndarray:
-        return await self._handle.encode.remote(texts)
+        return await self._handle.encode.remote(texts, self._bundle)
 
 
 # --------------------------------------------------------------------------- Ingress
+SWITCH_WAIT_S = 30.0  # a write refused by a sealed generation waits this long for the switch
+
+
+@dataclass
+class Serving:
+    """What one index generation is served with, in one Ingress replica."""
+
+    generation: str
+    bundle: str
+    info: dict  # the Generator's info of the bundle (version, dim, ...)
+    index: ActorShards
+    encoder: Any  # BatchedEncoder (in this replica) or RemoteEncoder
+    queries: QueryBatcher | None = None
+    followers: list = field(default_factory=list)
+
+    async def close(self, after_s: float = 0.0) -> None:
+        await asyncio.gather(*(_close_later(f, after_s) for f in self.followers))
+
+
+def _existing_id(item_id: str) -> str:
+    """A path's item id, or 404 when no item can have it (empty, too long, control
+    characters: ``ItemId``'s rules)."""
+    if not 0 < len(item_id) <= MAX_ID_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        raise HTTPException(
+            404, "no item has this id (ids are 1-256 characters, no control characters)"
+        )
+    return item_id
+
+
 def _item_out(item_id: str, vec, include_vector: bool, record: dict | None) -> ItemOut:
     vec = np.asarray(vec, dtype=np.float32)  # (d,)
     return ItemOut(
@@ -386,51 +549,104 @@ class Ingress:
         self.auth = TokenAuth(self.args.auth)
         self.metrics = ReplicaMetrics()
         self._generator = generator
-        info = await generator.info.remote()
-        self.bundle_info = info
-        self.dim = info["dim"]
-        self.version = info["version"]  # the bundle version ingested items' records name
-        self._index = index_actor(self.args, self.dim)
-        if encoder is None:  # encoder_placement: ingress
-            local = BatchedEncoder(
-                self.args.bundle,
-                self.args.encoder_batch.max_batch_size,
-                self.args.threads,
-                self.args.device,
-                observe=self.metrics.observe_stage,
-            )
-            self._encoder, pool = local, local.pool
-        else:
-            self._encoder = RemoteEncoder(encoder)
-            pool = compute_pool(replica_threads(self.args.threads))
-        await self._check_index()
+        self._encoder_handle = encoder
+        self._readers = readers
+        self._pool = None if encoder is None else compute_pool(replica_threads(self.args.threads))
+        name, config, bundle = serving_generation(self.args)
+        self._s = await self._open(name, config, bundle, check=True)
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:
             log.warning("no API token configured: writes will be refused (403)")
-        if self.args.seed_index:
-            await self._index.seed_from_bundle(self.args.bundle, self.args.index.seed_chunk)
-        self._followers: list = []
-        if readers:  # index.shard_readers: one replica of each ShardReader answers
-            view = ActorShards(readers)
-        elif self.args.index.copies_in_replica:  # after seeding: one state transfer
-            handles = [(lambda i=i: self._index.handles[i]) for i in range(self._index.n_owners)]
-            view, self._followers = copies_view(
-                handles, pool, self._index, self.metrics.observe_stage
+        self._alias = AliasWatch(self.args, lambda: self._s.generation, self._switch)
+
+    async def _open(self, name: str, config: IndexConfig, bundle: str, check: bool = False):
+        """How generation ``name`` (index ``config``, made by ``bundle``) is served."""
+        info = await self._generator.info.remote(bundle)
+        index = index_actor(config, bundle, info["dim"])
+        if self._encoder_handle is None:  # encoder_placement: ingress
+            args = self.args
+            encoder = await asyncio.to_thread(
+                BatchedEncoder,
+                bundle,
+                args.encoder_batch.max_batch_size,
+                args.threads,
+                args.device,
+                self.metrics.observe_stage,
             )
-            for f in self._followers:
+            pool = encoder.pool
+        else:
+            encoder, pool = RemoteEncoder(self._encoder_handle, bundle), self._pool
+        s = Serving(name, bundle, info, index, encoder)
+        if check:
+            await self._check_index(s)
+        if self.args.seed_index:
+            await index.seed_from_bundle(bundle, self.args.index.seed_chunk)
+        if self._readers:  # index.shard_readers: one replica of each ShardReader answers
+            view = ActorShards(self._readers)
+        elif self.args.index.copies_in_replica:  # after seeding: one state transfer
+            handles = [(lambda i=i: index.handles[i]) for i in range(index.n_owners)]
+            view, s.followers = copies_view(handles, pool, index, self.metrics.observe_stage)
+            for f in s.followers:
                 f.start()
         else:
-            view = self._index
-        self._queries = QueryBatcher(
-            self._encoder.encode,
+            view = index
+        s.queries = QueryBatcher(
+            encoder.encode,
             view,
             self.args.encoder_batch.max_batch_size,
             self.metrics.observe_stage,
-            local=self._encoder if isinstance(self._encoder, BatchedEncoder) else None,
+            local=encoder if isinstance(encoder, BatchedEncoder) else None,
         )
+        return s
+
+    async def _switch(self, name: str, config: IndexConfig, bundle: str) -> None:
+        """Serve generation ``name`` from now on (requests under way finish on the old one,
+        whose index copies are dropped a little later)."""
+        new = await self._open(name, config, bundle)
+        old, self._s = self._s, new
+        asyncio.get_running_loop().create_task(old.close(after_s=RETIRE_AFTER_S))
+
+    async def _written(self, write: Callable[[Serving], Awaitable[Any]]) -> Any:
+        """``write(serving)``, retried once on the new generation if the serving one was
+        sealed meanwhile (``irene upgrade`` / ``rollback`` switching generations)."""
+        s = self._s
+        try:
+            return await write(s)
+        except GenerationSealed:
+            deadline = time.monotonic() + SWITCH_WAIT_S
+            while self._s is s:
+                if time.monotonic() > deadline:
+                    raise HTTPException(
+                        503, "the index is switching generations; retry", {"Retry-After": "1"}
+                    ) from None
+                if not await self._alias.check():
+                    await asyncio.sleep(0.05)
+            return await write(self._s)
+
+    @property
+    def _index(self) -> ActorShards:
+        return self._s.index
+
+    @property
+    def _encoder(self):
+        return self._s.encoder
+
+    @property
+    def _queries(self) -> QueryBatcher:
+        return self._s.queries
+
+    @property
+    def version(self) -> str:
+        return self._s.info["version"]
+
+    @property
+    def bundle_info(self) -> dict:
+        return self._s.info
 
     async def __del__(self) -> None:  # Serve awaits this when the replica shuts down
-        for f in getattr(self, "_followers", []):
-            await f.aclose()
+        if getattr(self, "_alias", None) is not None:
+            self._alias.stop()
+        if getattr(self, "_s", None) is not None:
+            await self._s.close()
 
     def batch_stats(self) -> dict:
         """Mean items per compute call so far: queries per query batch, texts per encode."""
@@ -440,19 +656,20 @@ class Ingress:
         return out
 
     # ----------------------------------------------------------------- setup
-    async def _check_index(self) -> None:
+    async def _check_index(self, s: Serving) -> None:
         """Fail fast if a same-named shard actor runs with other settings (location,
         dimension, shards, ...): the error names the difference; and refuse an index whose
         items were made by another bundle version (naming both), unless allowed."""
-        await self._index.verify()
-        versions = (await self._index.stats()).get("versions", {})
-        other = {v: n for v, n in versions.items() if v and v != self.version}
+        await s.index.verify()
+        versions = (await s.index.stats()).get("versions", {})
+        version = s.info["version"]
+        other = {v: n for v, n in versions.items() if v and v != version}
         if other and not self.args.allow_bundle_mismatch:
             found = ", ".join(f"{v} ({n} items)" for v, n in sorted(other.items()))
             raise RuntimeError(
                 f"the index at {self.args.index.uri!r} holds items made by bundle version "
-                f"{found}, but this app serves bundle version {self.version} "
-                f"({self.args.bundle}); serving both would mix two models' classifiers. Give "
+                f"{found}, but this app serves bundle version {version} "
+                f"({s.bundle}); serving both would mix two models' classifiers. Give "
                 "index.uri (and index.name) a new location, which seeds itself from this "
                 "bundle, or set allow_bundle_mismatch: true to serve it as it is"
             )
@@ -477,13 +694,15 @@ class Ingress:
         check_ingest(req, self.limits)
         ids = [it.id for it in req.items]
         texts = [it.text for it in req.items]
-        emb = await self._timed("encode", self._encoder.encode(texts))
-        clf = await self._timed("generate", self._generator.generate.remote(emb))
         meta = [scope.metadata(it.metadata) for it in req.items]
-        records = Records.of(texts, meta, "generated", self.version)
-        seq, created = await self._timed(
-            "index_add", self._index.upsert(scope.ids(ids), clf, records)
-        )
+
+        async def write(s: Serving) -> tuple:
+            emb = await self._timed("encode", s.encoder.encode(texts))
+            clf = await self._timed("generate", self._generator.generate.remote(emb, s.bundle))
+            records = Records.of(texts, meta, "generated", s.info["version"])
+            return await self._timed("index_add", s.index.upsert(scope.ids(ids), clf, records))
+
+        seq, created = await self._written(write)
         self.metrics.observe_ingest(len(ids))
         results = [
             {"id": i, "status": "created" if c else "updated"}
@@ -499,7 +718,8 @@ class Ingress:
     async def delete_item(
         self, item_id: str, scope: Scope = Depends(require_write)
     ) -> DeleteResponse:
-        present = await self._index.delete([scope.id(item_id)])
+        _existing_id(item_id)
+        present = await self._written(lambda s: s.index.delete([scope.id(item_id)]))
         if not present[0]:
             raise HTTPException(404, f"item {item_id!r} not found")
         return DeleteResponse(id=item_id, deleted=True)
@@ -513,7 +733,7 @@ class Ingress:
         self, req: IdsRequest, scope: Scope = Depends(require_write)
     ) -> DeleteManyResponse:
         ids = check_ids(req, self.limits)
-        present = await self._index.delete(scope.ids(ids))
+        present = await self._written(lambda s: s.index.delete(scope.ids(ids)))
         return DeleteManyResponse(
             results=[
                 DeleteResponse(id=i, deleted=bool(p)) for i, p in zip(ids, present, strict=True)
@@ -528,7 +748,7 @@ class Ingress:
     async def delete_by_filter(
         self, req: DeleteByFilterRequest, scope: Scope = Depends(require_write)
     ) -> DeleteByFilterResponse:
-        deleted = await self._index.delete_where(scope.filter(req.filter))
+        deleted = await self._written(lambda s: s.index.delete_where(scope.filter(req.filter)))
         return DeleteByFilterResponse(deleted=int(deleted))
 
     @api.post(
@@ -602,7 +822,7 @@ class Ingress:
         explain: bool = False,
         scope: Scope = Depends(require_read),
     ) -> ItemOut:
-        stored = scope.id(item_id)
+        stored = scope.id(_existing_id(item_id))
         vec, (record,) = await asyncio.gather(
             self._index.get(stored), self._index.get_records([stored])
         )
@@ -617,14 +837,15 @@ class Ingress:
         """Which seen items a generated classifier comes from: the serving bundle's
         generator rerun on the stored text (its selector's K neighbours, their cosine to the
         text and the attention they receive), and how close that is to the stored vector."""
-        out = {"bundle_version": self.version, "neighbors": []}
+        s = self._s
+        out = {"bundle_version": s.info["version"], "neighbors": []}
         if record.get("source") != "generated" or not record.get("text"):
             out["reason"] = "a trained classifier (learned from interactions): no neighbours"
             return out
-        emb = await self._encoder.encode([record["text"]])  # (1, d)
-        clf, names, cos, att = await self._generator.explain.remote(emb)
+        emb = await s.encoder.encode([record["text"]])  # (1, d)
+        clf, names, cos, att = await self._generator.explain.remote(emb, s.bundle)
         stored = np.asarray(vec, dtype=np.float32)
-        out["made_by_this_bundle"] = record.get("version") == self.version
+        out["made_by_this_bundle"] = record.get("version") == s.info["version"]
         out["cosine_to_stored_vector"] = float(
             clf[0] @ stored / max(float(np.linalg.norm(stored)), 1e-12)
         )
@@ -674,6 +895,7 @@ class Ingress:
             index_count=count,
             bundle=self.bundle_info["bundle"],
             bundle_version=self.bundle_info["version"],
+            generation=self._s.generation,
             encoder_runtime=self.bundle_info["encoder_runtime"],
         )
         return JSONResponse(body.model_dump(exclude_none=True))

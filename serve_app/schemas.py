@@ -381,6 +381,9 @@ class Ready(BaseModel):
     index_count: int | None = None
     bundle: str | None = None
     bundle_version: str | None = None
+    generation: str | None = Field(
+        None, description="the index generation this replica serves ('': the unnamed one)"
+    )
     encoder_runtime: str | None = Field(
         None, description="the encoder runtime the bundle was built with and serving loads"
     )

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from irene import io as iio
 from irene.config import IndexConfig
 from irene.index.feed import ChangeFeed, Changes
 from irene.index.filters import Filter, as_filter
@@ -70,8 +71,19 @@ def actor_settings(config: IndexConfig, dim: int) -> list[ActorSettings]:
     return [replace(base, uri=owner_uri(config.uri, i, n)) for i in range(n)]
 
 
+class GenerationSealed(RuntimeError):
+    """A write to a sealed index generation (another generation now takes the writes)."""
+
+
+SEALED_MARKER = "SEALED"
+
+
 class IndexActor:
-    """Holds one ``DurableIndex`` at ``settings.uri`` (a local directory or ``s3://`` prefix)."""
+    """Holds one ``DurableIndex`` at ``settings.uri`` (a local directory or ``s3://`` prefix).
+
+    A *sealed* actor (``seal(True)``: its generation is being replaced, see
+    ``irene.index.generations``) refuses every write with :class:`GenerationSealed` and keeps
+    answering reads; the seal is a marker file beside the log, so it survives restarts."""
 
     def __init__(self, settings: ActorSettings) -> None:
         t0 = time.perf_counter()
@@ -89,6 +101,28 @@ class IndexActor:
         self._started = time.time()
         self._feed = ChangeFeed(self._index.export_state, self._index.last_seq, settings.lease_s)
         self._index.add_listener(self._feed.publish)
+        self._sealed = iio.exists(iio.join(self.uri, SEALED_MARKER))
+        self._index.write_guard = self._writable  # checked under the log's write lock
+
+    def seal(self, sealed: bool = True) -> int:
+        """Refuse (True) or accept again (False) writes; returns the last log seq (final once
+        sealed: nothing is written after it)."""
+        marker = iio.join(self.uri, SEALED_MARKER)
+        if sealed:
+            iio.write_text(marker, "sealed\n")
+        elif iio.exists(marker):
+            iio.delete(marker)
+        self._sealed = sealed
+        with self._index._write_lock:  # a write already past the check finishes first
+            return self._index.last_seq
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
+
+    def _writable(self) -> None:
+        if self._sealed:
+            raise GenerationSealed(f"index generation at {self.uri} is sealed (being replaced)")
 
     @classmethod
     def open(
@@ -199,6 +233,7 @@ class IndexActor:
     def stats(self) -> dict:
         return {
             "uri": self.uri,
+            "sealed": self._sealed,
             "dim": self._index.index.dim,
             "count": self._index.count,
             "integrity": self._index.index.integrity(),

@@ -640,6 +640,9 @@ class DurableIndex:
         self._last_seq = report.last_seq
         self._snapshot_seq = report.snapshot_seq
         self._write_lock = threading.Lock()
+        # called under the write lock before every write; raises to refuse it (a sealed
+        # generation: irene.index.actor)
+        self.write_guard: Callable[[], None] | None = None
         self._snapshot_lock = threading.Lock()
         self._closed = False
         self._listeners: list[Callable[[LogRecord], None]] = []
@@ -769,6 +772,7 @@ class DurableIndex:
         """:meth:`add`, also returning ``created`` (n,) bool per id of the batch (an id
         repeated in the batch reads as the batch's single upsert of it)."""
         with self._write_lock:
+            self._guard()
             uniq, x, records = self.index.prepare_batch(ids, vecs, records)
             if not uniq:
                 return self._last_seq, np.zeros(0, dtype=bool)
@@ -787,6 +791,7 @@ class DurableIndex:
         """Remove ids; element i is True if ids[i] was present. Durable when it returns."""
         ids = check_str_ids(ids)
         with self._write_lock:
+            self._guard()
             seen: set[str] = set()
             present = []
             for s in ids:
@@ -801,11 +806,16 @@ class DurableIndex:
         """Remove every item ``filter`` matches (decided and logged under the write lock, so
         a concurrent write cannot slip between); returns how many. Durable when it returns."""
         with self._write_lock:
+            self._guard()
             doomed = [s for s in self.index.names(self.index.match(filter)) if s is not None]
             self._delete_locked(doomed)
         if doomed:
             self._maybe_snapshot()
         return len(doomed)
+
+    def _guard(self) -> None:
+        if self.write_guard is not None:
+            self.write_guard()
 
     def _delete_locked(self, doomed: list[str]) -> None:
         if doomed:

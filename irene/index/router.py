@@ -144,6 +144,10 @@ class ShardRouter:
     def delete(self, ids: Sequence[str]) -> Plan:
         return self._per_id("delete", ids, False)
 
+    def seal(self, sealed: bool = True) -> Plan:
+        """Seal (or unseal) every owner; the answer is each owner's last seq."""
+        return self._everyone("seal", (bool(sealed),), list)
+
     def snapshot(self) -> Plan:
         return self._everyone("snapshot", (), max)
 

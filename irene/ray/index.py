@@ -203,6 +203,9 @@ class ActorShards:
         items ``filter`` matches)."""
         return await self._acall("search", queries, k, filter)
 
+    async def seal(self, sealed: bool = True) -> list[int]:
+        return await self._acall("seal", sealed)
+
     async def count_where(self, filter=None) -> int:
         return await self._acall("count_where", filter)
 

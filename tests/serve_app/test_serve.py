@@ -505,6 +505,9 @@ def test_ids_with_slashes_and_unicode(served):
     assert r.status_code == 200 and r.json()["id"] == id_
     r = served.client.delete(f"/v1/items/{quote(id_, safe='')}", headers=AUTH)
     assert r.status_code == 200
+    for bad in ("%0A", "a%00b", "x" * 300):  # no item can have these ids: 404, not a 500
+        assert served.client.get(f"/v1/items/{bad}").status_code == 404
+        assert served.client.delete(f"/v1/items/{bad}", headers=AUTH).status_code == 404
 
 
 def test_every_accepted_id_is_readable_and_deletable(served):

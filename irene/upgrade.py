@@ -1,0 +1,241 @@
+"""Model upgrades and rollbacks without downtime: a new index generation made by another
+bundle, filled and switched to while the app serves (``irene.index.generations``).
+
+``upgrade`` (``irene upgrade``) from the serving generation S to a new one N:
+
+1. N's shard actors are created and seeded with the new bundle's trained items;
+2. *sync* rounds, while S keeps taking writes: every API / bulk-ingested item of S
+   (``source: generated``) whose text, metadata or maker differs from N's copy is regenerated
+   from its stored text and metadata with the new bundle's encoder and generator (the bulk
+   ingest stages: in-process, or Ray Data with ``executor: ray``) and written to N; items gone
+   from S are deleted from N. A round only redoes what differs, so a rerun resumes, and the
+   rounds shrink to the writes that arrived meanwhile;
+3. S is *sealed* (its shard actors refuse writes, durably; the app retries such a write on
+   the new generation once it has switched), one last sync catches the final writes, and the
+   alias switches to N in one atomic write; the app's replicas follow within a poll
+   interval, bundle included.
+
+S stays, sealed, as ``previous``: ``rollback`` is the same procedure towards it (its items
+resynced from the serving generation with its own bundle), then the alias points back.
+Trained items come from each generation's bundle; an item that was generated in S and is
+trained in N stays trained in N (and generated in S).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from irene import io as iio
+from irene.bundle import bundle_item_ids
+from irene.config import IndexConfig
+from irene.index.filters import Filter
+from irene.index.generations import (
+    Alias,
+    Generation,
+    generation_config,
+    load_alias,
+    new_generation_name,
+    save_alias,
+)
+
+log = logging.getLogger(__name__)
+
+GENERATED = Filter.model_validate({"must": [{"key": "source", "match": {"value": "generated"}}]})
+
+
+@dataclass
+class SyncPlan:
+    write: list[tuple[str, str, dict]] = field(default_factory=list)  # (id, text, metadata)
+    delete: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.write) + len(self.delete)
+
+
+def catalogue(index, filter: Filter | None = None, page: int = 1000) -> dict[str, dict]:
+    """Every item (that ``filter`` matches) of ``index`` (an object with ``scroll`` and
+    ``lookup``, e.g. a ``RoutedIndex``): ``{id: record}``."""
+    out: dict[str, dict] = {}
+    after = -1
+    while True:
+        iids = np.asarray(index.scroll(after, page, filter), dtype=np.int64)
+        if not len(iids):
+            return out
+        names, records = index.lookup(iids)
+        for n, r in zip(names, records, strict=True):
+            if n is not None:
+                out[n] = r
+        if len(iids) < page:
+            return out
+        after = int(iids[-1])
+
+
+def plan_sync(
+    source: dict[str, dict], target: dict[str, dict], version: str, owned: set[str]
+) -> SyncPlan:
+    """What makes ``target`` hold ``source``'s generated items as made by bundle ``version``:
+    ``source`` is the generated items of the serving generation, ``target`` every item of
+    the other one, ``owned`` the ids of the target bundle's catalogue (those items come from
+    the bundle, trained or generated at bundle time, and are left alone)."""
+    plan = SyncPlan()
+    for id_, rec in source.items():
+        if id_ in owned:
+            continue
+        have = target.get(id_)
+        if (
+            have is None
+            or have["text"] != rec["text"]
+            or have["metadata"] != rec["metadata"]
+            or have["version"] != version
+        ):
+            plan.write.append((id_, rec["text"], rec["metadata"]))
+    plan.delete = [
+        id_
+        for id_, rec in target.items()
+        if rec["source"] == "generated" and id_ not in source and id_ not in owned
+    ]
+    return plan
+
+
+def write_items(path: str, items: list[tuple[str, str, dict]]) -> str:
+    """The items as bulk-ingest JSONL (``id``, ``text``, ``metadata``)."""
+    lines = [json.dumps({"id": i, "text": t, "metadata": m}) for i, t, m in items]
+    iio.write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Step:
+    """One sync round: items regenerated and deleted, seconds."""
+
+    name: str
+    written: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Generations:
+    """How the procedure reaches an index (in-process owners in tests; shard actors on Ray).
+
+    ``open(config)``: the generation's index (``scroll``, ``lookup``, ``delete``, ``seal``:
+    a ``RoutedIndex``); ``seed(index, bundle)``: add the bundle's catalogue items to an empty
+    index; ``regenerate(items_file, config, index, bundle)``: write the items regenerated by
+    ``bundle`` (the bulk ingest stages)."""
+
+    index: IndexConfig
+    open: Callable[[IndexConfig], Any]
+    seed: Callable[[Any, str], int]
+    regenerate: Callable[[str, IndexConfig, Any, str], Any]
+
+
+def sync(
+    gens: Generations,
+    src: Any,
+    dst: Any,
+    dst_cfg: IndexConfig,
+    gen: Generation,
+    owned: set[str],
+    name: str,
+) -> Step:
+    """One round: make ``dst`` hold ``src``'s generated items as made by ``gen``'s bundle."""
+    t0 = time.perf_counter()
+    plan = plan_sync(catalogue(src, GENERATED), catalogue(dst), gen.version, owned)
+    step = Step(name, len(plan.write), len(plan.delete))
+    if plan.write:
+        path = iio.join(dst_cfg.uri, "upgrade", f"{name}.jsonl")
+        gens.regenerate(write_items(path, plan.write), dst_cfg, dst, gen.bundle)
+    if plan.delete:
+        dst.delete(plan.delete)
+    step.seconds = time.perf_counter() - t0
+    log.info(
+        "%s: %d regenerated, %d deleted in %.1fs", name, step.written, step.deleted, step.seconds
+    )
+    return step
+
+
+def _move(
+    gens: Generations, alias: Alias, to: str, max_rounds: int, settle: int
+) -> tuple[Alias, list[Step]]:
+    """Sync rounds into generation ``to`` while the current one serves, seal the current
+    one, sync the last writes, switch the alias."""
+    src_cfg = generation_config(gens.index, alias.current)
+    dst_cfg = generation_config(gens.index, to)
+    src, dst = gens.open(src_cfg), gens.open(dst_cfg)
+    gen = alias.generations[to]
+    owned = bundle_item_ids(gen.bundle)
+    dst.seal(False)  # a rollback target was sealed when it stopped serving
+    steps = []
+    for r in range(max_rounds):
+        step = sync(gens, src, dst, dst_cfg, gen, owned, f"round-{r}")
+        steps.append(step)
+        if step.written + step.deleted <= settle:
+            break
+    src.seal(True)  # writes now fail on the old generation: the app retries them on the new one
+    steps.append(sync(gens, src, dst, dst_cfg, gen, owned, "final"))
+    new = alias.switch(to)
+    save_alias(gens.index, new)
+    return new, steps
+
+
+def upgrade(
+    gens: Generations,
+    bundle: str,
+    version: str,
+    serving_bundle: str,
+    serving_version: str,
+    *,
+    max_rounds: int = 5,
+    settle: int = 100,
+) -> dict:
+    """Build a generation of ``bundle`` and switch to it (module docstring). The serving
+    generation is the alias's current one (or the unnamed index, made by ``serving_bundle``).
+    Returns a report (steps, counts, seconds)."""
+    t0 = time.perf_counter()
+    alias = load_alias(gens.index) or Alias(
+        "", None, {"": Generation(serving_bundle, serving_version, 0.0)}
+    )
+    if alias.generations[alias.current].version == version:
+        raise ValueError(f"generation {alias.current!r} is already made by bundle {version}")
+    name = new_generation_name(version, alias)
+    alias = alias.with_generation(name, Generation(bundle, version, time.time()))
+    save_alias(gens.index, alias)  # recorded before it is built: a rerun can find it
+    dst = gens.open(generation_config(gens.index, name))
+    t1 = time.perf_counter()
+    seeded = gens.seed(dst, bundle)
+    seed_s = time.perf_counter() - t1
+    frm = alias.current
+    alias, steps = _move(gens, alias, name, max_rounds, settle)
+    return _report("upgrade", frm, name, alias, steps, t0, seeded=seeded, seed_s=seed_s)
+
+
+def rollback(gens: Generations, *, max_rounds: int = 5, settle: int = 100) -> dict:
+    """Serve the previous generation again, with the writes it missed regenerated by its
+    own bundle (module docstring)."""
+    t0 = time.perf_counter()
+    alias = load_alias(gens.index)
+    if alias is None or alias.previous is None:
+        raise ValueError(f"index {gens.index.uri} has no previous generation to roll back to")
+    frm, to = alias.current, alias.previous
+    alias, steps = _move(gens, alias, to, max_rounds, settle)
+    return _report("rollback", frm, to, alias, steps, t0)
+
+
+def _report(kind: str, frm: str, to: str, alias: Alias, steps: list[Step], t0: float, **kw) -> dict:
+    return {
+        kind: {"from": frm, "to": to},
+        "bundle": alias.generations[to].bundle,
+        "version": alias.generations[to].version,
+        "steps": [vars(s) for s in steps],
+        "regenerated": sum(s.written for s in steps),
+        "deleted": sum(s.deleted for s in steps),
+        "seconds": round(time.perf_counter() - t0, 3),
+        **kw,
+    }
