@@ -4,18 +4,20 @@ acknowledged write is lost or left made by the old generator."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from irene.bundle import bundle_version, read_manifest
-from irene.config import Config, IndexConfig, IngestConfig
+from irene.config import IndexConfig
 from irene.index.generations import load_alias
-from irene.ray.upgrade import ray_generations
-from irene.upgrade import rollback, upgrade
+from irene.ray.upgrade import export_app, rollback_app, upgrade_app
 from tests.conftest import free_port
 from tests.helpers import make_tiny_bundle, tiny_item_text
 
@@ -61,7 +63,10 @@ def app(ray_local, tmp_path_factory):
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "app did not become ready"
             time.sleep(0.2)
-        yield client, bundles, IndexConfig(**index)
+        config_path = tmp / "serve.yaml"  # what `irene upgrade CONFIG` reads
+        app_cfg = {"import_path": "serve_app.app:build_app", "name": "irene", "args": args}
+        config_path.write_text(yaml.safe_dump({"applications": [app_cfg]}))
+        yield client, bundles, IndexConfig(**index), str(config_path)
     finally:
         client.close()
         serve.shutdown()
@@ -141,18 +146,16 @@ def _check(client: httpx.Client, acked: dict[str, str], version: str) -> None:
 
 
 def test_upgrade_and_rollback_under_load(app):
-    client, (b0, b1), index = app
+    client, (b0, b1), index, config = app
     v0, v1 = (bundle_version(read_manifest(b)) for b in (b0, b1))
-    dim = int(read_manifest(b0)["dim"])
     items = [{"id": f"api-{i}", "text": tiny_item_text(100 + i)} for i in range(20)]
     assert client.post("/v1/items", json={"items": items[:8]}, headers=AUTH).status_code == 200
     assert client.post("/v1/items", json={"items": items[8:]}, headers=AUTH).status_code == 200
-    gens = ray_generations(index, dim, Config(ingest=IngestConfig()))
     url = str(client.base_url)
 
     with Load(url, queries=3, writers=2, prefix="up") as load:
         time.sleep(1.0)
-        report = upgrade(gens, b1, v1, b0, v0, settle=0)
+        report = upgrade_app(config, b1, settle=0)  # what `irene upgrade` runs
         new = report["upgrade"]["to"]
         deadline = time.monotonic() + 30
         while _generation(client) != {new}:
@@ -167,7 +170,7 @@ def test_upgrade_and_rollback_under_load(app):
 
     with Load(url, queries=3, writers=2, prefix="down") as load:
         time.sleep(1.0)
-        back = rollback(gens, settle=0)
+        back = rollback_app(config)
         deadline = time.monotonic() + 30
         while _generation(client) != {""}:
             assert time.monotonic() < deadline, "replicas did not switch back"
@@ -178,3 +181,11 @@ def test_upgrade_and_rollback_under_load(app):
     assert back["rollback"] == {"from": new, "to": ""}
     alias = load_alias(index)
     assert alias.current == "" and alias.previous == new
+
+    out = str(Path(config).parent / "export.jsonl")  # `irene export`
+    n = export_app(config, out)
+    rows = [json.loads(line) for line in open(out)]
+    assert n == len(rows) == client.get("/readyz").json()["index_count"]
+    exported = {r["id"]: r for r in rows if r["source"] == "generated"}
+    assert {i: r["text"] for i, r in exported.items()} == acked | load.acked
+    assert {r["version"] for r in rows} == {v0}
