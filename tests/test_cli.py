@@ -227,3 +227,25 @@ def test_serve_in_the_foreground_then_sigterm(tmp_path):
             except ProcessLookupError:
                 pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_upgrade_reads_the_apps_config_and_refuses_a_file_without_the_app(tmp_path):
+    """`irene upgrade/rollback/export CONFIG` take the index and bundle from the irene
+    application of a Serve config (the whole procedure runs in
+    tests/serve_app/test_upgrade_serve.py)."""
+    from irene.config import ConfigError
+    from irene.ray.upgrade import app_index
+
+    cfg = tmp_path / "serve.yaml"
+    args = {"bundle": "runs/b1", "index": {"uri": "runs/idx", "n_owners": 2}}
+    app_cfg = {"name": "irene", "import_path": "serve_app.app:build_app", "args": args}
+    cfg.write_text(yaml.safe_dump({"applications": [app_cfg]}))
+    index, bundle = app_index(str(cfg))
+    assert (index.uri, index.n_owners, bundle) == ("runs/idx", 2, "runs/b1")
+    other = {"name": "x", "import_path": "other:app"}
+    cfg.write_text(yaml.safe_dump({"applications": [other]}))
+    with pytest.raises(ConfigError, match="expected one irene application, found 0"):
+        app_index(str(cfg))
+    for cmd in ("upgrade", "rollback", "export"):
+        r = CliRunner().invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0 and "Serve config" in r.output, r.output

@@ -27,7 +27,6 @@ any record match no filter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
 import numpy as np
@@ -139,12 +138,6 @@ class Filter(_Clause):
             isinstance(c, IdPrefix) or (isinstance(c, Filter) and c.uses_ids())
             for c in (*self.must, *self.should, *self.must_not)
         )
-
-    def and_(self, other: Filter | None) -> Filter:
-        """This filter and ``other`` both (``other`` None: this one)."""
-        if other is None:
-            return self
-        return Filter(must=[self, other])
 
 
 Condition = Annotated[
@@ -359,8 +352,3 @@ def matches(f: Filter, item_id: str, record: dict[str, Any]) -> bool:
         and (not f.should or any(cond(c) for c in f.should))
         and not any(cond(c) for c in f.must_not)
     )
-
-
-def filter_fn(f: Filter | None) -> Callable[[str, dict], bool] | None:
-    """``matches`` bound to ``f`` (None: no filter)."""
-    return None if f is None else (lambda item_id, record: matches(f, item_id, record))
