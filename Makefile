@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/irene-ray
 
-.PHONY: venv wordnet-base data demo benchmark bench test test-slow test-reliability lint clean
+.PHONY: venv wordnet-base data demo benchmark bench bench-filter test test-slow test-reliability lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -60,6 +60,31 @@ bench: venv wordnet-base $(BUNDLE)/manifest.json
 	$(PY) bench/serve_bench.py --bundle $(BUNDLE) --concurrency 1,4,16,32 \
 		--variants fast,fast-shard-readers,fast-2shard-actors \
 		--systems inprocess,plain,serve --duration-level-s 10 --out bench/results
+
+# filtered search at 1M x 384 (flat + IVF, 4 shards): p50 / recall@10 at selectivity 50% .. 0.1%
+# beside the unfiltered query (~6 min on 2 idle cores, longer under load; ~4.7 GB peak RSS);
+# table + JSON in $(RUNS)/filter_bench/ (bench/filter_bench.py docstring: what is measured)
+bench-filter: venv
+	$(PY) bench/filter_bench.py --n 1000000 --dim 384 --shards 4 --kinds flat,ivf \
+		--queries 200 --k 10 --seed $(SEED) --out $(RUNS)/filter_bench
+
+# a model upgrade and a rollback under load (issue #24): 8 query + 2 ingest clients over HTTP
+# while the index (10k API-ingested WordNet items) moves from the seed-0 bundle to the seed-1
+# one and back; failed queries, lost / wrong-version writes, timings (~10 min on 2 cores).
+# Bundles built from `make benchmark`'s work dirs (trained, not retrained here).
+UPGRADE_BENCH ?= $(RUNS)/upgrade_bench
+.PHONY: bench-upgrade
+bench-upgrade: venv wordnet-base
+	@for s in 0 1; do \
+		test -f $(UPGRADE_BENCH)/bundle-s$$s/manifest.json && continue; \
+		test -d $(RUNS)/benchmark/seed-$$s/generator || { echo "run 'make benchmark' first"; exit 1; }; \
+		$(PY) -m pipelines.build_bundle --executor local --data $(DATA) \
+			--work-dir $(RUNS)/benchmark/seed-$$s --bundle $(UPGRADE_BENCH)/bundle-s$$s \
+			--set evaluate=false --set train.split.seed=$$s --set train.finetune.seed=$$s \
+			--set train.classifiers.seed=$$s --set train.generator.seed=$$s || exit 1; \
+	done
+	$(PY) bench/upgrade_bench.py --old-bundle $(UPGRADE_BENCH)/bundle-s0 \
+		--new-bundle $(UPGRADE_BENCH)/bundle-s1 --data $(DATA) --items 10000 --out $(UPGRADE_BENCH)
 
 test: venv wordnet-base
 	$(PY) -m pytest -q -ra

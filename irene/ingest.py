@@ -69,10 +69,13 @@ def open_local_index(index: IndexConfig, dim: int):
     return RoutedIndex([IndexActor(s) for s in actor_settings(index, dim)])
 
 
-def ingest_local(cfg: Config, show_progress: bool = True, index=None) -> IngestReport:
+def ingest_local(
+    cfg: Config, show_progress: bool = True, index=None, stages: tuple | None = None
+) -> IngestReport:
     """Run the stages in this process over ``cfg.ingest.items`` into ``cfg.ingest.index``
     (opened here), or into ``index`` (e.g. a running app's shard actors: ``RoutedIndex``;
-    left open)."""
+    left open). ``stages``: ``(Encode, Generate)`` of ``cfg.bundle`` already loaded (a
+    caller that ingests several times, e.g. ``irene upgrade``'s sync rounds)."""
     from irene.bundle import bundle_version, read_manifest
 
     ing = cfg.ingest
@@ -82,7 +85,7 @@ def ingest_local(cfg: Config, show_progress: bool = True, index=None) -> IngestR
     owned = index is None
     index = open_local_index(ing.index, dim) if owned else index
     skip, write = Skip(index), Write(index, bundle_version(manifest))
-    encode, generate = Encode(cfg.bundle), Generate(cfg.bundle)
+    encode, generate = stages or (Encode(cfg.bundle), Generate(cfg.bundle))
     report = IngestReport(executor="local")
     t0 = time.perf_counter()
     try:

@@ -269,8 +269,7 @@ class DeleteByFilterRequest(_Strict):
 
     @model_validator(mode="after")
     def _not_everything(self) -> DeleteByFilterRequest:
-        f = self.filter
-        if not (f.must or f.should or f.must_not):
+        if self.filter.is_empty():
             raise ValueError("filter: an empty filter matches every item; refusing to delete all")
         return self
 

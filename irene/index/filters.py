@@ -27,6 +27,7 @@ any record match no filter.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Protocol
 
 import numpy as np
@@ -44,6 +45,7 @@ from pydantic import (
 )
 
 RECORD_KEYS = ("source", "version")
+INT64 = 1 << 63
 META_PREFIX = "metadata."
 
 Scalar = StrictStr | StrictInt | StrictBool
@@ -72,15 +74,20 @@ class Range(_Clause):
 
     @model_validator(mode="after")
     def _one_bound(self) -> Range:
-        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+        bounds = [b for b in (self.gt, self.gte, self.lt, self.lte) if b is not None]
+        if not bounds:
             raise ValueError("a range needs at least one of gt, gte, lt, lte")
+        if not all(math.isfinite(b) for b in bounds):
+            raise ValueError("range bounds must be finite numbers")
         return self
 
 
 def _match_tag(v: Any) -> str | None:
     if isinstance(v, dict):
         return "any" if "any" in v else "value"
-    return "any" if hasattr(v, "any") else "value"
+    if isinstance(v, BaseModel):
+        return "any" if hasattr(v, "any") else "value"
+    return None
 
 
 Match = Annotated[
@@ -104,11 +111,18 @@ class FieldCondition(_Clause):
 
 
 class IdPrefix(_Clause):
-    id_prefix: str = Field(min_length=1, max_length=256, description="string id starts with")
+    id_prefix: str = Field(
+        min_length=1, max_length=256, pattern=r"^[^\x00]+$", description="string id starts with"
+    )
 
 
-def _condition_tag(v: Any) -> str:
-    keys = v.keys() if isinstance(v, dict) else type(v).model_fields.keys()
+def _condition_tag(v: Any) -> str | None:
+    if isinstance(v, dict):
+        keys = v.keys()
+    elif isinstance(v, BaseModel):
+        keys = type(v).model_fields.keys()
+    else:
+        return None  # not an object: pydantic reports it as a bad condition
     if "key" in keys:
         return "field"
     if "id_prefix" in keys:
@@ -132,6 +146,13 @@ class Filter(_Clause):
             elif isinstance(c, Filter):
                 out |= c.keys()
         return out
+
+    def is_empty(self) -> bool:
+        """No condition anywhere (nested empty filters included): it matches every item."""
+        return all(
+            isinstance(c, Filter) and c.is_empty()
+            for c in (*self.must, *self.should, *self.must_not)
+        )
 
     def uses_ids(self) -> bool:
         return any(
@@ -191,6 +212,7 @@ class KeyColumn:
         self._kw_off = np.zeros(1, np.int64)
         self._kw_codes = np.zeros(0, np.int32)
         self.vocab: dict[str, int] = {}
+        self._one_each = True  # every row so far holds exactly one string
 
     num = property(lambda self: self._num[: self.n])
     ints = property(lambda self: self._ints[: self.n])
@@ -229,6 +251,7 @@ class KeyColumn:
         self._kw_off = append_at(self._kw_off, n + 1, self._kw_off[n] + np.cumsum(lens))
         self._kw_codes = append_at(self._kw_codes, self._nkw, np.asarray(codes, np.int32))
         self._nkw += len(codes)
+        self._one_each = self._one_each and bool((lens == 1).all())
         self.n = n + k
 
     def has_string(self, wanted: list[str]) -> np.ndarray:
@@ -236,9 +259,11 @@ class KeyColumn:
         codes = [self.vocab[s] for s in wanted if s in self.vocab]
         if not codes or not self._nkw:
             return np.zeros(self.n, bool)
+        if self._one_each:  # one string in every row: code i is row i's
+            return np.isin(self.kw_codes, codes)
+        off = self.kw_off
         hit = np.isin(self.kw_codes, codes).astype(np.int64)
         csum = np.concatenate([[0], np.cumsum(hit)])
-        off = self.kw_off
         return csum[off[1:]] > csum[off[:-1]]
 
     def nbytes(self) -> int:
@@ -272,15 +297,21 @@ def _field(c: FieldCondition, cols: Columns) -> np.ndarray:
         return np.isin(codes, hit) if hit else np.zeros(cols.n, bool)
     col = cols.key(meta)
     if c.range is not None:
-        r, x = c.range, col.num
+        r, x, is_int = c.range, col.num, col.is_int
         out = ~np.isnan(x)
         with np.errstate(invalid="ignore"):
-            for bound, op in ((r.gt, np.greater), (r.gte, np.greater_equal)):
-                if bound is not None:
-                    out &= op(x, bound)
-            for bound, op in ((r.lt, np.less), (r.lte, np.less_equal)):
-                if bound is not None:
-                    out &= op(x, bound)
+            for bound, op in (
+                (r.gt, np.greater),
+                (r.gte, np.greater_equal),
+                (r.lt, np.less),
+                (r.lte, np.less_equal),
+            ):
+                if bound is None:
+                    continue
+                hit = op(x, bound)  # floats (and ints, as float64)
+                if isinstance(bound, int) and -INT64 <= bound < INT64:
+                    hit = np.where(is_int, op(col.ints, bound), hit)  # ints: exactly
+                out &= hit
         return out
     m = c.match
     values = [m.value] if isinstance(m, MatchValue) else list(m.any)
@@ -291,7 +322,9 @@ def _field(c: FieldCondition, cols: Columns) -> np.ndarray:
     bools = [v for v in values if isinstance(v, bool)]
     for b in bools:
         out |= col.bools == int(b)
-    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    ints = [
+        v for v in values if isinstance(v, int) and not isinstance(v, bool) and -INT64 <= v < INT64
+    ]
     if ints:
         out |= col.is_int & np.isin(col.ints, ints)
     return out

@@ -115,6 +115,15 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
     return _META_JSON.encode(meta).encode("utf-8") if meta else b""
 
 
+def _flat_value(v: Any) -> bool:
+    """What a metadata value may be (``irene.metadata`` gives the user-facing errors)."""
+    if isinstance(v, str | bool | float):
+        return True
+    if isinstance(v, int):
+        return -(1 << 63) <= v < 1 << 63
+    return isinstance(v, list | tuple) and all(isinstance(s, str) for s in v)
+
+
 def _check(records: Records) -> None:
     """Validate a batch of records: equal column lengths, value types, sources, UTF-8
     encodable strings and metadata that is JSON-serialisable without NaN/inf (so nothing can
@@ -137,6 +146,12 @@ def _check(records: Records) -> None:
     for i, meta in enumerate(records.metadata):
         if not isinstance(meta, dict):
             raise TypeError(f"records: metadata[{i}] must be a dict, got {type(meta).__name__}")
+        for key, v in meta.items():
+            if not _flat_value(v):
+                raise ValueError(
+                    f"records: metadata[{i}].{key}: expected a string, an int64, a number, a "
+                    f"bool or a list of strings, got {v!r:.60}"
+                )
     try:
         _META_JSON.encode(list(records.metadata)).encode("utf-8")  # one call for the batch
     except (TypeError, ValueError):

@@ -64,7 +64,8 @@ IVF_MIN_POINTS_PER_CENTROID = 39
 # A filtered search scores the matching vectors directly when that is cheaper than the index's
 # own search with a selector; one gathered vector costs about this many scanned ones.
 EXACT_GATHER_COST = 4
-HNSW_MAX_FILTER_EF = 4096  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
+HNSW_MAX_FILTER_EF = 4096
+GATHER_CHUNK = 1000  # vectors per reconstruct_batch call of an exact filtered search  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
 _FORMAT_VERSION = 1
 
 
@@ -432,13 +433,15 @@ class Shard:
         an ``IDSelector`` (``"selector"``), by the cost model in the README (Filters)."""
         n = max(len(self._labels), 1)
         gathered = EXACT_GATHER_COST * n_match
+        built = n_match  # the IDSelectorBatch is built from the ids on every search
         if self.spec.kind in IVF_KINDS and self._ivf_trained:
             nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe * n / n_match))
-            return "exact" if gathered <= n * nprobe / self.spec.ivf_nlist else "selector"
-        if self.spec.kind == "hnsw":
-            ef = self.spec.ef_search * n / n_match
-            return "exact" if gathered <= ef * self.spec.hnsw_m * 2 else "selector"
-        return "exact" if gathered <= n else "selector"
+            scanned = n * nprobe / self.spec.ivf_nlist
+        elif self.spec.kind == "hnsw":
+            scanned = self.spec.ef_search * n / n_match * self.spec.hnsw_m * 2
+        else:
+            scanned = n
+        return "exact" if gathered <= scanned + built else "selector"
 
     def _search_subset(
         self, q: np.ndarray, k: int, subset: np.ndarray, scores: np.ndarray, ids: np.ndarray
@@ -452,14 +455,11 @@ class Shard:
         kk = min(k, len(subset))
         if self.plan(len(subset)) == "exact":
             x = self._index.reconstruct_batch(labels)  # (s, dim)
-            sc = q @ x.T  # (m, s)
-            top = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < len(subset) else None
-            if top is None:
-                top = np.broadcast_to(np.arange(len(subset)), sc.shape)
-            part = np.take_along_axis(sc, top, axis=1)
-            order = np.argsort(-part, axis=1, kind="stable")
-            scores[:, :kk] = np.take_along_axis(part, order, axis=1)
-            ids[:, :kk] = subset[np.take_along_axis(top, order, axis=1)]
+            # scored by FAISS too (its OpenMP pool, not numpy's BLAS pool: two pools fight
+            # over the cores of a small machine; README: Filters)
+            d, pos = faiss.knn(q, x, kk, faiss.METRIC_INNER_PRODUCT)  # (m, kk) best first
+            scores[:, :kk] = d
+            ids[:, :kk] = np.where(pos >= 0, subset[np.maximum(pos, 0)], -1)
             return scores, ids
         sel = faiss.IDSelectorBatch(labels)
         frac = len(subset) / len(self._labels)

@@ -70,8 +70,10 @@ def ray_generations(index: IndexConfig, dim: int, run: Config) -> Generations:
             )
         )
 
+    loaded: dict[str, tuple] = {}  # bundle -> its (Encode, Generate), kept across rounds
+
     def regenerate(path: str, cfg: IndexConfig, idx: RoutedIndex, bundle: str):
-        from irene.ingest import ingest_local
+        from irene.ingest import Encode, Generate, ingest_local
         from irene.ingest import run as ingest_run
 
         job = replace(
@@ -81,7 +83,9 @@ def ray_generations(index: IndexConfig, dim: int, run: Config) -> Generations:
         )
         if run.executor == "ray":
             return ingest_run(job, show_progress=False)
-        return ingest_local(job, show_progress=False, index=idx)
+        if bundle not in loaded:
+            loaded[bundle] = (Encode(bundle), Generate(bundle))
+        return ingest_local(job, show_progress=False, index=idx, stages=loaded[bundle])
 
     return Generations(index, open_, seed, regenerate)
 

@@ -138,11 +138,11 @@ def test_records_are_split_with_their_ids_and_survive_a_restart(tmp_path):
     with pytest.raises(ValueError):  # validated before any owner is written
         shards.add(ids[:2], x[:2], Records.of(["one"]))
     shards.snapshot()
-    shards.add(["late"], x[:1], Records.of(["late text"], [{"a": [1, 2]}], "trained", "v8"))
+    shards.add(["late"], x[:1], Records.of(["late text"], [{"a": ["1", "2"]}], "trained", "v8"))
     shards.close()
     again = _owners(tmp_path, 4)  # snapshots + log replay on every owner
     assert again.get_records(probe) == want
     assert again.get_records(["late"])[0] == {
-        "text": "late text", "metadata": {"a": [1, 2]}, "source": "trained", "version": "v8"
+        "text": "late text", "metadata": {"a": ["1", "2"]}, "source": "trained", "version": "v8"
     }  # fmt: skip
     again.close()

@@ -166,6 +166,8 @@ def test_ezxmc_benchmark_three_arms(tiny, tmp_path):
     assert any(res["arms"]["llm_oracle"]["ezxmc"][k] != base[k] for k in ("P@5", "nDCG@5", "R@10"))
 
 
+# slow: 2-5 min on 2 cores (make test-slow); kept out of `make test` for its ~15 min budget
+@pytest.mark.slow
 def test_pipeline_on_ray_scores_with_ray_data_and_fine_tunes_with_ray_train(
     ray_local, tiny, tmp_path
 ):

@@ -63,6 +63,8 @@ def _diffs(a: dict, b: dict) -> dict[tuple[str, str, str], float]:
     }
 
 
+# slow: 2-5 min on 2 cores (make test-slow); kept out of `make test` for its ~15 min budget
+@pytest.mark.slow
 def test_local_and_ray_executors_agree(ray_local, tmp_path):
     data, enc = write_inputs(tmp_path)
     runs = {

@@ -363,7 +363,8 @@ def test_irene_token_new_and_hash():
     assert token not in line
     # the entry works as printed, and two runs give two tokens
     auth = TokenAuth(
-        AuthSettings(tenant_field="tenant", protect_reads=True), environ={"IRENE_API_TOKENS": json.dumps([got])}
+        AuthSettings(tenant_field="tenant", protect_reads=True),
+        environ={"IRENE_API_TOKENS": json.dumps([got])},
     )
     p = auth.check(token, write=True)
     assert (p.name, p.tenant) == ("svc-a", "acme")
