@@ -208,3 +208,31 @@ def named_search(index, queries, k: int) -> list[list[tuple[str, float]]]:
 
     scores, ids = index.search(np.asarray(queries, dtype=np.float32), k)
     return named(scores, ids, lambda i: index.lookup(i)[0])
+
+
+@contextmanager
+def serve_app(args: dict, ready_s: float = 60.0):
+    """The irene Serve app of ``args`` behind Serve's HTTP on a free 127.0.0.1 port: yields an
+    ``httpx.Client`` on it once ``/readyz`` answers 200; Serve is shut down on exit."""
+    import time
+
+    import httpx
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve.shutdown()  # a Serve instance left over would ignore our http_options
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        serve.run(build_app(args), name="irene", route_prefix="/")
+        deadline = time.monotonic() + ready_s
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "app did not become ready"
+            time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        serve.shutdown()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import make_tiny_bundle, tiny_item_text
+from tests.helpers import make_tiny_bundle, serve_app, tiny_item_text
 
 N_SEEN = 30
 TOKEN = "test-token-0123456789"
@@ -104,17 +104,13 @@ class Served:
     ],
 )
 def served(ray_local, tmp_path_factory, request):
-    from ray import serve
-
     from irene.bundle import load_bundle
-    from serve_app.app import build_app
 
     tmp = tmp_path_factory.mktemp("serve")
     bundle_dir = make_tiny_bundle(str(tmp / "bundle"), n_seen=N_SEEN)
     index_dir = tmp / "index"
     index_name = f"irene-test-{uuid.uuid4().hex[:8]}"
     old_bundle_env = os.environ.pop("IRENE_BUNDLE", None)
-    port = free_port()
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     placement, read_replica, n_owners, shard_readers = request.param
     args = {
@@ -140,23 +136,20 @@ def served(ray_local, tmp_path_factory, request):
             "ShardReader": {**small, "num_replicas": 2},
         },
     }
-    serve.shutdown()  # a Serve instance left over would ignore our http_options
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        serve.run(build_app(args), name="irene", route_prefix="/")
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "app did not become ready"
-            time.sleep(0.2)
-        served = Served(
-            client, load_bundle(bundle_dir), index_dir, 0, placement, read_replica, args["index"]
-        )
-        served.start_count = served.count()
-        yield served
+        with serve_app(args) as client:
+            served = Served(
+                client,
+                load_bundle(bundle_dir),
+                index_dir,
+                0,
+                placement,
+                read_replica,
+                args["index"],
+            )
+            served.start_count = served.count()
+            yield served
     finally:
-        client.close()
-        serve.shutdown()
         from irene.index.router import owner_name
 
         for i in range(n_owners):

@@ -10,12 +10,10 @@ import os
 import time
 import uuid
 
-import httpx
 import pytest
 
 from irene.tokens import hash_token
-from tests.conftest import free_port
-from tests.helpers import make_tiny_bundle, tiny_item_text
+from tests.helpers import make_tiny_bundle, serve_app, tiny_item_text
 
 TOKENS = {name: f"tok-{name}-{uuid.uuid4().hex}" for name in ("a", "b", "ops", "a2")}
 NAMESPACE = "irene-tenant-tests"
@@ -34,9 +32,6 @@ def _write_tokens(path, entries: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def app(ray_local, tmp_path_factory):
-    from ray import serve
-
-    from serve_app.app import build_app
 
     tmp = tmp_path_factory.mktemp("tenants")
     tokens_file = tmp / "tokens.json"
@@ -72,20 +67,10 @@ def app(ray_local, tmp_path_factory):
         "encoder_placement": "ingress",
         "deployment_options": {"Generator": small, "Ingress": small},
     }
-    port = free_port()
-    serve.shutdown()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        serve.run(build_app(args), name="irene", route_prefix="/")
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "app did not become ready"
-            time.sleep(0.2)
-        yield client, tokens_file
+        with serve_app(args) as client:
+            yield client, tokens_file
     finally:
-        client.close()
-        serve.shutdown()
         try:
             ray_local.kill(ray_local.get_actor(index_name, namespace=NAMESPACE))
         except ValueError:

@@ -18,8 +18,7 @@ from irene.bundle import bundle_version, read_manifest
 from irene.config import IndexConfig
 from irene.index.generations import load_alias
 from irene.ray.upgrade import export_app, rollback_app, upgrade_app
-from tests.conftest import free_port
-from tests.helpers import make_tiny_bundle, tiny_item_text
+from tests.helpers import make_tiny_bundle, serve_app, tiny_item_text
 
 TOKEN = "upgrade-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,9 +27,6 @@ NAMESPACE = "irene-upgrade-tests"
 
 @pytest.fixture(scope="module")
 def app(ray_local, tmp_path_factory):
-    from ray import serve
-
-    from serve_app.app import build_app
 
     tmp = tmp_path_factory.mktemp("upgrade")
     bundles = [make_tiny_bundle(str(tmp / f"bundle-{s}"), n_seen=16, seed=s) for s in (0, 1)]
@@ -53,23 +49,13 @@ def app(ray_local, tmp_path_factory):
         "encoder_placement": "ingress",
         "deployment_options": {"Generator": small, "Ingress": {**small, "num_replicas": 2}},
     }
-    port = free_port()
-    serve.shutdown()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    config_path = tmp / "serve.yaml"  # what `irene upgrade CONFIG` reads
+    app_cfg = {"import_path": "serve_app.app:build_app", "name": "irene", "args": args}
+    config_path.write_text(yaml.safe_dump({"applications": [app_cfg]}))
     try:
-        serve.run(build_app(args), name="irene", route_prefix="/")
-        deadline = time.monotonic() + 90
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "app did not become ready"
-            time.sleep(0.2)
-        config_path = tmp / "serve.yaml"  # what `irene upgrade CONFIG` reads
-        app_cfg = {"import_path": "serve_app.app:build_app", "name": "irene", "args": args}
-        config_path.write_text(yaml.safe_dump({"applications": [app_cfg]}))
-        yield client, bundles, IndexConfig(**index), str(config_path)
+        with serve_app(args, ready_s=90) as client:
+            yield client, bundles, IndexConfig(**index), str(config_path)
     finally:
-        client.close()
-        serve.shutdown()
         from irene.index.generations import generation_config
         from irene.index.router import owner_name
 
