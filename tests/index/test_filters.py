@@ -13,7 +13,7 @@ clause type, checked against the one-row reference semantics ``filters.matches``
 - invalid filters raise a ``ValidationError`` whose ``loc`` names the bad clause;
 - hand-computed answers (so the oracle itself is checked) and one condition against values
   of every type that compare alike in Python (type strictness);
-- known bugs, as strict xfails (remove the mark when fixed).
+- the bugs these properties found, pinned once fixed (the last section).
 
 Hypothesis runs derandomized (the same examples on every run) with no example database.
 """
@@ -80,7 +80,8 @@ META_KEYS = ("color", "n", "tags", "flag", "source")  # "source" here is a *meta
 FILTER_KEYS = ("color", "n", "tags", "flag", "missing", "metadata.source", "metadata.n")
 STRINGS = ("red", "blue", "", "v1", "trained")
 VERSIONS = ("v1", "v2")
-# ints stay within +-2**53, where float64 compares them exactly (see the xfail tests below)
+# ints stay within +-2**53: a float row against an int bound beyond it compares in float64
+# (ints against ints are exact at any size: test_range_on_ints_is_exact_beyond_2_53)
 INTS = (0, 1, -1, 2, 3, -3, 2**40, -(2**53))
 FLOATS = (0.0, -0.0, 1.0, 2.0, -1.0, 3.0, -2.5, 3.5, 1e-9)  # integral ones collide with ints
 
@@ -841,7 +842,7 @@ def test_valid_filters_parse_alike_from_python_json_and_their_dump(fd):
     assert as_filter(f) is f
 
 
-# ------------------------------------------------------------- known bugs (xfail, strict)
+# ------------------------------------------------------------- bugs found above, fixed
 def _match_names(meta: list[dict], fd: dict, ids: list[str] | None = None):
     ids = ids or [f"p-{i}" for i in range(len(meta))]
     index = ShardedIndex(DIM, 1, IndexSpec(kind="flat", use_gpu=False))
