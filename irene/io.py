@@ -30,6 +30,12 @@ S3_ENV_VARS = (
 )
 
 
+def s3_env() -> dict[str, str]:
+    """The S3 settings of this process's environment that are set (``S3_ENV_VARS``), to pass
+    on to Ray actors and workers."""
+    return {k: os.environ[k] for k in S3_ENV_VARS if os.environ.get(k)}
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 

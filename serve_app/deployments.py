@@ -32,7 +32,6 @@ annotations to parse request bodies.
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,7 +103,7 @@ def index_actor(config: IndexConfig, bundle: str, dim: int) -> ActorShards:
     (:class:`irene.ray.index.ActorShards`)."""
     env = None
     if config.uri.startswith("s3://") or bundle.startswith("s3://"):
-        env = {k: os.environ[k] for k in S3_ENV if os.environ.get(k)}
+        env = io.s3_env()
     return actors_for(config, dim, env)
 
 

@@ -5,7 +5,6 @@ cluster. It implements the ``irene.executor.Executor`` protocol without importin
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -86,4 +85,4 @@ class RayExecutor:
         driver's environment)."""
         if not (io.is_s3(self.cfg.work_dir) or io.is_s3(self.cfg.storage())):
             return {}
-        return {k: os.environ[k] for k in io.S3_ENV_VARS if os.environ.get(k)}
+        return io.s3_env()

@@ -18,7 +18,6 @@ describes.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np
@@ -168,7 +167,7 @@ def ingest_ray(cfg: Config, show_progress: bool = True) -> IngestReport:
     ing = cfg.ingest
     manifest = read_manifest(cfg.bundle)
     dim = int(manifest["dim"])
-    env = {k: os.environ[k] for k in io.S3_ENV_VARS if os.environ.get(k)}
+    env = io.s3_env()
     index = shard_actors(ing.index, dim, env)  # create them here, once, before the workers
     index.count()  # placed and holding their CPUs before the pools are sized
     use_gpu = resolve_use_gpu(cfg.ray.use_gpu)

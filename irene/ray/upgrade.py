@@ -46,7 +46,7 @@ def app_index(config_path: str, app: str | None = None) -> tuple[IndexConfig, st
 
 
 def _env() -> dict[str, str]:
-    return {k: os.environ[k] for k in iio.S3_ENV_VARS if os.environ.get(k)}
+    return iio.s3_env()
 
 
 def ray_generations(index: IndexConfig, dim: int, run: Config) -> Generations:
