@@ -18,7 +18,10 @@ variant at 1 % is ``{"key": "cat", "match": {"value": "c0"}}`` (the same items a
 Per index kind and per filter (none, 50 %, 10 %, 1 %, 1 % via match, 0.1 %):
 
 * latency of single-query calls ``search(q[None], k, filter)`` over all queries: p50, p99, and
-  p50 / p50(unfiltered) of the same index in the same run. The queries run in ``--rounds``
+  p50 / p50(unfiltered) of the same index in the same run, twice: *warm*, the filter repeated
+  query after query (the filter caches of ``irene.index.cache`` hold its matching ids and the
+  vectors an exact plan gathers), and *cold*, the caches emptied before every query (a filter
+  not seen since the last write; both must return the same ids). The queries run in ``--rounds``
   blocks, every filter taking its block in turn, so load from other processes that comes and
   goes skews no ratio. One warm-up call per filter first, kept out of the percentiles; its time
   is reported as "first query": the first filter on a key builds that key's filter column over
@@ -36,7 +39,8 @@ Per index kind and per filter (none, 50 %, 10 %, 1 %, 1 % via match, 0.1 %):
   dropped (what a vector store without pre-filtering returns), scored against the same exact
   filtered top-k.
 
-Targets (issue): recall@10 >= 0.95 at every selectivity; p50 at 1 % <= 2x the unfiltered p50.
+Targets (issue): recall@10 >= 0.95 at every selectivity; p50 at 1 % <= 2x the unfiltered p50
+(reported warm and cold).
 Anchor: Qdrant's published 1M benchmark, where a post-filtered HNSW keeps 0.1 % recall at 1 %
 selectivity and its filterable HNSW / planner 99.8-100 % at ~1.5 ms.
 
@@ -307,6 +311,7 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
         "spec": index.spec.to_dict(),
         "ivf_trained": trained,
         "memory_after_build": mem,
+        "filter_cache_mb": index.spec.filter_cache_mb,
         "record_stats": index.record_stats(),
     }
     log.info(
@@ -343,6 +348,7 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
                 "new_keys": new_keys,
                 "first_ms": first_ms,
                 "lat": np.empty(len(q)),
+                "lat_cold": np.empty(len(q)),
                 "got": np.full((len(q), k), -1, np.int64),
             }
         )
@@ -357,6 +363,17 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
                 _, ids = index.search(q[i : i + 1], k, f)
                 st["lat"][i] = time.perf_counter() - t0
                 st["got"][i] = ids[0]
+            if f is None:
+                continue
+            for i in block.tolist():  # cold: as if this filter had never been seen
+                index.clear_filter_caches()
+                t0 = time.perf_counter()
+                _, ids = index.search(q[i : i + 1], k, f)
+                st["lat_cold"][i] = time.perf_counter() - t0
+                if not np.array_equal(ids[0], st["got"][i]):
+                    raise AssertionError(f"{case['name']}: cached and cold answers differ")
+    cache_stats = index.filter_cache_stats()
+    log.info("%s: filter caches after the timed queries: %s", kind, cache_stats)
     unfiltered_rows = None
     for case, st in zip(cases, state, strict=True):
         f = case["filter"]
@@ -368,6 +385,7 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
         if f is not None:
             mt = []
             for _ in range(min(len(q), args.match_reps)):
+                index.clear_filter_caches()  # the evaluation itself, not a cache hit
                 t0 = time.perf_counter()
                 index.match(f)
                 mt.append(time.perf_counter() - t0)
@@ -400,6 +418,7 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
             **p,
             "p50_ms": 1000 * float(np.percentile(lat, 50)),
             "p99_ms": 1000 * float(np.percentile(lat, 99)),
+            "cold_p50_ms": None if f is None else 1000 * float(np.percentile(st["lat_cold"], 50)),
             "mean_ms": 1000 * float(lat.mean()),
             "first_query_ms": first_ms,
             "first_query_builds_columns": new_keys,
@@ -432,6 +451,8 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
     base = rows[0]["p50_ms"]
     for r in rows:
         r["p50_ratio"] = r["p50_ms"] / base
+        r["cold_p50_ratio"] = None if r["cold_p50_ms"] is None else r["cold_p50_ms"] / base
+    info["filter_cache_stats"] = cache_stats
     info["memory_after_queries"] = log_mem(f"{kind} queried")
     index.close()
     del index, shards
@@ -460,11 +481,15 @@ def targets(result: dict) -> list[str]:
         for r in rows:
             if r["filter"] in ("1%", "1% (match)"):
                 ok = r["p50_ratio"] <= 2.0
+                cold_ok = r["cold_p50_ratio"] <= 2.0
                 lines.append(
-                    f"* {kind}: p50 at {r['filter']} = {r['p50_ms']:.2f} ms = "
-                    f"{r['p50_ratio']:.2f}x unfiltered ({rows[0]['p50_ms']:.2f} ms): "
-                    f"{'**met**' if ok else '**not met**'} (target <= 2x); of which filter "
-                    f"evaluation (`match`) {r['match_p50_ms']:.2f} ms."
+                    f"* {kind}: p50 at {r['filter']}, filter repeated (caches warm) = "
+                    f"{r['p50_ms']:.2f} ms = {r['p50_ratio']:.2f}x unfiltered "
+                    f"({rows[0]['p50_ms']:.2f} ms): {'**met**' if ok else '**not met**'} "
+                    f"(target <= 2x); a filter not seen since the last write (caches cold) "
+                    f"{r['cold_p50_ms']:.2f} ms = {r['cold_p50_ratio']:.2f}x: "
+                    f"{'**met**' if cold_ok else '**not met**'}, of which filter evaluation "
+                    f"(`match`, uncached) {r['match_p50_ms']:.2f} ms."
                 )
     return lines
 
@@ -490,8 +515,12 @@ def markdown(result: dict) -> str:
         "Columns: `plan` = `Shard.plan` per shard (`exact`: the matching vectors are scored "
         "directly; `selector`: the index runs with an `IDSelector`, IVF with nprobe / HNSW with "
         "efSearch widened by 1/selectivity as shown). `x unf.` = p50 / unfiltered p50 of the "
-        "same index in this run. `match p50` = `ShardedIndex.match(filter)` alone (filter "
-        "evaluation over all records, part of every filtered query). `first` = the warm-up "
+        "same index in this run, the filter repeated query after query, so the filter caches "
+        "(matching ids per index, gathered vectors per shard; `IndexSpec.filter_cache_mb`, "
+        "dropped on every write) hold it. `cold` = the same queries with the caches emptied "
+        "before each one: a filter not seen since the last write. `match p50` = "
+        "`ShardedIndex.match(filter)` alone, uncached (filter evaluation over all records, "
+        "part of every cold filtered query). `first` = the warm-up "
         "query; a * marks the one that built the key's filter column. Recall@10 vs exact "
         "filtered top-10 (numpy brute force over the matching vectors; score ties within "
         f"{TIE_EPS:g} count). `post-filter` = the unfiltered top-{k} of the same index with "
@@ -515,17 +544,21 @@ def markdown(result: dict) -> str:
             f"## {kind} ({knob})",
             "",
             f"Build {info['build_s']:.1f} s ({info['add_vps']:,.0f} vec/s, records included); "
-            f"RSS after build {info['memory_after_build']['rss_mb']:,.0f} MiB.",
+            f"RSS after build {info['memory_after_build']['rss_mb']:,.0f} MiB. Filter caches "
+            f"({info['filter_cache_mb']} MiB per shard and per index) after the timed queries: "
+            + ", ".join(f"{key} {v:,}" for key, v in info["filter_cache_stats"].items())
+            + ".",
             "",
-            f"| filter | matches | plan | p50 ms | p99 ms | x unf. | recall@{k} | "
-            f"post-filter recall@{k} | match p50 ms | first ms |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| filter | matches | plan | p50 ms | p99 ms | x unf. | cold p50 ms | cold x unf. | "
+            f"recall@{k} | post-filter recall@{k} | match p50 ms | first ms |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in (r for r in result["rows"] if r["kind"] == kind):
             star = "*" if r["first_query_builds_columns"] else ""
             lines.append(
                 f"| {r['filter']} | {r['matches']:,} | {r['plan']} | {r['p50_ms']:.2f} | "
-                f"{r['p99_ms']:.2f} | {r['p50_ratio']:.2f} | {r['recall_at_k']:.4f} | "
+                f"{r['p99_ms']:.2f} | {r['p50_ratio']:.2f} | {_fmt(r['cold_p50_ms'], '.2f')} | "
+                f"{_fmt(r['cold_p50_ratio'], '.2f')} | {r['recall_at_k']:.4f} | "
                 f"{_fmt(r['postfilter_recall_at_k'], '.4f')} | {_fmt(r['match_p50_ms'], '.2f')} | "
                 f"{r['first_query_ms']:.1f}{star} |"
             )

@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, replace
 import faiss
 import numpy as np
 
+from irene.index.cache import VersionedLRU
+
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "hnsw", "ivf", "ivfpq")
@@ -64,8 +66,8 @@ IVF_MIN_POINTS_PER_CENTROID = 39
 # A filtered search scores the matching vectors directly when that is cheaper than the index's
 # own search with a selector; one gathered vector costs about this many scanned ones.
 EXACT_GATHER_COST = 4
-HNSW_MAX_FILTER_EF = 4096
-GATHER_CHUNK = 1000  # vectors per reconstruct_batch call of an exact filtered search  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
+HNSW_MAX_FILTER_EF = 4096  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
+_MB = 1 << 20
 _FORMAT_VERSION = 1
 
 
@@ -82,6 +84,9 @@ class IndexSpec:
     use_gpu: bool | str = "auto"  # True | False | "auto"
     pq_m: int = 48  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); must divide dim
     pq_nbits: int = 8  # ivfpq: bits per sub-quantiser code, 1..16
+    # per shard: vectors gathered for recent filters (and, per ShardedIndex, their matching
+    # ids), reused until the next write (irene.index.cache); 0 turns the caches off
+    filter_cache_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,6 +107,8 @@ class IndexSpec:
                 raise ValueError(f"IndexSpec.{name} must be >= 1")
         if not 1 <= self.pq_nbits <= 16:
             raise ValueError(f"IndexSpec.pq_nbits must be in 1..16, got {self.pq_nbits}")
+        if self.filter_cache_mb < 0:
+            raise ValueError(f"IndexSpec.filter_cache_mb must be >= 0, got {self.filter_cache_mb}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +167,8 @@ class Shard:
         self._selector_refs: tuple = ()  # keeps the C++ selectors alive while in use
         self._ivf_trained = False
         self._index = self._new_index()
+        self._version = 0  # bumped by every write: the gather cache's entries die with it
+        self.gather_cache = VersionedLRU(self.spec.filter_cache_mb * _MB)
         self._use_gpu = self.spec.kind == "flat" and (
             self.spec.use_gpu is True or (self.spec.use_gpu == "auto" and _gpu_available())
         )
@@ -248,6 +257,7 @@ class Shard:
         if self.spec.kind in IVF_KINDS and not self._ivf_trained:
             self._maybe_train_ivf()
         self._gpu_index = None
+        self._version += 1
 
     def remove(self, ids) -> int:
         """Remove ids; returns how many were present."""
@@ -266,6 +276,7 @@ class Shard:
         else:
             self._index.remove_ids(labels)
         self._gpu_index = None
+        self._version += 1
         return len(present)
 
     def _all_stored(self) -> tuple[np.ndarray, np.ndarray]:
@@ -392,12 +403,14 @@ class Shard:
             return self._gpu_index
 
     def search(
-        self, queries, k: int, subset: np.ndarray | None = None
+        self, queries, k: int, subset: np.ndarray | None = None, key: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: scores (m, k) float32, ids (m, k) int64; -1 / -inf padding.
 
         ``subset``: only these ids (int64, unique, all stored here) may be returned -- a
-        filter evaluated before the search, so a query gets k hits whenever k ids qualify."""
+        filter evaluated before the search, so a query gets k hits whenever k ids qualify.
+        ``key`` names the filter that made ``subset`` (its canonical JSON): the vectors an
+        exact plan gathers are then kept for the next search with that key until a write."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (m, {self.dim}), got {q.shape}")
@@ -409,7 +422,8 @@ class Shard:
         if not self._labels or m == 0 or (subset is not None and not len(subset)):
             return scores, ids
         if subset is not None and len(subset) < len(self._labels):
-            return self._search_subset(q, k, np.asarray(subset, dtype=np.int64), scores, ids)
+            subset = np.asarray(subset, dtype=np.int64)
+            return self._search_subset(q, k, subset, key, scores, ids)
         kk = min(k, self._index.ntotal)
         index = self._search_index()
         if self._use_gpu:
@@ -443,24 +457,43 @@ class Shard:
             scanned = n
         return "exact" if gathered <= scanned + built else "selector"
 
+    def _gather(self, subset: np.ndarray, key: str | None) -> np.ndarray:
+        """The stored vectors of ``subset`` (s, dim), from the gather cache when ``key``'s
+        entry is of this write version and of the same ids."""
+        if key is not None:
+            hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
+            if hit is not None:
+                return hit[1]
+        x = self._index.reconstruct_batch(self._labels_of(subset))  # (s, dim)
+        if key is not None:
+            self.gather_cache.put(key, self._version, (subset.copy(), x), x.nbytes + subset.nbytes)
+        return x
+
+    def _labels_of(self, subset: np.ndarray) -> np.ndarray:
+        if self.spec.kind != "hnsw":
+            return subset
+        get = self._labels.__getitem__
+        return np.fromiter(map(get, subset.tolist()), dtype=np.int64, count=len(subset))
+
     def _search_subset(
-        self, q: np.ndarray, k: int, subset: np.ndarray, scores: np.ndarray, ids: np.ndarray
+        self,
+        q: np.ndarray,
+        k: int,
+        subset: np.ndarray,
+        key: str | None,
+        scores: np.ndarray,
+        ids: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.spec.kind == "hnsw":
-            labels = np.fromiter(
-                (self._labels[i] for i in subset.tolist()), dtype=np.int64, count=len(subset)
-            )
-        else:
-            labels = subset
         kk = min(k, len(subset))
         if self.plan(len(subset)) == "exact":
-            x = self._index.reconstruct_batch(labels)  # (s, dim)
+            x = self._gather(subset, key)
             # scored by FAISS too (its OpenMP pool, not numpy's BLAS pool: two pools fight
             # over the cores of a small machine; README: Filters)
             d, pos = faiss.knn(q, x, kk, faiss.METRIC_INNER_PRODUCT)  # (m, kk) best first
             scores[:, :kk] = d
             ids[:, :kk] = np.where(pos >= 0, subset[np.maximum(pos, 0)], -1)
             return scores, ids
+        labels = self._labels_of(subset)
         sel = faiss.IDSelectorBatch(labels)
         frac = len(subset) / len(self._labels)
         if self.spec.kind in IVF_KINDS and self._ivf_trained:

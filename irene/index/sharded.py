@@ -27,6 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from irene.index.cache import VersionedLRU
 from irene.index.filters import Filter, as_filter
 from irene.index.records import Records, RecordStore, as_records, empty_record
 from irene.index.shard import IndexSpec, Shard, as_vectors
@@ -120,6 +121,8 @@ class ShardedIndex:
         self._str_of: dict[int, str] = {}  # int id -> string id, for every stored id
         self._records = RecordStore()
         self._lock = RWLock()
+        self._version = 0  # bumped by every write: cached filter matches die with it
+        self._matches = VersionedLRU(self.spec.filter_cache_mb << 20)
         self._search_threads = search_threads or min(self.n_shards, 8)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -213,6 +216,7 @@ class ShardedIndex:
                 self._shards[sh].add(iids[sel], x[sel])
             self._str_of.update(zip(iids.tolist(), ids, strict=True))
             self._records.put(iids, records)
+            self._version += 1
         return created
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
@@ -233,6 +237,7 @@ class ShardedIndex:
                 self._shards[sh].remove(shard_ids)
             gone = [iid for shard_ids in by_shard.values() for iid in shard_ids]
             self._records.discard(np.array(gone, dtype=np.int64))
+            self._version += 1
         return out
 
     # ----------------------------------------------------------------- reads
@@ -272,6 +277,25 @@ class ShardedIndex:
             rs = self._records
             return {"records": len(rs), "garbage": rs.garbage, **rs.nbytes()}
 
+    def filter_cache_stats(self) -> dict[str, int]:
+        """Hits, misses, entries and bytes of the filter caches: ``match_*`` for the matching
+        ids, ``gather_*`` for the gathered vectors (summed over shards)."""
+        with self._lock.read():
+            caches = {"match": [self._matches], "gather": [s.gather_cache for s in self._shards]}
+        out = {}
+        for name, lrus in caches.items():
+            out[f"{name}_hits"] = sum(c.hits for c in lrus)
+            out[f"{name}_misses"] = sum(c.misses for c in lrus)
+            out[f"{name}_entries"] = sum(len(c) for c in lrus)
+            out[f"{name}_bytes"] = sum(c.nbytes for c in lrus)
+        return out
+
+    def clear_filter_caches(self) -> None:
+        """Empty the filter caches (the next filtered query computes from scratch)."""
+        with self._lock.read():
+            for c in [self._matches, *(s.gather_cache for s in self._shards)]:
+                c.clear()
+
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -294,31 +318,44 @@ class ShardedIndex:
         if k < 1:
             raise ValueError("k must be >= 1")
         f = as_filter(filter)
+        key = None if f is None else f.model_dump_json()
         with self._lock.read():
             subsets: list = [None] * self.n_shards
             work = self.count
             if f is not None:
-                hit = self._records.match(f, self._names_locked)
-                part = hit % self.n_shards
-                subsets = [hit[part == i] for i in range(self.n_shards)]
+                hit, subsets = self._match_locked(f, key)
                 work = len(hit)
             per_shard = work * len(q) / self.n_shards  # vectors x queries per shard
             jobs = list(zip(self._shards, subsets, strict=True))
             if self.n_shards == 1 or self._search_threads == 1 or per_shard < PARALLEL_MIN_WORK:
-                parts = [s.search(q, k, sub) for s, sub in jobs]
+                parts = [s.search(q, k, sub, key) for s, sub in jobs]
             else:
-                parts = list(self._executor().map(lambda j: j[0].search(q, k, j[1]), jobs))
+                pool = self._executor()
+                parts = list(pool.map(lambda j: j[0].search(q, k, j[1], key), jobs))
         return merge_topk(parts, k)
 
     def _names_locked(self, iids: np.ndarray) -> list[str | None]:
         get = self._str_of.get
         return [get(i) for i in np.asarray(iids, dtype=np.int64).tolist()]
 
+    def _match_locked(self, f: Filter, key: str | None = None) -> tuple[np.ndarray, list]:
+        """(the int64 ids ``f`` matches, the same split per shard), from the match cache when
+        ``f`` was evaluated since the last write. Call under the read lock."""
+        key = key or f.model_dump_json()
+        cached = self._matches.get(key, self._version)
+        if cached is not None:
+            return cached
+        hit = self._records.match(f, self._names_locked)
+        part = hit % self.n_shards
+        out = (hit, [hit[part == i] for i in range(self.n_shards)])
+        self._matches.put(key, self._version, out, 2 * hit.nbytes)
+        return out
+
     def match(self, filter: Filter | dict) -> np.ndarray:
         """The int64 ids of the items ``filter`` matches (unordered)."""
         f = as_filter(filter)
         with self._lock.read():
-            return self._records.match(f, self._names_locked)
+            return self._match_locked(f)[0].copy()
 
     def count_where(self, filter: Filter | dict | None = None) -> int:
         """How many items ``filter`` matches (None: all)."""
@@ -332,7 +369,7 @@ class ShardedIndex:
             if f is None:
                 iids = np.fromiter(self._str_of.keys(), dtype=np.int64, count=len(self._str_of))
             else:
-                iids = self._records.match(f, self._names_locked)
+                iids = self._match_locked(f)[0]
         iids = iids[iids > after]
         if len(iids) > limit:
             iids = np.partition(iids, limit - 1)[:limit]
@@ -410,6 +447,7 @@ class ShardedIndex:
         records = RecordStore.from_state(state.get("records"))
         with self._lock.write():
             self._shards, self._str_of, self._records = shards, str_of, records
+            self._version += 1
 
     def to_bytes(self) -> bytes:
         """``state_dict`` as one self-describing ``.npz`` blob (no pickle)."""

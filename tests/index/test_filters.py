@@ -593,9 +593,6 @@ def test_filtered_search_equals_brute_force(kind, plan, layout):
         # 0: scoring the matching vectors always looks cheaper; 10**9: never does
         mp.setattr(shard_mod, "EXACT_GATHER_COST", 0 if plan == "exact" else 10**9)
         mp.setattr(Shard, "plan", spy)
-        # the exact plan gathers vectors in chunks: several chunks even on these small sets
-        # (raising=False: nothing to patch where the gather is not chunked)
-        mp.setattr(shard_mod, "GATHER_CHUNK", 16, raising=False)
         if layout == "3-shards":
             mp.setattr(sharded_mod, "PARALLEL_MIN_WORK", 0)  # shards searched on threads
         run()
