@@ -219,9 +219,15 @@ def sku(i: int) -> str:
     return f"sku-{i:09d}"
 
 
+RERANKED = "ivfpq-rerank"  # ivfpq with IndexSpec.rerank = --rerank
+BENCH_KINDS = (*KINDS, RERANKED)
+
+
 def spec_for(kind: str, args) -> IndexSpec:
     return IndexSpec(
-        kind=kind,
+        kind="ivfpq" if kind == RERANKED else kind,
+        rerank=args.rerank if kind == RERANKED else 0,
+        pq_m=args.pq_m,
         ivf_nlist=args.ivf_nlist,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
@@ -295,7 +301,7 @@ def run_kind(kind, x, q, bucket, idmap, cases, gts, args) -> tuple[list[dict], d
     index, build_s = build_index(kind, x, bucket, args)
     mem = log_mem(f"{kind} built")
     shards = index._shards
-    trained = all(s.ivf_trained for s in shards) if kind in IVF_KINDS else None
+    trained = all(s.ivf_trained for s in shards) if index.spec.kind in IVF_KINDS else None
     if trained is False:
         log.warning(
             "%s: shards hold %d vectors each, under the training threshold %d: they search "
@@ -536,7 +542,10 @@ def markdown(result: dict) -> str:
         knob = {
             "flat": "exact",
             "ivf": f"nlist {sp['ivf_nlist']} per shard, nprobe {sp['nprobe']}",
-            "ivfpq": f"nlist {sp['ivf_nlist']} per shard, nprobe {sp['nprobe']}",
+            "ivfpq": f"nlist {sp['ivf_nlist']} per shard, nprobe {sp['nprobe']}, pq_m "
+            f"{sp['pq_m']} x {sp['pq_nbits']} bits",
+            RERANKED: f"nlist {sp['ivf_nlist']} per shard, nprobe {sp['nprobe']}, pq_m "
+            f"{sp['pq_m']} x {sp['pq_nbits']} bits, top {sp['rerank']} x k re-scored in fp16",
             "hnsw": f"M {sp['hnsw_m']}, efConstruction {sp['hnsw_ef_construction']}, "
             f"efSearch {sp['ef_search']}",
         }[kind]
@@ -578,7 +587,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=1_000_000, help="database size")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--shards", type=int, default=4)
-    p.add_argument("--kinds", default="flat,ivf", help=f"comma-separated, of {KINDS}")
+    p.add_argument(
+        "--kinds", default="flat,ivf", help="comma-separated, of " + ", ".join(BENCH_KINDS)
+    )
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -587,6 +598,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, default=DEFAULT_SPEC.nprobe)
     p.add_argument("--ef-search", type=int, default=DEFAULT_SPEC.ef_search)
     p.add_argument("--hnsw-m", type=int, default=DEFAULT_SPEC.hnsw_m)
+    p.add_argument("--pq-m", type=int, default=DEFAULT_SPEC.pq_m, help="ivfpq sub-quantisers")
+    p.add_argument("--rerank", type=int, default=10, help=f"{RERANKED}: candidates re-scored, x k")
     p.add_argument("--hnsw-efc", type=int, default=DEFAULT_SPEC.hnsw_ef_construction)
     p.add_argument("--add-batch", type=int, default=50_000)
     p.add_argument("--gt-chunk", type=int, default=100_000, help="rows per ground-truth chunk")
@@ -601,8 +614,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args.kinds = [k for k in args.kinds.split(",") if k]
     for k in args.kinds:
-        if k not in KINDS:
-            p.error(f"unknown kind {k!r}; choose from {KINDS}")
+        if k not in BENCH_KINDS:
+            p.error(f"unknown kind {k!r}; choose from {BENCH_KINDS}")
     return args
 
 

@@ -28,6 +28,11 @@ Index kinds (``IndexSpec.kind``):
   Scores are PQ approximations of the inner product, and once trained ``get`` returns the
   *PQ-decoded approximation* of the stored vector (centroid + decoded residual), not the
   vector that was added (before training ``get`` is exact, like the flat fallback).
+  With ``rerank = r > 0`` the shard also keeps every vector in fp16 (``IndexIDMap2`` over an
+  fp16 ``IndexScalarQuantizer``, 2 bytes per dimension) and re-scores the top ``r * k`` PQ
+  candidates of every search with them (as FAISS's ``IndexRefine``), so the PQ codes only
+  choose candidates and the ranking is exact up to fp16 rounding; ``get`` and the filters'
+  exact plan then read the fp16 copy too.
 
 ``Shard.memory_bytes()`` is the size of the FAISS index as ``faiss.write_index`` serialises
 it (counted while streaming, nothing is materialised): vectors or codes, ids, graph links,
@@ -84,6 +89,8 @@ class IndexSpec:
     use_gpu: bool | str = "auto"  # True | False | "auto"
     pq_m: int = 48  # ivfpq: sub-quantisers (code bytes per vector at 8 bits); must divide dim
     pq_nbits: int = 8  # ivfpq: bits per sub-quantiser code, 1..16
+    # ivfpq: re-score the top rerank * k PQ candidates with fp16 copies of the vectors (0: off)
+    rerank: int = 0
     # per shard: vectors gathered for recent filters (and, per ShardedIndex, their matching
     # ids), reused until the next write (irene.index.cache); 0 turns the caches off
     filter_cache_mb: int = 64
@@ -107,6 +114,10 @@ class IndexSpec:
                 raise ValueError(f"IndexSpec.{name} must be >= 1")
         if not 1 <= self.pq_nbits <= 16:
             raise ValueError(f"IndexSpec.pq_nbits must be in 1..16, got {self.pq_nbits}")
+        if self.rerank < 0:
+            raise ValueError(f"IndexSpec.rerank must be >= 0, got {self.rerank}")
+        if self.rerank and self.kind != "ivfpq":
+            raise ValueError(f"IndexSpec.rerank applies to kind 'ivfpq' only, not {self.kind!r}")
         if self.filter_cache_mb < 0:
             raise ValueError(f"IndexSpec.filter_cache_mb must be >= 0, got {self.filter_cache_mb}")
 
@@ -167,6 +178,8 @@ class Shard:
         self._selector_refs: tuple = ()  # keeps the C++ selectors alive while in use
         self._ivf_trained = False
         self._index = self._new_index()
+        # ivfpq with rerank: fp16 copies of the vectors, keyed by id (module docstring)
+        self._fp16 = self._new_fp16() if self.spec.rerank else None
         self._version = 0  # bumped by every write: the gather cache's entries die with it
         self.gather_cache = VersionedLRU(self.spec.filter_cache_mb * _MB)
         self._use_gpu = self.spec.kind == "flat" and (
@@ -188,6 +201,12 @@ class Shard:
         hnsw.hnsw.efConstruction = self.spec.hnsw_ef_construction
         hnsw.hnsw.efSearch = self.spec.ef_search
         return faiss.IndexIDMap2(hnsw)
+
+    def _new_fp16(self) -> faiss.Index:
+        sq = faiss.IndexScalarQuantizer(
+            self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        return faiss.IndexIDMap2(sq)
 
     def _new_index(self) -> faiss.Index:
         if self.spec.kind == "hnsw":
@@ -251,6 +270,8 @@ class Shard:
         else:
             labels = ids_arr
         self._index.add_with_ids(x, labels)
+        if self._fp16 is not None:
+            self._fp16.add_with_ids(x, labels)
         self._labels.update(zip(ids_arr.tolist(), labels.tolist(), strict=True))
         if self.spec.kind == "hnsw":
             self._id_of_label.update(zip(labels.tolist(), ids_arr.tolist(), strict=True))
@@ -275,6 +296,8 @@ class Shard:
                 self._refresh_search_params()
         else:
             self._index.remove_ids(labels)
+            if self._fp16 is not None:
+                self._fp16.remove_ids(labels)
         self._gpu_index = None
         self._version += 1
         return len(present)
@@ -354,8 +377,8 @@ class Shard:
         """Bytes of the FAISS index as serialised by ``faiss.write_index`` (module docstring).
 
         Counted through a streaming writer, so no copy of the index is made. Includes HNSW
-        tombstones (they stay in the graph until a rebuild) and, for an untrained IVF kind,
-        the flat fallback.
+        tombstones (they stay in the graph until a rebuild), for an untrained IVF kind the flat
+        fallback, and the fp16 re-rank copies when ``rerank`` is on.
         """
         total = 0
 
@@ -363,9 +386,12 @@ class Shard:
             nonlocal total
             total += len(chunk)
 
-        writer = faiss.PyCallbackIOWriter(count)
-        faiss.write_index(self._index, writer)
-        del writer  # flushes any buffered tail into ``count``
+        for index in (self._index, self._fp16):
+            if index is None:
+                continue
+            writer = faiss.PyCallbackIOWriter(count)
+            faiss.write_index(index, writer)
+            del writer  # flushes any buffered tail into ``count``
         return total
 
     def _refresh_search_params(self) -> None:
@@ -390,7 +416,28 @@ class Shard:
         label = self._labels.get(int(id_))
         if label is None:
             return None
-        return np.asarray(self._index.reconstruct(int(label)), dtype=np.float32)
+        return np.asarray(self._vectors().reconstruct(int(label)), dtype=np.float32)
+
+    def _vectors(self) -> faiss.Index:
+        """The index that returns stored vectors by label: the fp16 copies when kept."""
+        return self._index if self._fp16 is None else self._fp16
+
+    def _reranked(self) -> bool:
+        return self._fp16 is not None and self._ivf_trained
+
+    def _rerank(self, q: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Re-score candidate labels (m, c) (-1: none) with the fp16 copies: the best k of
+        each row, (scores, labels) (m, min(k, c)) best first, -inf / -1 padding."""
+        m, c = lab.shape
+        valid = lab >= 0
+        s = np.full((m, c), -np.inf, dtype=np.float32)
+        if valid.any():
+            x = self._fp16.reconstruct_batch(lab[valid])  # (v, dim)
+            s[valid] = np.einsum("ij,ij->i", x, q[np.nonzero(valid)[0]])
+        kk = min(k, c)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+        top = np.take_along_axis(s, order, axis=1)
+        return top, np.where(np.isfinite(top), np.take_along_axis(lab, order, axis=1), -1)
 
     def _search_index(self) -> faiss.Index:
         if not self._use_gpu:
@@ -425,6 +472,11 @@ class Shard:
             subset = np.asarray(subset, dtype=np.int64)
             return self._search_subset(q, k, subset, key, scores, ids)
         kk = min(k, self._index.ntotal)
+        if self._reranked():
+            _, cand = self._index.search(q, min(self.spec.rerank * k, self._index.ntotal))
+            d, lab = self._rerank(q, cand, kk)
+            scores[:, :kk], ids[:, :kk] = d, lab
+            return scores, ids
         index = self._search_index()
         if self._use_gpu:
             with self._gpu_lock:  # GPU resources are not safe for concurrent use
@@ -464,7 +516,7 @@ class Shard:
             hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
             if hit is not None:
                 return hit[1]
-        x = self._index.reconstruct_batch(self._labels_of(subset))  # (s, dim)
+        x = self._vectors().reconstruct_batch(self._labels_of(subset))  # (s, dim)
         if key is not None:
             self.gather_cache.put(key, self._version, (subset.copy(), x), x.nbytes + subset.nbytes)
         return x
@@ -507,7 +559,11 @@ class Shard:
         else:
             params = faiss.SearchParameters()
         params.sel = sel
-        d, lab = self._index.search(q, kk, params=params)
+        if self._reranked():
+            _, cand = self._index.search(q, min(self.spec.rerank * kk, len(subset)), params=params)
+            d, lab = self._rerank(q, cand, kk)
+        else:
+            d, lab = self._index.search(q, kk, params=params)
         del sel  # kept alive until the search returned
         valid = lab >= 0
         scores[:, :kk] = np.where(valid, d, -np.inf)
@@ -540,6 +596,7 @@ class Shard:
             ids=ids,
             labels=labels,
             dead=np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)),
+            **({} if self._fp16 is None else {"fp16": faiss.serialize_index(self._fp16)}),
         )
         return buf.getvalue()
 
@@ -557,6 +614,13 @@ class Shard:
             shard._index = faiss.deserialize_index(z["index"])
             shard._labels = dict(zip(z["ids"].tolist(), z["labels"].tolist(), strict=True))
             shard._dead = set(z["dead"].tolist())
+            if shard._fp16 is not None:
+                if "fp16" not in z.files:
+                    raise ValueError(
+                        "IndexSpec.rerank needs the fp16 copies of the vectors, which this "
+                        "shard was saved without (rerank=0): rebuild it from the vectors"
+                    )
+                shard._fp16 = faiss.deserialize_index(z["fp16"])
         if shard.spec.kind == "hnsw":
             shard._id_of_label = {lab: i for i, lab in shard._labels.items()}
         shard._next_label = meta["next_label"]

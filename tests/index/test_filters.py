@@ -247,7 +247,9 @@ def _apply(index: Any, model: Model, ops: list, rng: np.random.Generator) -> Non
     """Run the writes on ``index`` (ShardedIndex or RoutedIndex) and on ``model``."""
     for kind, ids, recs in ops:
         if kind == "upsert":
-            x = rng.standard_normal((len(ids), DIM)).astype(np.float32)
+            # fp16-representable values: an ivfpq shard with rerank scores its fp16 copies,
+            # which then hold exactly these vectors
+            x = rng.standard_normal((len(ids), DIM)).astype(np.float16).astype(np.float32)
             index.add(ids, x, _records(recs, len(ids)))
             for i, s in enumerate(ids):  # the last occurrence of a duplicate id wins
                 full = None if recs is None else {"text": f"t{i}", **recs[i]}
@@ -435,6 +437,12 @@ KINDS = {  # kind name -> (spec, item counts: below / above the IVF training thr
     # probes every list too
     "ivf-untrained": ({"kind": "ivf", "ivf_nlist": 2}, (5, 70)),
     "ivf-trained": ({"kind": "ivf", "ivf_nlist": 2}, None),  # counts from the shard total
+    # PQ (1-bit codes: trains at 78 vectors too) only chooses candidates; rerank * k covers
+    # every stored vector, so the fp16 re-scoring makes the ranking exact
+    "ivfpq-rerank": (
+        {"kind": "ivfpq", "ivf_nlist": 2, "pq_m": 4, "pq_nbits": 1, "rerank": 10_000},
+        None,
+    ),
     "hnsw": ({"kind": "hnsw", "hnsw_m": 8, "hnsw_ef_construction": 40, "ef_search": 64}, (5, 200)),
 }
 LAYOUTS = {  # layout -> (owners (0: a plain ShardedIndex), shards per index)

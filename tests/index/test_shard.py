@@ -7,6 +7,7 @@ import faiss  # faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
+import irene.index.shard as shard_mod
 from irene.index.shard import HNSW_REBUILD_FRACTION, IVF_MIN_POINTS_PER_CENTROID, IndexSpec, Shard
 
 DIM = 16
@@ -371,3 +372,59 @@ def test_set_search_knobs():
         shard.set_search_knobs(nprobe=0)
     shard.set_search_knobs()  # nothing to change
     assert shard.spec.ef_search == 200
+
+
+RERANK_SPEC = IndexSpec.from_dict({**PQ_SPEC.to_dict(), "nprobe": 4, "rerank": 8})
+
+
+def test_ivfpq_rerank_ranks_exactly_with_fp16_copies():
+    rng = np.random.default_rng(12)
+    plain, rerank = Shard(DIM, PQ_SPEC), Shard(DIM, RERANK_SPEC)
+    n = rerank.ivf_train_threshold + 100
+    x = _clustered(rng, n)
+    ids = np.arange(7000, 7000 + n, dtype=np.int64)
+    for s in (plain, rerank):
+        s.add(ids, x)
+    assert plain.ivf_trained and rerank.ivf_trained
+    q = _clustered(rng, 50)
+    want_s, want = _brute(x, ids, q, 10)
+    pq_recall = _recall(plain.search(q, 10)[1], want)
+    scores, got = rerank.search(q, 10)
+    assert _recall(got, want) >= 0.95 > pq_recall  # the PQ codes only choose candidates
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    # the scores are the fp16 vectors' inner products, not PQ estimates
+    fp16 = x.astype(np.float16).astype(np.float32)
+    exact = np.einsum("mkd,md->mk", fp16[got - 7000], q)
+    np.testing.assert_allclose(scores, exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rerank.get(7003), fp16[3], atol=1e-6)  # get reads the fp16 copy
+    assert rerank.memory_bytes() >= plain.memory_bytes() + n * DIM * 2
+
+
+def test_ivfpq_rerank_writes_filters_and_snapshots(monkeypatch):
+    rng = np.random.default_rng(13)
+    shard = Shard(DIM, RERANK_SPEC)
+    n = shard.ivf_train_threshold + 50
+    x = _unit(rng, n)
+    shard.add(np.arange(n), x)
+    shard.add([7], -x[7:8])  # upsert: both copies replaced
+    np.testing.assert_allclose(shard.get(7), -x[7], atol=1e-3)
+    assert shard.search(-x[7:8], 1)[1][0, 0] == 7 and 7 not in shard.search(x[7:8], 5)[1][0]
+    assert shard.remove([3]) == 1 and 3 not in shard.search(x[3:4], 20)[1][0]
+    subset = np.arange(10, 2010, dtype=np.int64)  # selector plan, re-ranked within the subset
+    for cost, plan in ((0, "exact"), (10**9, "selector")):
+        with monkeypatch.context() as mp:
+            mp.setattr(shard_mod, "EXACT_GATHER_COST", cost)
+            assert shard.plan(len(subset)) == plan
+            _, got = shard.search(x[100:101], 5, subset)
+        assert np.isin(got, subset).all() and got[0, 0] == 100
+    restored = Shard.from_bytes(shard.to_bytes())
+    q = _unit(rng, 5)
+    for a, b in zip(shard.search(q, 7), restored.search(q, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain_bytes = Shard.from_bytes(shard.to_bytes(), PQ_SPEC).to_bytes()  # rerank dropped
+    with pytest.raises(ValueError, match="saved without"):
+        Shard.from_bytes(plain_bytes, RERANK_SPEC)
+    with pytest.raises(ValueError, match="rerank applies to kind 'ivfpq' only"):
+        IndexSpec(kind="ivf", rerank=4)
+    with pytest.raises(ValueError, match="rerank must be >= 0"):
+        IndexSpec(kind="ivfpq", rerank=-1)
