@@ -68,6 +68,14 @@ bench-filter: venv
 	$(PY) bench/filter_bench.py --n 1000000 --dim 384 --shards 4 --kinds flat,ivf \
 		--queries 200 --k 10 --seed $(SEED) --out $(RUNS)/filter_bench
 
+# 1M and 10M items over 4 shard actors (IVF-PQ + fp16 re-rank): build through the durable
+# log, snapshot, RAM per actor and per item, recall@10 (nprobe chosen on validation queries),
+# p50/p99 at 1 and 16 clients, restart from the snapshots (14.5 min on 2 idle cores; peaks
+# of ~15 GB disk and ~18 GB RAM); table + JSON in $(RUNS)/scale/ (bench/scale_bench.py)
+.PHONY: bench-scale
+bench-scale: venv
+	$(PY) bench/scale_bench.py --sizes 1000000,10000000 --out $(RUNS)/scale
+
 # a model upgrade and a rollback under load (issue #24): 8 query + 2 ingest clients over HTTP
 # while the index (10k API-ingested WordNet items) moves from the seed-0 bundle to the seed-1
 # one and back; failed queries, lost / wrong-version writes, timings (~10 min on 2 cores).

@@ -195,6 +195,7 @@ class Plan:
     nlist: dict[str, int] = field(default_factory=dict)  # mode -> nlist (per shard)
     pq_m: int = 48
     pq_nbits: dict[str, int] = field(default_factory=dict)  # mode -> nbits (per shard)
+    rerank: int = 0  # IVF-PQ in shard / sharded4: fp16 re-rank of the top rerank * k
     notes: list[str] = field(default_factory=list)
     skip: list[tuple[str, str]] = field(default_factory=list)  # (kind, mode) not measured
 
@@ -207,7 +208,13 @@ def make_plan(n: int, dim: int, args) -> Plan:
         hnsw_efc=args.hnsw_efc_large if large else args.hnsw_efc,
         raw_builds=not large,
         pq_m=choose_pq_m(dim, args.pq_m),
+        rerank=args.rerank,
     )
+    if args.rerank:
+        plan.notes.append(
+            f"IVF-PQ `shard` and `sharded4` re-rank the top {args.rerank} x 10 PQ candidates "
+            "with fp16 copies of the vectors (`IndexSpec.rerank`); the `raw` row is plain IVF-PQ."
+        )
     for mode in MODES:
         per_shard = n // 4 if mode == "sharded4" else n
         plan.nlist[mode] = choose_nlist(per_shard, args.nlist_max)
@@ -247,7 +254,7 @@ def spec_for(kind: str, mode: str, plan: Plan, knob: int | None) -> IndexSpec:
         if knob:
             kw["nprobe"] = knob
     if kind == "ivfpq":
-        kw.update(pq_m=plan.pq_m, pq_nbits=plan.pq_nbits[mode])
+        kw.update(pq_m=plan.pq_m, pq_nbits=plan.pq_nbits[mode], rerank=plan.rerank)
     return IndexSpec(**kw)
 
 
@@ -329,8 +336,14 @@ class Searchable:
             return self.obj.memory_bytes()
         if self.mode == "raw":
             return faiss_bytes(self.raw)
-        # ShardedIndex has no public accessor for its shards; read-only use here
-        return sum(s.memory_bytes() for s in self.obj._shards)
+        mem = self.obj.memory()
+        return mem["faiss"] + mem["fp16"]
+
+    def id_bytes(self) -> int:
+        """Memory of the id maps outside FAISS (string ids' bytes excluded)."""
+        if self.mode == "shard":
+            return self.obj.bookkeeping_bytes()
+        return 0 if self.mode == "raw" else self.obj.memory()["id_maps"]
 
     def trained(self) -> bool | None:
         if self.mode == "shard":
@@ -469,6 +482,7 @@ def run_size(n, x_all, q, plan, args, kinds) -> tuple[list[dict], list[dict], di
             "batched_queries": nb,
             "recall_at_10": rec,
             "mem_bytes_per_vector": s.memory_bytes() / n,
+            "id_bytes_per_vector": s.id_bytes() / n,
             "trained": s.trained() if kind in ("ivf", "ivfpq") else None,
             **info,
         }
@@ -582,8 +596,10 @@ def markdown(result: dict) -> str:
         f"batch 1: up to {cfg['batch1_queries']} queries or {cfg['budget_b1']} s; at batch {b}: "
         f"up to all queries or {cfg['budget_batched']} s (after one single-query warm-up call). "
         "`×exact` = QPS / raw exact flat QPS at the same size and batch. Bytes/vec = FAISS "
-        "index serialised size / n (`Shard.memory_bytes()`; excludes the Python id maps of "
-        "`Shard` and `ShardedIndex`). Build = train + add in batches of "
+        "index serialised size / n (`Shard.memory_bytes()`, with IVF-PQ's fp16 re-rank copies "
+        "when `--rerank` > 0); id B/vec = the id maps outside FAISS (`Shard.bookkeeping_bytes()`; "
+        "`sharded4`: `ShardedIndex.memory()['id_maps']`, the string ids' bytes excluded). "
+        "Build = train + add in batches of "
         f"{cfg['add_batch']:,}; `sharded4` also hashes string ids. Knobs (nprobe / efSearch) "
         f"are swept on `shard`; the operating point is the smallest value reaching recall "
         f"{cfg['target_recall']} (else the smallest within 0.005 of the best).",
@@ -606,8 +622,8 @@ def markdown(result: dict) -> str:
             f"vector {ds['random_pair_cos_mean']:.3f}.",
             "",
             f"| kind | mode | knob | build s | add vec/s | QPS b1 | ×exact b1 | QPS b{b} | "
-            f"×exact b{b} | recall@10 | bytes/vec |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"×exact b{b} | recall@10 | bytes/vec | id B/vec |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in (r for r in result["rows"] if r["n"] == n):
             knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "–"
@@ -617,7 +633,7 @@ def markdown(result: dict) -> str:
                 f"{_fmt(r['add_vps'], ',.0f')} | {_fmt(r['qps_b1'], ',.0f')} | "
                 f"{_fmt(r['speedup_b1'], '.1f')} | {_fmt(r['qps_batched'], ',.0f')} | "
                 f"{_fmt(r['speedup_batched'], '.1f')} | {r['recall_at_10']:.4f} | "
-                f"{r['mem_bytes_per_vector']:,.1f} |"
+                f"{r['mem_bytes_per_vector']:,.1f} | {r.get('id_bytes_per_vector', 0):,.1f} |"
             )
         lines.append("")
         sw = [s for s in result["sweeps"] if s["n"] == n]
@@ -745,6 +761,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nlist-max", type=int, default=1024)
     p.add_argument("--pq-m", type=int, default=48)
     p.add_argument("--pq-nbits", type=int, default=8)
+    p.add_argument(
+        "--rerank", type=int, default=0,
+        help="IVF-PQ (shard, sharded4): re-rank the top rerank*k with fp16 copies (raw: none)",
+    )  # fmt: skip
     p.add_argument(
         "--skip-large-sharded-hnsw",
         action=argparse.BooleanOptionalAction,

@@ -130,20 +130,23 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
         return f.read()
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
-    """Write a whole object. Local writes go through a temp file + rename (atomic)."""
+def write_bytes(uri: str | os.PathLike, data: bytes, *more) -> None:
+    """Write a whole object: ``data`` then each of ``more`` (bytes-like). Local writes go
+    through a temp file + rename (atomic)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in (data, *more):
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return
     with fs.open_output_stream(path) as f:  # an S3 PUT is atomic per object
-        f.write(data)
+        for part in (data, *more):
+            f.write(part)
 
 
 def read_text(uri: str | os.PathLike) -> str:

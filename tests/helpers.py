@@ -236,3 +236,36 @@ def serve_app(args: dict, ready_s: float = 60.0):
     finally:
         client.close()
         serve.shutdown()
+
+
+def old_index_blob(index, version: int, records_of=None) -> bytes:
+    """``index.to_bytes()`` as an older build wrote it: state version 1 (string ids, no
+    records) or 2 (string ids beside the records of ``records_of``, an index holding some of
+    those ids, each with a record)."""
+    import io
+    import json
+
+    from irene.index.sharded import int_id
+
+    st = index.state_dict()
+    names = index.ids()
+    meta = {"version": version, "dim": st["dim"], "n_shards": st["n_shards"], "spec": st["spec"]}
+    arrays = {}
+    for i, shard in enumerate(st["shards"]):  # then each shard its own .npz blob
+        blob = io.BytesIO()
+        np.savez(blob, **shard)
+        arrays[f"shard_{i}"] = np.frombuffer(blob.getvalue(), dtype=np.uint8)
+    if version == 2:
+        rec = records_of.state_dict()["records"]
+        meta["record_versions"] = rec["versions"]
+        cols = ("ids", "text_off", "text", "meta_off", "meta", "source", "version")
+        arrays.update({f"rec_{k}": rec[k] for k in cols})
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        int_ids=np.array([int_id(s) for s in names], dtype=np.int64),
+        str_ids=np.frombuffer(json.dumps(names).encode(), dtype=np.uint8),
+        **arrays,
+    )
+    return buf.getvalue()

@@ -30,6 +30,15 @@ from irene.index.sharded import int_id
 log = logging.getLogger(__name__)
 
 
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 @dataclass(frozen=True)
 class ActorSettings:
     """What a shard actor is started with; a caller that finds the actor running with other
@@ -229,6 +238,14 @@ class IndexActor:
 
     def snapshot(self) -> int:
         return self._index.snapshot()
+
+    def set_search_knobs(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Search knobs of every FAISS shard, in place until a restart (a sweep's tool)."""
+        self._index.index.set_search_knobs(nprobe=nprobe, ef_search=ef_search)
+
+    def memory(self) -> dict:
+        """``ShardedIndex.memory()`` plus this process's resident set (``rss``)."""
+        return {**self._index.index.memory(), "rss": _rss_bytes()}
 
     def stats(self) -> dict:
         return {

@@ -86,6 +86,7 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 MAX_PAYLOAD = (1 << 32) - 1
 SNAP_MAGIC = b"IRSNAP01"
 SNAP_HEADER = struct.Struct("<8sQQ32s")  # magic, seq, payload length, sha256
+_HASH_CHUNK = 16 << 20  # a snapshot is checksummed in reads of this size
 OPS = ("upsert", "delete")
 
 _LOCAL_SEGMENT = re.compile(r"^(\d{20})\.log$")
@@ -295,18 +296,24 @@ class _Store:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
+    def open(self, path: str):
+        """A seekable binary file for reading ``path`` (close it)."""
+        return self.fs.open_input_file(path)
+
     def delete(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(path)
 
-    def write_snapshot(self, seq: int, blob: bytes) -> str:
+    def write_snapshot(self, seq: int, *parts) -> str:
+        """Write a snapshot file made of ``parts`` (bytes-like, in order) atomically."""
         path = self._path("snapshots", f"{seq:020d}.snap")
-        self._write_atomic(path, blob)
+        self._write_atomic(path, *parts)
         return path
 
-    def _write_atomic(self, path: str, data: bytes) -> None:
+    def _write_atomic(self, path: str, *parts) -> None:
         with self.fs.open_output_stream(path) as f:  # one PUT: atomic per object
-            f.write(data)
+            for part in parts:
+                f.write(part)
 
     # log-specific
     def open_writer(self, next_seq: int) -> None:
@@ -461,8 +468,8 @@ class _LocalStore(_Store):
                 os.close(self._fd)
             self._fd = None
 
-    def _write_atomic(self, path: str, data: bytes) -> None:
-        iio.write_bytes(path, data)  # temp file + fsync + rename
+    def _write_atomic(self, path: str, *parts) -> None:
+        iio.write_bytes(path, *parts)  # temp file + fsync + rename
         _fsync_dir(os.path.dirname(path))
 
     def compact(self, upto_seq: int) -> int:
@@ -572,45 +579,62 @@ def read_log(
 
 
 # --------------------------------------------------------------------------- snapshots
+def snapshot_header(seq: int, payload) -> bytes:
+    """The header of a snapshot of ``payload`` (any bytes-like object)."""
+    return SNAP_HEADER.pack(SNAP_MAGIC, seq, len(payload), hashlib.sha256(payload).digest())
+
+
 def encode_snapshot(seq: int, payload: bytes) -> bytes:
-    return (
-        SNAP_HEADER.pack(SNAP_MAGIC, seq, len(payload), hashlib.sha256(payload).digest()) + payload
-    )
+    return snapshot_header(seq, payload) + payload
 
 
-def decode_snapshot(data: bytes, name: str) -> tuple[int, bytes]:
-    """(seq, payload); raises ``CorruptLogError`` if the header or checksum is wrong."""
-    if len(data) < SNAP_HEADER.size:
+def verify_snapshot(f, name: str) -> int:
+    """Check a snapshot file's header and the sha256 of its payload, reading it in chunks;
+    returns its seq and leaves ``f`` at the start of the payload. Raises
+    ``CorruptLogError`` if the header, the length or the checksum is wrong."""
+    head = f.read(SNAP_HEADER.size)
+    if len(head) < SNAP_HEADER.size:
         raise CorruptLogError(name, 0, "snapshot shorter than its header")
-    magic, seq, length, digest = SNAP_HEADER.unpack_from(data, 0)
+    magic, seq, length, digest = SNAP_HEADER.unpack_from(head, 0)
     if magic != SNAP_MAGIC:
         raise CorruptLogError(name, 0, "bad snapshot magic")
-    payload = data[SNAP_HEADER.size :]
-    if len(payload) != length:
+    h, size = hashlib.sha256(), 0
+    while chunk := f.read(_HASH_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    if size != length:
         raise CorruptLogError(
-            name,
-            SNAP_HEADER.size,
-            f"snapshot payload is {len(payload)} bytes, header says {length}",
+            name, SNAP_HEADER.size, f"snapshot payload is {size} bytes, header says {length}"
         )
-    if hashlib.sha256(payload).digest() != digest:
+    if h.digest() != digest:
         raise CorruptLogError(name, SNAP_HEADER.size, "snapshot sha256 mismatch")
-    return seq, payload
+    f.seek(SNAP_HEADER.size)
+    return seq
 
 
-def _load_newest_snapshot(store: _Store, report: RecoveryReport) -> tuple[int, bytes | None]:
+def _load_newest_snapshot(
+    store: _Store, report: RecoveryReport, spec: IndexSpec
+) -> tuple[int, ShardedIndex | None]:
+    """(seq, index) of the newest snapshot that verifies, loaded from its file (so a restore
+    holds the index's arrays, not also the file's bytes); (0, None) when there is none."""
     for name_seq, path in reversed(store.snapshots()):
+        f = None
         try:
-            seq, payload = decode_snapshot(store.read(path), path)
+            f = store.open(path)
+            seq = verify_snapshot(f, path)
             if seq != name_seq:
                 raise CorruptLogError(
                     path, 0, f"snapshot header seq {seq} != file name seq {name_seq}"
                 )
         except (CorruptLogError, OSError) as e:
+            if f is not None:
+                f.close()
             log.error("skipping unusable snapshot %s: %s", path, e)
             report.skipped_snapshots.append({"uri": path, "reason": str(e)})
             continue
         report.snapshot_seq, report.snapshot = seq, path
-        return seq, payload
+        with f:
+            return seq, ShardedIndex.from_file(f, spec)
     return 0, None
 
 
@@ -703,11 +727,10 @@ class DurableIndex:
         n_shards: int,
         repair: bool,
     ) -> ShardedIndex:
-        snap_seq, payload = _load_newest_snapshot(store, report)
-        if payload is None:
+        snap_seq, index = _load_newest_snapshot(store, report, spec)
+        if index is None:
             index = ShardedIndex(dim, n_shards, spec)
         else:
-            index = ShardedIndex.from_bytes(payload, spec)
             if index.dim != dim:
                 raise ValueError(f"{store.uri} holds dim {index.dim} vectors, not {dim}")
             if index.n_shards != n_shards:
@@ -905,10 +928,10 @@ class DurableIndex:
             seq = self._last_seq
             if seq == self._snapshot_seq:
                 return seq
-            payload = self.index.to_bytes()
+            payload = self.index.to_buffer()  # no write runs until the lock is released
             self._store.rotate(seq + 1)
         t0 = time.perf_counter()
-        path = self._store.write_snapshot(seq, encode_snapshot(seq, payload))
+        path = self._store.write_snapshot(seq, snapshot_header(seq, payload), payload)
         self._snapshot_seq = seq
         snaps = self._store.snapshots()
         kept = snaps[-self.keep_snapshots :]

@@ -3,20 +3,22 @@
 :class:`Records` is one batch of them, column by column and aligned with a batch of ids; it
 travels with the vectors through the write-ahead log, snapshots, the change feed and Ray
 calls. :class:`RecordStore` keeps the records of an index column-wise beside its vectors.
-Only the HTTP edge (and ``get_records``) turns records into per-item dicts.
+It also holds every stored id's string id, so it is the index's one id map. Only the HTTP
+edge (and ``get_records``) turns records into per-item dicts.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from irene.index.filters import Filter, KeyColumn, append_at, evaluate, metadata_key
+from irene.index.idmap import IdMap, grown
 
 SOURCES = ("trained", "generated")
 FIELDS = ("text", "metadata", "source", "version")
@@ -88,7 +90,8 @@ class Records:
 
 
 _EMPTY = {"text": "", "metadata": {}, "source": "generated", "version": ""}
-_MERGE_MIN = 4096  # the position map's unsorted part is merged in beyond this many ids
+NO_RECORD = 255  # the source code of a row whose id was stored without a record
+_MAX_ROWS = 2**31 - 1  # rows are int32 in the position map
 
 
 def empty_record() -> dict[str, Any]:
@@ -163,14 +166,6 @@ def _check(records: Records) -> None:
         raise
 
 
-def _grow(a: np.ndarray, need: int) -> np.ndarray:
-    if len(a) >= need:
-        return a
-    out = np.zeros(max(need, 2 * len(a), 16), dtype=a.dtype)
-    out[: len(a)] = a
-    return out
-
-
 def _gather(off: np.ndarray, buf, rows: np.ndarray) -> tuple[np.ndarray, bytes]:
     """Offsets (len(rows)+1,) and bytes of the values of ``rows`` (sorted ascending), copied
     run by run (a run: consecutive rows, contiguous bytes)."""
@@ -194,16 +189,16 @@ def _gather(off: np.ndarray, buf, rows: np.ndarray) -> tuple[np.ndarray, bytes]:
 
 
 class RecordStore:
-    """The records of a set of int64 ids, held as columns (not one dict per item).
+    """The string ids and records of a set of int64 ids, held as columns (not one dict per
+    item): the index's id map.
 
-    Row ``r`` holds ``text`` (UTF-8 bytes ``text[text_off[r]:text_off[r+1]]`` of one shared
-    buffer), ``metadata`` (canonical JSON bytes the same way, empty for ``{}``), ``source``
-    (uint8 index into ``SOURCES``) and ``version`` (int32 code into a small list of strings).
-    Ids find their row through a position map: a sorted int64 array of ids with their rows
-    (``searchsorted``) plus a dict of the ids added since its last merge (merged once it holds
-    more than ``max(4096, n/8)`` ids, so a write costs amortised O(batch)). An upsert appends
-    rows; the rows it replaces, and those of deleted ids, are garbage until :meth:`compact`
-    (run when garbage outnumbers live rows; snapshots hold live rows only).
+    Row ``r`` holds ``name`` (the string id: UTF-8 bytes ``name[name_off[r]:name_off[r+1]]``
+    of one shared buffer), ``text`` and ``metadata`` (canonical JSON, empty for ``{}``) the
+    same way, ``source`` (uint8 index into ``SOURCES``; ``NO_RECORD`` for an id stored without
+    a record) and ``version`` (int32 code into a small list of strings). Ids find their row
+    through an ``IdMap`` (int32 rows). An upsert appends rows; the rows it replaces, and those
+    of removed ids, are garbage until :meth:`compact` (run when garbage outnumbers live rows;
+    snapshots hold live rows only). About 50 bytes per row besides the strings.
 
     Not thread-safe: ``ShardedIndex`` calls it under its readers-writer lock (reads don't
     mutate)."""
@@ -211,6 +206,8 @@ class RecordStore:
     def __init__(self) -> None:
         self._n = 0  # rows in use (live + garbage)
         self._live = 0
+        self._name_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._name = bytearray()
         self._text_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
         self._text = bytearray()
         self._meta_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
@@ -219,9 +216,7 @@ class RecordStore:
         self._version = np.zeros(0, dtype=np.int32)  # (capacity,)
         self._versions: list[str] = []
         self._version_code: dict[str, int] = {}
-        self._keys = np.zeros(0, dtype=np.int64)  # sorted ids
-        self._rows = np.zeros(0, dtype=np.int64)  # row of _keys[i]; -1: none
-        self._recent: dict[int, int] = {}  # id -> row for ids not in _keys
+        self._pos = IdMap(np.int32)  # id -> its current row
         self._iid = np.zeros(0, dtype=np.int64)  # (capacity,) the id a row was written for
         self._alive = np.zeros(0, dtype=bool)  # (capacity,) the row is its id's current one
         self._cols = _ColumnCache(self)  # filter columns, built on first use
@@ -235,41 +230,57 @@ class RecordStore:
         return self._n - self._live
 
     # ----------------------------------------------------------------- writes
-    def put(self, iids: np.ndarray, records: Records | None) -> None:
-        """Store ``records`` for unique ``iids`` (n,), replacing what they had; ``None``: the
-        ids keep no record (they read as :func:`empty_record`)."""
+    def put(self, iids: np.ndarray, names: Sequence[str], records: Records | None) -> None:
+        """Store unique ``iids`` (n,) with their string ids and ``records``, replacing what
+        they had; ``None``: the ids keep no record (they read as :func:`empty_record` and no
+        filter matches them)."""
         iids = np.asarray(iids, dtype=np.int64)
         self.writes += 1
-        if records is None:
-            self._map(iids, np.full(len(iids), -1, dtype=np.int64))
-        else:
-            self._map(iids, self._append(records, iids))
+        rows = self._append(iids, names, records)
+        self._retire(self._pos.put(iids, rows))
+        self._alive[rows] = True
+        self._live += len(rows)
         if self.garbage > self._live:
             self.compact()
 
-    def discard(self, iids: np.ndarray) -> None:
-        self.put(iids, None)
+    def remove(self, iids: np.ndarray) -> None:
+        """Forget unique ``iids`` (absent ones are ignored)."""
+        self.writes += 1
+        self._retire(self._pos.remove(np.asarray(iids, dtype=np.int64)))
+        if self.garbage > self._live:
+            self.compact()
 
-    def _append(self, records: Records, iids: np.ndarray) -> np.ndarray:
-        k, n0 = len(records), self._n
+    def _retire(self, rows: np.ndarray) -> None:
+        old = rows[rows >= 0]
+        self._alive[old] = False
+        self._live -= len(old)
+
+    def _append(self, iids: np.ndarray, names: Sequence[str], records: Records | None):
+        k, n0 = len(iids), self._n
         n1 = n0 + k
-        texts = [t.encode("utf-8") for t in records.text]
-        metas = [_meta_bytes(m) for m in records.metadata]
-        self._text_off = _grow(self._text_off, n1 + 1)
-        self._meta_off = _grow(self._meta_off, n1 + 1)
-        self._source = _grow(self._source, n1)
-        self._version = _grow(self._version, n1)
-        self._iid = _grow(self._iid, n1)
-        self._alive = _grow(self._alive, n1)
+        if n1 > _MAX_ROWS:
+            raise OverflowError(f"a record store holds at most {_MAX_ROWS} rows")
+        if len(names) != k:
+            raise ValueError(f"{k} ids but {len(names)} names")
+        if records is None:
+            texts = metas = [b""] * k
+            source = np.full(k, NO_RECORD, dtype=np.uint8)
+            version = np.full(k, self._code(""), dtype=np.int32)
+        else:
+            texts = [t.encode("utf-8") for t in records.text]
+            metas = [_meta_bytes(m) for m in records.metadata]
+            source = [SOURCES.index(s) for s in records.source]
+            version = [self._code(v) for v in records.version]
+        self._source = grown(self._source, n1)
+        self._version = grown(self._version, n1)
+        self._iid = grown(self._iid, n1)
+        self._alive = grown(self._alive, n1)
         self._iid[n0:n1] = iids
-        tl = np.fromiter(map(len, texts), dtype=np.int64, count=k)
-        ml = np.fromiter(map(len, metas), dtype=np.int64, count=k)
-        self._text_off[n0 + 1 : n1 + 1] = self._text_off[n0] + np.cumsum(tl)
-        self._meta_off[n0 + 1 : n1 + 1] = self._meta_off[n0] + np.cumsum(ml)
-        self._text += b"".join(texts)
-        self._meta += b"".join(metas)
-        self._source[n0:n1] = [SOURCES.index(s) for s in records.source]
-        self._version[n0:n1] = [self._code(v) for v in records.version]
+        self._name_off = _put_strings(self._name_off, self._name, n0, [s.encode() for s in names])
+        self._text_off = _put_strings(self._text_off, self._text, n0, texts)
+        self._meta_off = _put_strings(self._meta_off, self._meta, n0, metas)
+        self._source[n0:n1] = source
+        self._version[n0:n1] = version
         self._n = n1
         return np.arange(n0, n1, dtype=np.int64)
 
@@ -280,53 +291,15 @@ class RecordStore:
             self._versions.append(version)
         return code
 
-    def _map(self, iids: np.ndarray, rows: np.ndarray) -> None:
-        """Point ``iids`` at ``rows`` (-1: no record), keeping the live count."""
-        pos = np.searchsorted(self._keys, iids)  # (n,)
-        hit = pos < len(self._keys)
-        hit[hit] = self._keys[pos[hit]] == iids[hit]
-        p = pos[hit]
-        self._live += int((rows[hit] >= 0).sum() - (self._rows[p] >= 0).sum())
-        old = self._rows[p]
-        self._alive[old[old >= 0]] = False
-        self._rows[p] = rows[hit]
-        self._alive[rows[rows >= 0]] = True
-        recent = self._recent
-        for iid, row in zip(iids[~hit].tolist(), rows[~hit].tolist(), strict=True):
-            old = recent.pop(iid, -1)
-            self._live -= old >= 0
-            if old >= 0:
-                self._alive[old] = False
-            if row >= 0:
-                recent[iid] = row
-                self._live += 1
-        if len(recent) > max(_MERGE_MIN, len(self._keys) // 8):
-            self._merge()
-
-    def _merge(self) -> None:
-        """Fold the recent ids into the sorted arrays (and drop ids without a record)."""
-        live = self._rows >= 0
-        keys = np.concatenate([self._keys[live], np.fromiter(self._recent, np.int64)])
-        rows = np.concatenate(
-            [self._rows[live], np.fromiter(self._recent.values(), np.int64, len(self._recent))]
-        )
-        order = np.argsort(keys, kind="stable")
-        self._keys, self._rows, self._recent = keys[order], rows[order], {}
-
     def _live_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, rows) of every live row, in row order."""
-        live = self._rows >= 0
-        keys = np.concatenate([self._keys[live], np.fromiter(self._recent, np.int64)])
-        rows = np.concatenate(
-            [self._rows[live], np.fromiter(self._recent.values(), np.int64, len(self._recent))]
-        )
+        keys, rows = self._pos.items()
         order = np.argsort(rows, kind="stable")
-        return keys[order], rows[order]
+        return keys[order], rows[order].astype(np.int64)
 
     def version_counts(self) -> dict[str, int]:
         """Live items per bundle version that made their vector (``""``: no record)."""
-        recent = np.fromiter(self._recent.values(), np.int64, len(self._recent))
-        rows = np.concatenate([self._rows[self._rows >= 0], recent])
+        rows = self._pos.items()[1]
         counts = np.bincount(self._version[rows], minlength=len(self._versions))
         return {v: int(c) for v, c in zip(self._versions, counts.tolist(), strict=True) if c}
 
@@ -338,53 +311,59 @@ class RecordStore:
 
     # ----------------------------------------------------------------- reads
     def rows_of(self, iids: np.ndarray) -> np.ndarray:
-        """Row of each id (n,) int64, -1 where it has no record."""
-        iids = np.asarray(iids, dtype=np.int64)
-        out = np.full(len(iids), -1, dtype=np.int64)
-        if len(self._keys):
-            pos = np.minimum(np.searchsorted(self._keys, iids), len(self._keys) - 1)
-            hit = self._keys[pos] == iids
-            out[hit] = self._rows[pos[hit]]
-        if self._recent:
-            get = self._recent.get
-            for j, iid in enumerate(iids.tolist()):
-                row = get(iid)
-                if row is not None:
-                    out[j] = row
-        return out
+        """Row of each id (n,) int64, -1 where it is not stored."""
+        return self._pos.get(iids)
+
+    def ids(self) -> np.ndarray:
+        """Every stored int64 id (unordered)."""
+        return self._pos.keys()
+
+    def _str(self, off: np.ndarray, buf: bytearray, r: int) -> str:
+        return buf[off[r] : off[r + 1]].decode("utf-8")
+
+    def names(self, iids: np.ndarray) -> list[str | None]:
+        """The string id of each int64 id (None where it is not stored)."""
+        off, buf = self._name_off, self._name
+        return [None if r < 0 else self._str(off, buf, r) for r in self.rows_of(iids).tolist()]
+
+    def all_names(self) -> list[str]:
+        """The string ids of every stored id, in row order."""
+        off, buf = self._name_off, self._name
+        return [self._str(off, buf, r) for r in self._live_pairs()[1].tolist()]
 
     def row(self, r: int) -> dict[str, Any]:
-        """Row ``r`` as a dict (``Records.row``'s fields)."""
-        t0, t1 = self._text_off[r], self._text_off[r + 1]
+        """Row ``r``'s record as a dict (``Records.row``'s fields)."""
+        if self._source[r] == NO_RECORD:
+            return empty_record()
         m0, m1 = self._meta_off[r], self._meta_off[r + 1]
         return {
-            "text": self._text[t0:t1].decode("utf-8"),
+            "text": self._str(self._text_off, self._text, r),
             "metadata": json.loads(self._meta[m0:m1]) if m1 > m0 else {},
             "source": SOURCES[self._source[r]],
             "version": self._versions[self._version[r]],
         }
 
-    def get(self, iids: np.ndarray) -> list[dict[str, Any]]:
-        """The record of each id (:func:`empty_record` where it has none)."""
-        return [self.row(r) if r >= 0 else empty_record() for r in self.rows_of(iids).tolist()]
+    def lookup(self, iids: np.ndarray) -> tuple[list[str | None], list[dict | None]]:
+        """String id and record of each id (None, None where it is not stored)."""
+        rows = self.rows_of(iids).tolist()
+        names = [None if r < 0 else self._str(self._name_off, self._name, r) for r in rows]
+        return names, [None if r < 0 else self.row(r) for r in rows]
 
-    def match(self, f: Filter, names: Callable[[np.ndarray], list]) -> np.ndarray:
-        """The ids (int64, row order) of the live rows that ``f`` matches; ``names(iids)``
-        gives string ids (read only when ``f`` has an ``id_prefix``)."""
-        return self._cols.match(f, names)
+    def match(self, f: Filter) -> np.ndarray:
+        """The ids (int64, row order) of the stored records that ``f`` matches."""
+        return self._cols.match(f)
 
     def nbytes(self) -> dict[str, int]:
-        """Memory held: ``values`` (text + metadata bytes) and ``bookkeeping`` (everything
-        else: offsets, codes, the position map; array capacity included)."""
+        """Memory held: ``values`` (string ids, text and metadata bytes) and ``bookkeeping``
+        (everything else: offsets, codes, the position map; array capacity included)."""
         import sys
 
-        arrays = (self._text_off, self._meta_off, self._source, self._version)
-        book = sum(a.nbytes for a in arrays) + self._keys.nbytes + self._rows.nbytes
-        book += sys.getsizeof(self._recent) + 2 * 32 * len(self._recent)  # + int objects
+        arrays = (self._name_off, self._text_off, self._meta_off, self._source, self._version)
+        book = sum(a.nbytes for a in arrays) + self._pos.nbytes()
         book += sum(sys.getsizeof(v) for v in self._versions)
         book += self._iid.nbytes + self._alive.nbytes
         return {
-            "values": len(self._text) + len(self._meta),
+            "values": len(self._name) + len(self._text) + len(self._meta),
             "bookkeeping": book,
             "filter_columns": self._cols.nbytes(),
         }
@@ -392,47 +371,42 @@ class RecordStore:
     # ----------------------------------------------------------------- snapshots
     def _columns(self) -> dict[str, Any]:
         keys, rows = self._live_pairs()
-        if len(rows) == self._n:  # no garbage: rows == arange(n)
-            text_off, text = self._text_off[: self._n + 1].copy(), bytes(self._text)
-            meta_off, meta = self._meta_off[: self._n + 1].copy(), bytes(self._meta)
-        else:
-            text_off, text = _gather(self._text_off, self._text, rows)
-            meta_off, meta = _gather(self._meta_off, self._meta, rows)
-        return {
-            "ids": keys,
-            "text_off": text_off,
-            "text": np.frombuffer(text, dtype=np.uint8),
-            "meta_off": meta_off,
-            "meta": np.frombuffer(meta, dtype=np.uint8),
-            "source": self._source[rows],
-            "version": self._version[rows],
-            "versions": list(self._versions),
-        }
+        out: dict[str, Any] = {"ids": keys}
+        for name in ("name", "text", "meta"):
+            off, buf = getattr(self, f"_{name}_off"), getattr(self, f"_{name}")
+            if len(rows) == self._n:  # no garbage: rows == arange(n)
+                off, data = off[: self._n + 1].copy(), bytes(buf)
+            else:
+                off, data = _gather(off, buf, rows)
+            out[f"{name}_off"], out[name] = off, np.frombuffer(data, dtype=np.uint8)
+        out.update(
+            source=self._source[rows], version=self._version[rows], versions=list(self._versions)
+        )
+        return out
 
     def state(self) -> dict[str, Any]:
-        """The live records as arrays (``ids`` int64 (r,), ``text_off``/``meta_off`` int64
-        (r+1,), ``text``/``meta`` uint8, ``source`` uint8 (r,), ``version`` int32 (r,)) plus
-        ``versions`` (list of str)."""
+        """The live rows as arrays (``ids`` int64 (r,), ``name_off``/``text_off``/``meta_off``
+        int64 (r+1,), ``name``/``text``/``meta`` uint8, ``source`` uint8 (r,), ``version``
+        int32 (r,)) plus ``versions`` (list of str)."""
         return self._columns()
 
     def _load(self, st: dict[str, Any]) -> None:
         ids = np.asarray(st["ids"], dtype=np.int64)
         n = len(ids)
         self._n = self._live = n
-        self._text_off = np.asarray(st["text_off"], dtype=np.int64).copy()
-        self._meta_off = np.asarray(st["meta_off"], dtype=np.int64).copy()
-        self._text = bytearray(np.asarray(st["text"], dtype=np.uint8).tobytes())
-        self._meta = bytearray(np.asarray(st["meta"], dtype=np.uint8).tobytes())
+        for name in ("name", "text", "meta"):
+            off = np.asarray(st[f"{name}_off"], dtype=np.int64).copy()
+            if len(off) != n + 1:
+                raise ValueError(f"record state: {name}_off does not match the ids")
+            setattr(self, f"_{name}_off", off)
+            setattr(self, f"_{name}", bytearray(np.asarray(st[name], dtype=np.uint8).tobytes()))
         self._source = np.asarray(st["source"], dtype=np.uint8).copy()
         self._version = np.asarray(st["version"], dtype=np.int32).copy()
         self._versions = list(st["versions"])
         self._version_code = {v: i for i, v in enumerate(self._versions)}
-        if not (len(self._text_off) == len(self._meta_off) == n + 1):
-            raise ValueError("record state: offsets do not match the ids")
         if len(self._source) != n or len(self._version) != n:
             raise ValueError("record state: columns do not match the ids")
-        order = np.argsort(ids, kind="stable")
-        self._keys, self._rows, self._recent = ids[order], order.astype(np.int64), {}
+        self._pos = IdMap.from_arrays(ids, np.arange(n), np.int32)
         self._iid, self._alive = ids.copy(), np.ones(n, dtype=bool)
         self._cols = _ColumnCache(self)  # rows were renumbered
 
@@ -443,6 +417,25 @@ class RecordStore:
         if st is not None:
             store._load(st)
         return store
+
+
+def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n+1,) int64, UTF-8 bytes as uint8) of ``strings``: a column of a state."""
+    data = [s.encode("utf-8") for s in strings]
+    off = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=off[1:])
+    return off, np.frombuffer(b"".join(data), dtype=np.uint8)
+
+
+def _put_strings(off: np.ndarray, buf: bytearray, n0: int, values: list[bytes]) -> np.ndarray:
+    """Write ``values`` as rows n0.. of a string column (offsets grown as needed; ``buf``
+    holds exactly rows < n0); returns the offsets."""
+    n1 = n0 + len(values)
+    off = grown(off, n1 + 1)
+    lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    off[n0 + 1 : n1 + 1] = off[n0] + np.cumsum(lens)
+    buf += b"".join(values)
+    return off
 
 
 class _ColumnCache:
@@ -480,25 +473,25 @@ class _ColumnCache:
                 col.extend([m.get(k) for m in rows])
         self._n = n
 
-    def _ids_upto(self, n: int, names: Callable[[np.ndarray], list]) -> np.ndarray:
+    def _ids_upto(self, n: int) -> np.ndarray:
         have = self._nids
         if have < n:
-            got = names(self._store._iid[have:n])
-            more = np.array([(s or "").encode("utf-8") for s in got], dtype="S")
+            off, buf = self._store._name_off, self._store._name
+            more = np.array([bytes(buf[off[r] : off[r + 1]]) for r in range(have, n)], dtype="S")
             if more.dtype.itemsize > self._ids.dtype.itemsize:
                 self._ids = self._ids.astype(more.dtype)
             self._ids = append_at(self._ids, have, more)
             self._nids = n
         return self._ids[:n]
 
-    def match(self, f: Filter, names: Callable[[np.ndarray], list]) -> np.ndarray:
+    def match(self, f: Filter) -> np.ndarray:
         st = self._store
         n = st._n
         with self._lock:
             self._ensure({metadata_key(k) for k in f.keys()} - {None}, n)
-            ids = self._ids_upto(n, names) if f.uses_ids() else None
+            ids = self._ids_upto(n) if f.uses_ids() else None
             cols = _RowColumns(st, n, self._keys, ids)
-            hit = evaluate(f, cols) & st._alive[:n]
+            hit = evaluate(f, cols) & st._alive[:n] & (st._source[:n] != NO_RECORD)
         return st._iid[:n][hit]
 
     def nbytes(self) -> int:

@@ -205,6 +205,12 @@ class ShardRouter:
     def count(self) -> Plan:
         return self._everyone("count", (), sum)
 
+    def set_search_knobs(self, nprobe: int | None = None, ef_search: int | None = None) -> Plan:
+        return self._everyone("set_search_knobs", (nprobe, ef_search), lambda _: None)
+
+    def memory(self) -> Plan:
+        return self._everyone("memory", (), list)  # one dict per owner
+
     def stats(self) -> Plan:
         def combine(per: list[dict]) -> dict:
             first = per[0]

@@ -28,15 +28,19 @@ Index kinds (``IndexSpec.kind``):
   Scores are PQ approximations of the inner product, and once trained ``get`` returns the
   *PQ-decoded approximation* of the stored vector (centroid + decoded residual), not the
   vector that was added (before training ``get`` is exact, like the flat fallback).
-  With ``rerank = r > 0`` the shard also keeps every vector in fp16 (``IndexIDMap2`` over an
-  fp16 ``IndexScalarQuantizer``, 2 bytes per dimension) and re-scores the top ``r * k`` PQ
-  candidates of every search with them (as FAISS's ``IndexRefine``), so the PQ codes only
-  choose candidates and the ranking is exact up to fp16 rounding; ``get`` and the filters'
-  exact plan then read the fp16 copy too.
+  With ``rerank = r > 0`` the shard also keeps every vector in fp16 (``HalfVectors``, 2 bytes
+  per dimension) and re-scores the top ``r * k`` PQ candidates of every search with them (as
+  FAISS's ``IndexRefine``), so the PQ codes only choose candidates and the ranking is exact
+  up to fp16 rounding; ``get`` and the filters' exact plan then read the fp16 copy too, so
+  the IVF-PQ index keeps no direct map (``remove_ids`` then scans the inverted lists).
+
+Ids: an ``IdMap`` (sorted int64 array + recent dict) maps each id to its HNSW label, its fp16
+slot, or nothing (a 1-byte placeholder for the other kinds, whose FAISS labels are the ids).
 
 ``Shard.memory_bytes()`` is the size of the FAISS index as ``faiss.write_index`` serialises
 it (counted while streaming, nothing is materialised): vectors or codes, ids, graph links,
-direct map and quantisers. It excludes the Python-side id maps of the ``Shard`` and the
+direct map and quantisers, plus the fp16 copies. It excludes the ``Shard``'s id map
+(``bookkeeping_bytes()``) and the
 in-memory overhead of ``std::unordered_map`` (the IVF direct map is written as 16-byte
 pairs) and of allocator slack, so it is a close lower bound of the resident size.
 
@@ -55,12 +59,15 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import faiss
 import numpy as np
 
 from irene.index.cache import VersionedLRU
+from irene.index.halfvec import HalfVectors
+from irene.index.idmap import IdMap, grown
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +176,17 @@ class Shard:
                 f"IndexSpec.pq_m={self.spec.pq_m} must divide dim={self.dim}; "
                 f"valid pq_m values up to 128: {divisors}"
             )
-        # id -> faiss label. Equal to the id except for HNSW (fresh label per insertion).
-        self._labels: dict[int, int] = {}
-        self._id_of_label: dict[int, int] = {}  # HNSW only: inverse of _labels
+        # id -> HNSW label (fresh per insertion) / fp16 slot (rerank) / 0 (FAISS label == id)
+        self._map = IdMap(self._map_dtype())
+        self._id_of_label = np.zeros(0, dtype=np.int64)  # HNSW only: label -> id, -1: dead
         self._next_label = 0  # HNSW only
         self._dead: set[int] = set()  # HNSW tombstoned labels
         self._search_params = None  # HNSW search params (efSearch + tombstone selector)
         self._selector_refs: tuple = ()  # keeps the C++ selectors alive while in use
         self._ivf_trained = False
         self._index = self._new_index()
-        # ivfpq with rerank: fp16 copies of the vectors, keyed by id (module docstring)
-        self._fp16 = self._new_fp16() if self.spec.rerank else None
+        # ivfpq with rerank: fp16 copies of the vectors, in the slots of _map (docstring)
+        self._fp16 = HalfVectors(self.dim) if self.spec.rerank else None
         self._version = 0  # bumped by every write: the gather cache's entries die with it
         self.gather_cache = VersionedLRU(self.spec.filter_cache_mb * _MB)
         self._use_gpu = self.spec.kind == "flat" and (
@@ -202,11 +209,10 @@ class Shard:
         hnsw.hnsw.efSearch = self.spec.ef_search
         return faiss.IndexIDMap2(hnsw)
 
-    def _new_fp16(self) -> faiss.Index:
-        sq = faiss.IndexScalarQuantizer(
-            self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-        )
-        return faiss.IndexIDMap2(sq)
+    def _map_dtype(self) -> type:
+        if self.spec.kind == "hnsw":
+            return np.int64
+        return np.int32 if self.spec.rerank else np.int8  # fp16 slots: < 2**31 per shard
 
     def _new_index(self) -> faiss.Index:
         if self.spec.kind == "hnsw":
@@ -223,10 +229,10 @@ class Shard:
 
     @property
     def count(self) -> int:
-        return len(self._labels)
+        return len(self._map)
 
     def __len__(self) -> int:
-        return len(self._labels)
+        return len(self._map)
 
     @property
     def n_tombstones(self) -> int:
@@ -244,11 +250,19 @@ class Shard:
         return self._ivf_trained
 
     def __contains__(self, id_: int) -> bool:
-        return int(id_) in self._labels
+        return bool(self._map.get([int(id_)])[0] >= 0)
 
     def ids(self) -> np.ndarray:
         """All stored ids, (n,) int64 (unordered)."""
-        return np.fromiter(self._labels.keys(), dtype=np.int64, count=len(self._labels))
+        return self._map.keys()
+
+    def fp16_bytes(self) -> int:
+        """Memory of the fp16 re-rank copies (0 without ``rerank``)."""
+        return 0 if self._fp16 is None else self._fp16.nbytes
+
+    def bookkeeping_bytes(self) -> int:
+        """Memory of the id map (and HNSW's label -> id array), outside FAISS."""
+        return self._map.nbytes() + self._id_of_label.nbytes
 
     # ----------------------------------------------------------------- writes
     def add(self, ids, vecs) -> None:
@@ -267,14 +281,14 @@ class Shard:
         if self.spec.kind == "hnsw":
             labels = np.arange(self._next_label, self._next_label + len(ids_arr), dtype=np.int64)
             self._next_label += len(ids_arr)
+            self._id_of_label = grown(self._id_of_label, self._next_label, -1)
+            self._id_of_label[labels] = ids_arr
+            self._map.put(ids_arr, labels)
         else:
             labels = ids_arr
+            slots = None if self._fp16 is None else self._fp16.put(x)
+            self._map.put(ids_arr, np.zeros(len(ids_arr)) if slots is None else slots)
         self._index.add_with_ids(x, labels)
-        if self._fp16 is not None:
-            self._fp16.add_with_ids(x, labels)
-        self._labels.update(zip(ids_arr.tolist(), labels.tolist(), strict=True))
-        if self.spec.kind == "hnsw":
-            self._id_of_label.update(zip(labels.tolist(), ids_arr.tolist(), strict=True))
         if self.spec.kind in IVF_KINDS and not self._ivf_trained:
             self._maybe_train_ivf()
         self._gpu_index = None
@@ -282,22 +296,24 @@ class Shard:
 
     def remove(self, ids) -> int:
         """Remove ids; returns how many were present."""
-        present = [i for i in dict.fromkeys(as_ids(ids).tolist()) if i in self._labels]
-        if not present:
+        ids_arr = np.unique(as_ids(ids))
+        old = self._map.remove(ids_arr)
+        found = old >= 0
+        if not found.any():
             return 0
-        labels = np.array([self._labels.pop(i) for i in present], dtype=np.int64)
+        present = ids_arr[found]
         if self.spec.kind == "hnsw":
+            labels = old[found]
             self._dead.update(labels.tolist())
-            for lab in labels.tolist():
-                del self._id_of_label[lab]
+            self._id_of_label[labels] = -1
             if len(self._dead) > HNSW_REBUILD_FRACTION * self._index.ntotal:
                 self._rebuild_hnsw()
             else:
                 self._refresh_search_params()
         else:
-            self._index.remove_ids(labels)
+            self._index.remove_ids(present)
             if self._fp16 is not None:
-                self._fp16.remove_ids(labels)
+                self._fp16.free(old[found])
         self._gpu_index = None
         self._version += 1
         return len(present)
@@ -316,7 +332,8 @@ class Shard:
 
     def _rebuild_hnsw(self) -> None:
         labels, vecs = self._all_stored()
-        alive = np.array([lab not in self._dead for lab in labels.tolist()], dtype=bool)
+        dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+        alive = ~np.isin(labels, dead)
         log.debug("rebuilding HNSW shard: %d live of %d stored", int(alive.sum()), len(labels))
         self._index = self._new_hnsw()
         if alive.any():
@@ -325,7 +342,7 @@ class Shard:
         self._refresh_search_params()
 
     def _maybe_train_ivf(self) -> None:
-        if len(self._labels) < self.ivf_train_threshold:
+        if self.count < self.ivf_train_threshold:
             return
         ids, vecs = self._all_stored()  # flat fallback: labels == ids
         quantizer = faiss.IndexFlatIP(self.dim)
@@ -343,7 +360,8 @@ class Shard:
                 quantizer, self.dim, self.spec.ivf_nlist, faiss.METRIC_INNER_PRODUCT
             )
         ivf.train(vecs)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if self._fp16 is None:  # get / exact plan reconstruct from it (else: the fp16 copies)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.add_with_ids(vecs, ids)
         ivf.nprobe = self.spec.nprobe
         log.info(
@@ -386,13 +404,10 @@ class Shard:
             nonlocal total
             total += len(chunk)
 
-        for index in (self._index, self._fp16):
-            if index is None:
-                continue
-            writer = faiss.PyCallbackIOWriter(count)
-            faiss.write_index(index, writer)
-            del writer  # flushes any buffered tail into ``count``
-        return total
+        writer = faiss.PyCallbackIOWriter(count)
+        faiss.write_index(self._index, writer)
+        del writer  # flushes any buffered tail into ``count``
+        return total + self.fp16_bytes()
 
     def _refresh_search_params(self) -> None:
         """Rebuild the HNSW search parameters (efSearch + tombstone filter)."""
@@ -413,14 +428,19 @@ class Shard:
     # ----------------------------------------------------------------- reads
     def get(self, id_: int) -> np.ndarray | None:
         """The stored vector (dim,) float32, or None."""
-        label = self._labels.get(int(id_))
-        if label is None:
+        ids = np.array([int(id_)], dtype=np.int64)
+        if self._map.get(ids)[0] < 0:
             return None
-        return np.asarray(self._vectors().reconstruct(int(label)), dtype=np.float32)
+        return self._vectors(ids)[0]
 
-    def _vectors(self) -> faiss.Index:
-        """The index that returns stored vectors by label: the fp16 copies when kept."""
-        return self._index if self._fp16 is None else self._fp16
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (all stored here) as float32 (n, dim): the fp16
+        copies when kept, else the index's own (PQ-decoded for a trained ivfpq)."""
+        if self._fp16 is not None:
+            return self._fp16.take(self._map.get(ids))
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self._index.reconstruct_batch(self._labels_of(ids)), np.float32)
 
     def _reranked(self) -> bool:
         return self._fp16 is not None and self._ivf_trained
@@ -432,7 +452,7 @@ class Shard:
         valid = lab >= 0
         s = np.full((m, c), -np.inf, dtype=np.float32)
         if valid.any():
-            x = self._fp16.reconstruct_batch(lab[valid])  # (v, dim)
+            x = self._vectors(lab[valid])  # (v, dim)
             s[valid] = np.einsum("ij,ij->i", x, q[np.nonzero(valid)[0]])
         kk = min(k, c)
         order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
@@ -466,9 +486,9 @@ class Shard:
         m = q.shape[0]
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         ids = np.full((m, k), -1, dtype=np.int64)
-        if not self._labels or m == 0 or (subset is not None and not len(subset)):
+        if not self.count or m == 0 or (subset is not None and not len(subset)):
             return scores, ids
-        if subset is not None and len(subset) < len(self._labels):
+        if subset is not None and len(subset) < self.count:
             subset = np.asarray(subset, dtype=np.int64)
             return self._search_subset(q, k, subset, key, scores, ids)
         kk = min(k, self._index.ntotal)
@@ -497,7 +517,7 @@ class Shard:
         """How a search restricted to ``n_match`` of the stored ids runs: ``"exact"`` (score
         just those vectors) when that costs less than the index's own search with the ids as
         an ``IDSelector`` (``"selector"``), by the cost model in the README (Filters)."""
-        n = max(len(self._labels), 1)
+        n = max(self.count, 1)
         gathered = EXACT_GATHER_COST * n_match
         built = n_match  # the IDSelectorBatch is built from the ids on every search
         if self.spec.kind in IVF_KINDS and self._ivf_trained:
@@ -516,7 +536,7 @@ class Shard:
             hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
             if hit is not None:
                 return hit[1]
-        x = self._vectors().reconstruct_batch(self._labels_of(subset))  # (s, dim)
+        x = self._vectors(subset)  # (s, dim)
         if key is not None:
             self.gather_cache.put(key, self._version, (subset.copy(), x), x.nbytes + subset.nbytes)
         return x
@@ -524,8 +544,7 @@ class Shard:
     def _labels_of(self, subset: np.ndarray) -> np.ndarray:
         if self.spec.kind != "hnsw":
             return subset
-        get = self._labels.__getitem__
-        return np.fromiter(map(get, subset.tolist()), dtype=np.int64, count=len(subset))
+        return self._map.get(subset)
 
     def _search_subset(
         self,
@@ -547,7 +566,7 @@ class Shard:
             return scores, ids
         labels = self._labels_of(subset)
         sel = faiss.IDSelectorBatch(labels)
-        frac = len(subset) / len(self._labels)
+        frac = len(subset) / self.count
         if self.spec.kind in IVF_KINDS and self._ivf_trained:
             params = faiss.SearchParametersIVF()
             params.nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe / frac))
@@ -574,11 +593,16 @@ class Shard:
 
     def _labels_to_ids(self, labels: np.ndarray) -> np.ndarray:
         inverse = self._id_of_label
-        flat = [inverse.get(lab, -1) for lab in labels.reshape(-1).tolist()]
-        return np.array(flat, dtype=np.int64).reshape(labels.shape)
+        ok = (labels >= 0) & (labels < len(inverse))
+        out = np.full(labels.shape, -1, dtype=np.int64)
+        out[ok] = inverse[labels[ok]]
+        return out
 
     # ----------------------------------------------------------------- serialisation
-    def to_bytes(self) -> bytes:
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """The shard as named arrays (what ``to_bytes`` saves, and what ``ShardedIndex``
+        writes into its own snapshot file next to the other shards' arrays). ``copy=False``:
+        the fp16 copies are a view, valid only until the next write."""
         meta = {
             "version": _FORMAT_VERSION,
             "dim": self.dim,
@@ -586,43 +610,59 @@ class Shard:
             "next_label": self._next_label,
             "ivf_trained": self._ivf_trained,
         }
-        ids = np.fromiter(self._labels.keys(), dtype=np.int64, count=len(self._labels))
-        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self._labels))
+        ids, vals = self._map.items()
+        out = {
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            "index": faiss.serialize_index(self._index),
+            "ids": ids,
+            "labels": vals.astype(np.int64) if self.spec.kind == "hnsw" else ids,
+            "dead": np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)),
+        }
+        if self._fp16 is not None:  # in slot order (a view), with each id's slot
+            rows = self._fp16.rows()
+            out["fp16_vectors"], out["fp16_slots"] = (rows.copy() if copy else rows), vals
+        return out
+
+    def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            index=faiss.serialize_index(self._index),
-            ids=ids,
-            labels=labels,
-            dead=np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)),
-            **({} if self._fp16 is None else {"fp16": faiss.serialize_index(self._fp16)}),
-        )
+        np.savez(buf, **self.state())
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes, spec: IndexSpec | None = None) -> Shard:
         """Restore a shard; ``spec`` may override search-time knobs (kind must match)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            if meta["version"] != _FORMAT_VERSION:
-                raise ValueError(f"unsupported shard format version {meta['version']}")
-            saved = IndexSpec.from_dict(meta["spec"])
-            if spec is not None and spec.kind != saved.kind:
-                raise ValueError(f"shard was built as {saved.kind!r}, not {spec.kind!r}")
-            shard = cls(meta["dim"], spec or saved)
-            shard._index = faiss.deserialize_index(z["index"])
-            shard._labels = dict(zip(z["ids"].tolist(), z["labels"].tolist(), strict=True))
-            shard._dead = set(z["dead"].tolist())
-            if shard._fp16 is not None:
-                if "fp16" not in z.files:
-                    raise ValueError(
-                        "IndexSpec.rerank needs the fp16 copies of the vectors, which this "
-                        "shard was saved without (rerank=0): rebuild it from the vectors"
-                    )
-                shard._fp16 = faiss.deserialize_index(z["fp16"])
+            return cls.from_state(z, spec)
+
+    @classmethod
+    def from_state(cls, z: Mapping[str, np.ndarray], spec: IndexSpec | None = None) -> Shard:
+        """Restore from :meth:`state`'s arrays (a dict or an open ``.npz``, read key by key:
+        the arrays are taken over, not copied)."""
+        meta = json.loads(z["meta"].tobytes().decode())
+        if meta["version"] != _FORMAT_VERSION:
+            raise ValueError(f"unsupported shard format version {meta['version']}")
+        saved = IndexSpec.from_dict(meta["spec"])
+        if spec is not None and spec.kind != saved.kind:
+            raise ValueError(f"shard was built as {saved.kind!r}, not {spec.kind!r}")
+        shard = cls(meta["dim"], spec or saved)
+        shard._index = faiss.deserialize_index(z["index"])
+        ids, labels = z["ids"], z["labels"]
+        shard._dead = set(z["dead"].tolist())
+        vals = np.zeros(len(ids), dtype=np.int8)
         if shard.spec.kind == "hnsw":
-            shard._id_of_label = {lab: i for i, lab in shard._labels.items()}
+            vals = labels
+            inverse = np.full(meta["next_label"], -1, dtype=np.int64)
+            inverse[labels] = ids
+            shard._id_of_label = inverse
+        if shard._fp16 is not None:
+            if "fp16_vectors" not in z:
+                raise ValueError(
+                    "IndexSpec.rerank needs the fp16 copies of the vectors, which this "
+                    "shard was saved without (rerank=0): rebuild it from the vectors"
+                )
+            vals = z["fp16_slots"]
+            shard._fp16 = HalfVectors.of(shard.dim, z["fp16_vectors"], vals)
+        shard._map = IdMap.from_arrays(ids, vals, shard._map_dtype())
         shard._next_label = meta["next_label"]
         shard._ivf_trained = meta["ivf_trained"]
         if shard._ivf_trained:

@@ -6,8 +6,9 @@ padding). The shard of an id is ``int_id % n_shards``. Both are stable across pr
 Python versions (unlike ``hash()``). A 63-bit collision between two different strings is
 detected and raised as ``IdCollisionError`` instead of silently overwriting.
 
-Each id may carry a record (text, metadata, source, bundle version: ``irene.index.records``)
-held column-wise in a ``RecordStore`` beside the shards and saved with them.
+The string ids, and the record each id may carry (text, metadata, source, bundle version:
+``irene.index.records``), are held column-wise in a ``RecordStore`` beside the shards and
+saved with them: it is the index's map from int64 ids to string ids.
 
 Concurrency: a writer-preferring readers-writer lock. ``search``/``get``/``get_records``/
 ``count``/``state_dict`` take the read side (any number at once); ``add``/``delete``/
@@ -29,13 +30,16 @@ import numpy as np
 
 from irene.index.cache import VersionedLRU
 from irene.index.filters import Filter, as_filter
-from irene.index.records import Records, RecordStore, as_records, empty_record
+from irene.index.records import Records, RecordStore, as_records, pack_strings
 from irene.index.shard import IndexSpec, Shard, as_vectors
 from irene.index.topk import merge_topk, named
 
 _MASK63 = (1 << 63) - 1
-_STATE_VERSION = 2  # 2: item records; 1 (no records) still loads, with empty records
+# 3: string ids inside the records, shards' arrays side by side; 2 (records beside an id list,
+# a blob per shard) and 1 (no records) still load
+_STATE_VERSION = 3
 _RECORD_ARRAYS = ("ids", "text_off", "text", "meta_off", "meta", "source", "version")
+_NAME_ARRAYS = ("name_off", "name")
 # Below this many (stored vectors x queries) per shard a search runs the shards one after
 # another: a thread hand-off per shard costs more than such a search (README: serving).
 PARALLEL_MIN_WORK = 200_000
@@ -118,8 +122,7 @@ class ShardedIndex:
         self.n_shards = int(n_shards)
         self.spec = spec or IndexSpec()
         self._shards = [Shard(self.dim, self.spec) for _ in range(self.n_shards)]
-        self._str_of: dict[int, str] = {}  # int id -> string id, for every stored id
-        self._records = RecordStore()
+        self._records = RecordStore()  # string id and record of every stored id
         self._lock = RWLock()
         self._version = 0  # bumped by every write: cached filter matches die with it
         self._matches = VersionedLRU(self.spec.filter_cache_mb << 20)
@@ -133,24 +136,24 @@ class ShardedIndex:
 
     @property
     def count(self) -> int:
-        return len(self._str_of)
+        return len(self._records)
 
     def __len__(self) -> int:
-        return len(self._str_of)
+        return len(self._records)
 
     def __contains__(self, id_: str) -> bool:
-        return self._str_of.get(int_id(id_)) == id_
+        return self.contains([id_])[0]
 
     def ids(self) -> list[str]:
         with self._lock.read():
-            return list(self._str_of.values())
+            return self._records.all_names()
 
     def integrity(self) -> dict[str, int]:
         """Counts that agree when no id is stored twice: string ids, shard labels, and FAISS
         vectors minus tombstones (``stored - tombstones == labels == ids``)."""
         with self._lock.read():
             return {
-                "ids": len(self._str_of),
+                "ids": len(self._records),
                 "labels": sum(s.count for s in self._shards),
                 "stored": sum(s.n_stored for s in self._shards),
                 "tombstones": sum(s.n_tombstones for s in self._shards),
@@ -180,17 +183,22 @@ class ShardedIndex:
             keep = sorted(last.values())
             ids, x = [ids[i] for i in keep], x[keep]
             records = None if records is None else records.take(keep)
+        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
         with self._lock.read():
-            self._check_collisions(ids, [int_id(s) for s in ids])
+            self._check_collisions(ids, iids)
         return ids, x, records
 
-    def _check_collisions(self, ids: list[str], iids: list[int]) -> None:
+    def _check_collisions(self, ids: list[str], iids: np.ndarray) -> list[str | None]:
+        """Raise ``IdCollisionError`` if two of ``ids`` or one of them and a stored id share
+        an int64 id; returns the stored string id of each (None: not stored)."""
+        stored = self._records.names(iids)
         seen: dict[int, str] = {}
-        for s, iid in zip(ids, iids, strict=True):
-            other = seen.get(iid) or self._str_of.get(iid)
+        for s, iid, other in zip(ids, iids.tolist(), stored, strict=True):
+            other = seen.get(iid) or other
             if other is not None and other != s:
                 raise IdCollisionError(f"ids {s!r} and {other!r} collide on int64 id {iid}")
             seen[iid] = s
+        return stored
 
     # ----------------------------------------------------------------- writes
     def add(self, ids: Sequence[str], vecs, records: Records | None = None) -> None:
@@ -208,49 +216,46 @@ class ShardedIndex:
         iids = np.array([int_id(s) for s in ids], dtype=np.int64)  # (n,)
         part = iids % self.n_shards
         with self._lock.write():
-            self._check_collisions(ids, iids.tolist())  # again: a writer may have raced us
-            get = self._str_of.get
-            created = np.array([get(i) is None for i in iids.tolist()], dtype=bool)
+            stored = self._check_collisions(ids, iids)  # again: a writer may have raced us
+            created = np.array([s is None for s in stored], dtype=bool)
             for sh in np.unique(part).tolist():
                 sel = part == sh
                 self._shards[sh].add(iids[sel], x[sel])
-            self._str_of.update(zip(iids.tolist(), ids, strict=True))
-            self._records.put(iids, records)
+            self._records.put(iids, ids, records)
             self._version += 1
         return created
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present (and is now gone)."""
         ids = check_str_ids(ids)
-        out = []
-        by_shard: dict[int, list[int]] = {}
+        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
         with self._lock.write():
-            for s in ids:
-                iid = int_id(s)
-                if self._str_of.get(iid) != s:
-                    out.append(False)
-                    continue
-                by_shard.setdefault(self.shard_of(iid), []).append(iid)
-                del self._str_of[iid]
-                out.append(True)
-            for sh, shard_ids in by_shard.items():
-                self._shards[sh].remove(shard_ids)
-            gone = [iid for shard_ids in by_shard.values() for iid in shard_ids]
-            self._records.discard(np.array(gone, dtype=np.int64))
+            stored = self._records.names(iids)
+            out, seen = [], set()  # a repeated id is present once
+            for s, n in zip(ids, stored, strict=True):
+                out.append(n == s and s not in seen)
+                seen.add(s)
+            gone = np.unique(iids[np.array(out, dtype=bool)])
+            part = gone % self.n_shards
+            for sh in np.unique(part).tolist():
+                self._shards[sh].remove(gone[part == sh])
+            self._records.remove(gone)
             self._version += 1
         return out
 
     # ----------------------------------------------------------------- reads
     def contains(self, ids: Sequence[str]) -> list[bool]:
         """Whether each id is stored, in one pass under one read lock."""
+        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
         with self._lock.read():
-            return [self._str_of.get(int_id(s)) == s for s in ids]
+            stored = self._records.names(iids)
+        return [n == s for s, n in zip(ids, stored, strict=True)]
 
     def get(self, id_: str) -> np.ndarray | None:
         """The stored vector (dim,) float32, or None."""
         iid = int_id(id_)
         with self._lock.read():
-            if self._str_of.get(iid) != id_:
+            if self._records.names(np.array([iid]))[0] != id_:
                 return None
             return self._shards[self.shard_of(iid)].get(iid)
 
@@ -265,17 +270,38 @@ class ShardedIndex:
         """Items per bundle version that made their vector; ids stored without a record
         count under ``""``."""
         with self._lock.read():
-            counts = self._records.version_counts()
-            missing = len(self._str_of) - sum(counts.values())
-        if missing:
-            counts[""] = counts.get("", 0) + missing
-        return counts
+            return self._records.version_counts()
 
     def record_stats(self) -> dict[str, int]:
         """Rows (live, garbage) and bytes of the record store."""
         with self._lock.read():
             rs = self._records
             return {"records": len(rs), "garbage": rs.garbage, **rs.nbytes()}
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held, by part: ``faiss`` (the indexes as serialised: vectors or codes, FAISS
+        ids, quantisers, direct maps), ``fp16`` (re-rank copies), ``id_maps`` (the shards' id
+        maps + the record store's offsets, codes and position map), ``strings`` (string ids,
+        texts and metadata JSON) and ``filter_columns``."""
+        with self._lock.read():
+            rec = self._records.nbytes()
+            shards = self._shards
+            fp16 = sum(s.fp16_bytes() for s in shards)
+            return {
+                "faiss": sum(s.memory_bytes() for s in shards) - fp16,
+                "fp16": fp16,
+                "id_maps": sum(s.bookkeeping_bytes() for s in shards) + rec["bookkeeping"],
+                "strings": rec["values"],
+                "filter_columns": rec["filter_columns"],
+            }
+
+    def set_search_knobs(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change ``nprobe`` / ``ef_search`` of every shard in place (``Shard.set_search_knobs``);
+        not persisted: a restart takes the spec it is given."""
+        with self._lock.write():
+            for s in self._shards:
+                s.set_search_knobs(nprobe=nprobe, ef_search=ef_search)
+            self.spec = self._shards[0].spec
 
     def filter_cache_stats(self) -> dict[str, int]:
         """Hits, misses, entries and bytes of the filter caches: ``match_*`` for the matching
@@ -334,10 +360,6 @@ class ShardedIndex:
                 parts = list(pool.map(lambda j: j[0].search(q, k, j[1], key), jobs))
         return merge_topk(parts, k)
 
-    def _names_locked(self, iids: np.ndarray) -> list[str | None]:
-        get = self._str_of.get
-        return [get(i) for i in np.asarray(iids, dtype=np.int64).tolist()]
-
     def _match_locked(self, f: Filter, key: str | None = None) -> tuple[np.ndarray, list]:
         """(the int64 ids ``f`` matches, the same split per shard), from the match cache when
         ``f`` was evaluated since the last write. Call under the read lock."""
@@ -345,7 +367,7 @@ class ShardedIndex:
         cached = self._matches.get(key, self._version)
         if cached is not None:
             return cached
-        hit = self._records.match(f, self._names_locked)
+        hit = self._records.match(f)
         part = hit % self.n_shards
         out = (hit, [hit[part == i] for i in range(self.n_shards)])
         self._matches.put(key, self._version, out, 2 * hit.nbytes)
@@ -367,7 +389,7 @@ class ShardedIndex:
         f = as_filter(filter)
         with self._lock.read():
             if f is None:
-                iids = np.fromiter(self._str_of.keys(), dtype=np.int64, count=len(self._str_of))
+                iids = self._records.ids()
             else:
                 iids = self._match_locked(f)[0]
         iids = iids[iids > after]
@@ -378,21 +400,14 @@ class ShardedIndex:
     def names(self, iids) -> list[str | None]:
         """The string id of each int64 id (None where absent)."""
         with self._lock.read():
-            return self._names_locked(iids)
+            return self._records.names(np.asarray(iids, dtype=np.int64).reshape(-1))
 
     def lookup(self, iids) -> tuple[list[str | None], list[dict | None]]:
         """String id and record of each int64 id (None, None where absent), under one read
         lock: what a search's hits need at the edge."""
         iids = np.asarray(iids, dtype=np.int64).reshape(-1)
         with self._lock.read():
-            get = self._str_of.get
-            names = [get(i) for i in iids.tolist()]
-            rows = self._records.rows_of(iids).tolist()
-            records = [
-                None if n is None else self._records.row(r) if r >= 0 else empty_record()
-                for n, r in zip(names, rows, strict=True)
-            ]
-        return names, records
+            return self._records.lookup(iids)
 
     def search_named(self, queries, k: int) -> list[list[tuple[str, float]]]:
         """``search`` with string ids: ``[(id, score), ...]`` per query (tools and tests)."""
@@ -405,10 +420,11 @@ class ShardedIndex:
                 self._pool = None
 
     # ----------------------------------------------------------------- snapshots
-    def state_dict(self) -> dict:
-        """Everything needed to rebuild this index (plain Python + bytes + numpy). Records
+    def state_dict(self, copy: bool = True) -> dict:
+        """Everything needed to rebuild this index (plain Python + numpy arrays). Records
         are saved without garbage rows; the live store is then replaced by a compacted copy
-        built outside the lock (unless a write came in meanwhile)."""
+        built outside the lock (unless a write came in meanwhile). ``copy=False``: the
+        shards' fp16 copies are views, valid only until the next write."""
         with self._lock.read():
             store, writes, garbage = self._records, self._records.writes, self._records.garbage
             state = {
@@ -416,11 +432,7 @@ class ShardedIndex:
                 "dim": self.dim,
                 "n_shards": self.n_shards,
                 "spec": self.spec.to_dict(),
-                "shards": [s.to_bytes() for s in self._shards],
-                "int_ids": np.fromiter(
-                    self._str_of.keys(), dtype=np.int64, count=len(self._str_of)
-                ),
-                "str_ids": list(self._str_of.values()),
+                "shards": [s.state(copy) for s in self._shards],
                 "records": self._records.state(),
             }
         if garbage:
@@ -431,8 +443,9 @@ class ShardedIndex:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Load ``state_dict`` (or a version-1 state, without records: empty records)."""
-        if state["version"] not in (1, _STATE_VERSION):
+        """Load ``state_dict`` (or a version-1/2 state: ids beside the records, or no
+        records)."""
+        if state["version"] not in (1, 2, _STATE_VERSION):
             raise ValueError(f"unsupported index state version {state['version']}")
         if state["dim"] != self.dim:
             raise ValueError(f"state has dim {state['dim']}, index has dim {self.dim}")
@@ -442,48 +455,70 @@ class ShardedIndex:
                 f"state was built with kind={saved.kind!r}, n_shards={state['n_shards']}; "
                 f"index has kind={self.spec.kind!r}, n_shards={self.n_shards}"
             )
-        shards = [Shard.from_bytes(b, self.spec) for b in state["shards"]]
-        str_of = dict(zip(np.asarray(state["int_ids"]).tolist(), state["str_ids"], strict=True))
-        records = RecordStore.from_state(state.get("records"))
+        shards = [  # arrays; or a shard's own .npz blob (written before version 3)
+            Shard.from_bytes(s, self.spec)
+            if isinstance(s, bytes)
+            else Shard.from_state(s, self.spec)
+            for s in state["shards"]
+        ]
+        records = (
+            RecordStore.from_state(state["records"])
+            if state["version"] == _STATE_VERSION
+            else _old_records(state)
+        )
         with self._lock.write():
-            self._shards, self._str_of, self._records = shards, str_of, records
+            self._shards, self._records = shards, records
             self._version += 1
 
     def to_bytes(self) -> bytes:
-        """``state_dict`` as one self-describing ``.npz`` blob (no pickle)."""
-        st = self.state_dict()
+        """``state_dict`` as one self-describing ``.npz`` blob (no pickle): every shard's and
+        the records' arrays side by side, so a loader reads each array once, in place."""
+        return self._npz(copy=True).getvalue()
+
+    def to_buffer(self) -> memoryview:
+        """``to_bytes`` without its two copies of the fp16 vectors (a view of the blob, and
+        the vectors read in place): only while no write can run (``DurableIndex`` holds its
+        write lock while it takes a snapshot)."""
+        return self._npz(copy=False).getbuffer()
+
+    def _npz(self, copy: bool) -> io.BytesIO:
+        st = self.state_dict(copy)
         meta = {k: st[k] for k in ("version", "dim", "n_shards", "spec")}
         meta["record_versions"] = st["records"]["versions"]
-        arrays = {
-            f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])
-        }
-        arrays.update({f"rec_{k}": st["records"][k] for k in _RECORD_ARRAYS})
+        arrays = {f"shard{i}.{k}": v for i, sh in enumerate(st["shards"]) for k, v in sh.items()}
+        arrays.update({f"rec_{k}": st["records"][k] for k in _RECORD_ARRAYS + _NAME_ARRAYS})
         buf = io.BytesIO()
-        np.savez(
-            buf,
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            int_ids=st["int_ids"],
-            str_ids=np.frombuffer(json.dumps(st["str_ids"]).encode(), dtype=np.uint8),
-            **arrays,
-        )
-        return buf.getvalue()
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        return buf
 
     @staticmethod
     def state_from_bytes(data: bytes) -> dict:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return ShardedIndex.state_from_file(io.BytesIO(data))
+
+    @staticmethod
+    def state_from_file(f) -> dict:
+        """The state in a ``to_bytes`` blob, read from a seekable binary file (bytes before
+        the blob, such as a snapshot header, are allowed: a zip is found from its end)."""
+        with np.load(f, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             versions = meta.pop("record_versions", None)
             records = None
             if versions is not None:  # state version >= 2
-                records = {k: z[f"rec_{k}"] for k in _RECORD_ARRAYS}
+                names = _NAME_ARRAYS if meta["version"] >= 3 else ()
+                records = {k: z[f"rec_{k}"] for k in _RECORD_ARRAYS + names}
                 records["versions"] = versions
-            return {
-                **meta,
-                "shards": [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])],
-                "int_ids": z["int_ids"],
-                "str_ids": json.loads(z["str_ids"].tobytes().decode()),
-                "records": records,
-            }
+            shards: list = [{} for _ in range(meta["n_shards"])]
+            for key in z.files:
+                head, dot, name = key.partition(".")
+                if dot and head.startswith("shard"):
+                    shards[int(head[5:])][name] = z[key]
+            if meta["version"] < 3:  # each shard its own .npz blob; string ids beside records
+                shards = [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])]
+            out = {**meta, "shards": shards, "records": records}
+            if meta["version"] < 3:
+                out["int_ids"] = z["int_ids"]
+                out["str_ids"] = json.loads(z["str_ids"].tobytes().decode())
+            return out
 
     @classmethod
     def from_bytes(
@@ -491,6 +526,14 @@ class ShardedIndex:
     ) -> ShardedIndex:
         """Rebuild from ``to_bytes``; ``spec`` may change search knobs but not the kind."""
         return cls.from_state(cls.state_from_bytes(data), spec, search_threads)
+
+    @classmethod
+    def from_file(
+        cls, f, spec: IndexSpec | None = None, search_threads: int | None = None
+    ) -> ShardedIndex:
+        """``from_bytes`` reading a seekable file (``state_from_file``): restoring then holds
+        the index's arrays, not also the whole blob."""
+        return cls.from_state(cls.state_from_file(f), spec, search_threads)
 
     @classmethod
     def from_state(
@@ -503,3 +546,22 @@ class ShardedIndex:
         index = cls(state["dim"], state["n_shards"], spec or saved, search_threads)
         index.load_state_dict(state)
         return index
+
+
+def _old_records(state: dict) -> RecordStore:
+    """The record store of a version-1/2 state: string ids in ``int_ids``/``str_ids``, records
+    (version 2) for some of them; the others are stored without a record."""
+    iids = np.asarray(state["int_ids"], dtype=np.int64)
+    name_of = dict(zip(iids.tolist(), state["str_ids"], strict=True))
+    rec = state.get("records")
+    if rec is None:
+        store = RecordStore()
+        with_record = np.zeros(0, dtype=np.int64)
+    else:
+        with_record = np.asarray(rec["ids"], dtype=np.int64)
+        off, data = pack_strings([name_of[i] for i in with_record.tolist()])
+        store = RecordStore.from_state({**rec, "name_off": off, "name": data})
+    rest = iids[~np.isin(iids, with_record)]
+    if len(rest):
+        store.put(rest, [name_of[i] for i in rest.tolist()], None)
+    return store

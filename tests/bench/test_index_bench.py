@@ -12,7 +12,7 @@ from tests.bench import load_bench
 def test_index_bench_smoke(tmp_path):
     bench = load_bench("index_bench")
     out = tmp_path / "index"
-    bench.main(["--smoke", "--out", str(out), "--no-progress"])
+    bench.main(["--smoke", "--out", str(out), "--no-progress", "--rerank", "10"])
     result = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".md").read_text().startswith("# Index benchmark")
     assert out.with_suffix(".png").stat().st_size > 0
@@ -34,5 +34,12 @@ def test_index_bench_smoke(tmp_path):
         assert by["flat", mode]["recall_at_10"] == 1.0
         assert by["ivfpq", mode]["mem_bytes_per_vector"] < by["flat", mode]["mem_bytes_per_vector"]
     assert by["flat", "raw"]["speedup_b1"] == 1.0
+    for kind in bench.KINDS:  # the id maps outside FAISS (their size per item at scale:
+        # tests/index/test_sharded.py; at the smoke size the recent-id dicts dominate)
+        assert by[kind, "raw"]["id_bytes_per_vector"] == 0
+        assert (
+            by[kind, "shard"]["id_bytes_per_vector"] < by[kind, "sharded4"]["id_bytes_per_vector"]
+        )
+    assert by["ivfpq", "shard"]["params"]["rerank"] == 10
     kinds_swept = {s["kind"] for s in result["sweeps"]}
     assert kinds_swept == {"hnsw", "ivf", "ivfpq"}

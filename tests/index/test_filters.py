@@ -353,7 +353,7 @@ def test_record_store_match_equals_the_reference(batches, compact_at, fs):
     def check(st_: RecordStore) -> None:
         for fd in fs:
             f = as_filter(fd)
-            got = st_.match(f, lambda iids: [names[i] for i in iids.tolist()])
+            got = st_.match(f)
             assert len(np.unique(got)) == len(got)
             want = {s for s, r in model.items() if matches(f, s, r)}
             assert sorted(names[i] for i in got.tolist()) == sorted(want), fd
@@ -367,10 +367,10 @@ def test_record_store_match_equals_the_reference(batches, compact_at, fs):
         gone = [s for s in ids if last[s] is None]
         if keep:
             recs = [last[s] for s in keep]
-            store.put(iids[[ids.index(s) for s in keep]], _records(recs, len(recs)))
+            store.put(iids[[ids.index(s) for s in keep]], keep, _records(recs, len(recs)))
             model.update((s, {"text": f"t{j}", **last[s]}) for j, s in enumerate(keep))
         if gone:
-            store.discard(iids[[ids.index(s) for s in gone]])
+            store.remove(iids[[ids.index(s) for s in gone]])
             for s in gone:
                 model.pop(s, None)
         check(store)

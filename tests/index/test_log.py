@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import struct
@@ -25,7 +24,7 @@ from irene.index.log import (
 )
 from irene.index.records import Records, empty_record
 from irene.index.sharded import ShardedIndex
-from tests.helpers import named_search
+from tests.helpers import named_search, old_index_blob
 
 DIM = 8
 BUCKET = "irene-test"  # created by the moto_s3 fixture
@@ -455,25 +454,10 @@ def _old_frame(seq: int, ids: list[str], x: np.ndarray) -> bytes:
     return FRAME.pack(MAGIC, seq, len(payload), _crc(seq, payload)) + payload
 
 
-def _old_snapshot(index: ShardedIndex) -> bytes:
-    """``ShardedIndex.to_bytes`` of state version 1 (before records existed)."""
-    st = index.state_dict()
-    meta = {"version": 1, "dim": st["dim"], "n_shards": st["n_shards"], "spec": st["spec"]}
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        int_ids=st["int_ids"],
-        str_ids=np.frombuffer(json.dumps(st["str_ids"]).encode(), dtype=np.uint8),
-        **{f"shard_{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(st["shards"])},
-    )
-    return buf.getvalue()
-
-
 def test_old_log_records_and_snapshots_without_records_still_load(uri):
     old = ShardedIndex(DIM, 2)
     old.add(*_batch(0))
-    blob = encode_snapshot(1, _old_snapshot(old))
+    blob = encode_snapshot(1, old_index_blob(old, 1))
     iio.write_bytes(iio.join(uri, "snapshots", f"{1:020d}.snap"), blob)
     name = f"{2:020d}.rec" if uri.startswith("s3://") else f"{2:020d}.log"
     iio.write_bytes(iio.join(uri, "log", name), _old_frame(2, *_batch(1)))

@@ -238,6 +238,7 @@ def test_chaos_kill_actor_local_log(ray_local, tmp_path):
     _chaos(ray_local, str(tmp_path / "index"), None)
 
 
+@pytest.mark.slow  # `make test` kills the S3-logged actor through the app (tests/reliability)
 def test_chaos_kill_actor_s3_log(ray_local, moto_s3):
     env = {k: os.environ[k] for k in S3_ENV}
     _chaos(ray_local, f"s3://{BUCKET}/{uuid.uuid4().hex}", env)

@@ -115,6 +115,8 @@ def test_index_actor_chaos_s3_log(s3_app, scale, report):
     _actor_chaos(s3_app[1], scale, report, "moto S3")
 
 
+@pytest.mark.slow  # both scales (~70 s short): its app is the slowest to start; `make test`
+# keeps a SIGKILLed shard actor under shard readers in test_records_survive_a_shard_actor_sigkill
 def test_shard_actor_chaos_with_shard_readers(sharded_app, scale, report):
     """The same under 2 shard actors killed in turn, queries answered by 2 ShardReader
     replicas per shard: nothing acknowledged lost, no duplicates, answers == the router's."""

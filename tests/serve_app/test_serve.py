@@ -940,8 +940,10 @@ def test_app_refuses_an_index_made_by_another_bundle(ray_local, tmp_path):
         "auth": {"token": TOKEN, "token_env": "IRENE_TEST_UNSET_TOKEN"},
         "threads": 1,
         "encoder_placement": "ingress",
+        # one failed constructor fails the deployment (Serve retries a few times by default)
         "deployment_options": {"Generator": {"ray_actor_options": {"num_cpus": 0.1}},
-                               "Ingress": {"ray_actor_options": {"num_cpus": 0.1}}},
+                               "Ingress": {"ray_actor_options": {"num_cpus": 0.1},
+                                           "max_constructor_retry_count": 1}},
     }  # fmt: skip
     port = free_port()
     serve.shutdown()
