@@ -70,11 +70,12 @@ bench-filter: venv
 
 # 1M and 10M items over 4 shard actors (IVF-PQ + fp16 re-rank): build through the durable
 # log, snapshot, RAM per actor and per item, recall@10 (nprobe chosen on validation queries),
-# p50/p99 at 1 and 16 clients, restart from the snapshots (14.5 min on 2 idle cores; peaks
-# of ~15 GB disk and ~18 GB RAM); table + JSON in $(RUNS)/scale/ (bench/scale_bench.py)
+# p50/p99 at 1 and 16 clients through the router and over HTTP through the Serve app,
+# restart from the snapshots (16.7 min on 2 idle cores; peaks of ~16 GB disk and ~18 GB RAM);
+# table + JSON in $(RUNS)/scale/ (bench/scale_bench.py)
 .PHONY: bench-scale
 bench-scale: venv
-	$(PY) bench/scale_bench.py --sizes 1000000,10000000 --out $(RUNS)/scale
+	$(PY) bench/scale_bench.py --sizes 1000000,10000000 --app --out $(RUNS)/scale
 
 # a model upgrade and a rollback under load (issue #24): 8 query + 2 ingest clients over HTTP
 # while the index (10k API-ingested WordNet items) moves from the seed-0 bundle to the seed-1

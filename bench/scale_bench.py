@@ -331,16 +331,16 @@ def markdown(report: dict) -> str:
     line("build (durable add), s", lambda r: f"{build(r)['build_s']:,.0f}")
     line("build, items/s", lambda r: f"{build(r)['items_per_s']:,.0f}")
     line("snapshot (actors one after another), s", lambda r: f"{build(r)['snapshot_s']:,.0f}")
-    line("disk: log before the snapshot, GB", lambda r: f"{build(r)['log_bytes'] / gb:.1f}")
-    line("disk: after the snapshot, GB", lambda r: f"{build(r)['disk_bytes'] / gb:.1f}")
+    line("disk: log before the snapshot, GiB", lambda r: f"{build(r)['log_bytes'] / gb:.1f}")
+    line("disk: after the snapshot, GiB", lambda r: f"{build(r)['disk_bytes'] / gb:.1f}")
     phases = (
         ("after build", lambda r: r["memory"]),
         ("after restart", lambda r: r["restart"]["memory"]),
     )
     for when, get in phases:
-        line(f"{when}: RSS per actor, GB", per_actor(get, "rss"))
-        line(f"{when}: private (USS) per actor, GB", per_actor(get, "private"))
-        line(f"{when}: peak RSS per actor, GB", per_actor(get, "peak_rss"))
+        line(f"{when}: RSS per actor, GiB", per_actor(get, "rss"))
+        line(f"{when}: private (USS) per actor, GiB", per_actor(get, "private"))
+        line(f"{when}: peak RSS per actor, GiB", per_actor(get, "peak_rss"))
         for part in ("faiss", "fp16", "id_maps", "strings", "private"):
             line(f"{when}: {part}, B/item", lambda r, p=part, g=get: f"{g(r)['per_item'][p]:.1f}")
     line("nprobe (chosen on validation)", lambda r: str(r["recall"]["nprobe"]))
