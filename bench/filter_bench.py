@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -75,6 +74,7 @@ from irene.index.filters import Filter  # noqa: E402
 from irene.index.records import Records  # noqa: E402
 from irene.index.shard import HNSW_MAX_FILTER_EF, IVF_KINDS, KINDS, IndexSpec  # noqa: E402
 from irene.index.sharded import ShardedIndex, int_id  # noqa: E402
+from irene.procmem import process_memory  # noqa: E402
 
 log = logging.getLogger("filter_bench")
 
@@ -121,17 +121,8 @@ def filter_cases() -> list[dict]:
 # ----------------------------------------------------------------------------- memory
 def rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS) of this process in MiB."""
-    cur = peak = float("nan")
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    cur = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-    except OSError:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return cur, peak
+    mem = process_memory()
+    return mem["rss"] / 2**20, mem["peak_rss"] / 2**20
 
 
 def log_mem(what: str) -> dict:

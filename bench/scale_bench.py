@@ -120,31 +120,8 @@ def latency(search, q: np.ndarray, clients: int, budget_s: float) -> dict:
     }
 
 
-def peak_rss(pid: int) -> int:
-    """A process's peak resident set (VmHWM), bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def private_bytes(pid: int) -> int:
-    """A process's private resident memory (USS: without pages shared with others, such as
-    Ray's object store pages it has mapped), bytes."""
-    total = 0
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 def memory_report(sync, n: int) -> dict:
-    mem = sync.memory()
-    pids = [o["pid"] for o in sync.stats()["owners"]]
-    for m, pid in zip(mem, pids, strict=True):
-        m["private"], m["peak_rss"] = private_bytes(pid), peak_rss(pid)
+    mem = sync.memory()  # per actor, with its rss / peak_rss / private bytes
     total = {k: sum(m[k] for m in mem) for k in mem[0]}
     return {"per_actor": mem, "total": total, "per_item": {k: v / n for k, v in total.items()}}
 

@@ -26,17 +26,9 @@ from irene.index.records import Records, as_records
 from irene.index.router import owner_of, owner_uri
 from irene.index.shard import IndexSpec
 from irene.index.sharded import int_id
+from irene.procmem import process_memory
 
 log = logging.getLogger(__name__)
-
-
-def _rss_bytes() -> int:
-    """This process's resident set size (Linux ``/proc``; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -244,8 +236,9 @@ class IndexActor:
         self._index.index.set_search_knobs(nprobe=nprobe, ef_search=ef_search)
 
     def memory(self) -> dict:
-        """``ShardedIndex.memory()`` plus this process's resident set (``rss``)."""
-        return {**self._index.index.memory(), "rss": _rss_bytes()}
+        """``ShardedIndex.memory()`` plus this process's ``rss``, ``peak_rss`` and
+        ``private`` bytes (``irene.procmem``)."""
+        return {**self._index.index.memory(), **process_memory()}
 
     def stats(self) -> dict:
         return {

@@ -584,10 +584,6 @@ def snapshot_header(seq: int, payload) -> bytes:
     return SNAP_HEADER.pack(SNAP_MAGIC, seq, len(payload), hashlib.sha256(payload).digest())
 
 
-def encode_snapshot(seq: int, payload: bytes) -> bytes:
-    return snapshot_header(seq, payload) + payload
-
-
 def verify_snapshot(f, name: str) -> int:
     """Check a snapshot file's header and the sha256 of its payload, reading it in chunks;
     returns its seq and leaves ``f`` at the start of the payload. Raises

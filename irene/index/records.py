@@ -323,13 +323,15 @@ class RecordStore:
 
     def names(self, iids: np.ndarray) -> list[str | None]:
         """The string id of each int64 id (None where it is not stored)."""
+        return self._names_of_rows(self.rows_of(iids).tolist())
+
+    def _names_of_rows(self, rows: list[int]) -> list[str | None]:
         off, buf = self._name_off, self._name
-        return [None if r < 0 else self._str(off, buf, r) for r in self.rows_of(iids).tolist()]
+        return [None if r < 0 else self._str(off, buf, r) for r in rows]
 
     def all_names(self) -> list[str]:
         """The string ids of every stored id, in row order."""
-        off, buf = self._name_off, self._name
-        return [self._str(off, buf, r) for r in self._live_pairs()[1].tolist()]
+        return self._names_of_rows(self._live_pairs()[1].tolist())
 
     def row(self, r: int) -> dict[str, Any]:
         """Row ``r``'s record as a dict (``Records.row``'s fields)."""
@@ -346,8 +348,7 @@ class RecordStore:
     def lookup(self, iids: np.ndarray) -> tuple[list[str | None], list[dict | None]]:
         """String id and record of each id (None, None where it is not stored)."""
         rows = self.rows_of(iids).tolist()
-        names = [None if r < 0 else self._str(self._name_off, self._name, r) for r in rows]
-        return names, [None if r < 0 else self.row(r) for r in rows]
+        return self._names_of_rows(rows), [None if r < 0 else self.row(r) for r in rows]
 
     def match(self, f: Filter) -> np.ndarray:
         """The ids (int64, row order) of the stored records that ``f`` matches."""

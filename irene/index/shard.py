@@ -445,6 +445,14 @@ class Shard:
     def _reranked(self) -> bool:
         return self._fp16 is not None and self._ivf_trained
 
+    def _reranked_search(
+        self, q: np.ndarray, k: int, most: int, params=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The PQ index's top ``rerank * k`` candidates (at most ``most``) re-scored with the
+        fp16 copies: (scores, labels) (m, <= k) best first."""
+        _, cand = self._index.search(q, min(self.spec.rerank * k, most), params=params)
+        return self._rerank(q, cand, k)
+
     def _rerank(self, q: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Re-score candidate labels (m, c) (-1: none) with the fp16 copies: the best k of
         each row, (scores, labels) (m, min(k, c)) best first, -inf / -1 padding."""
@@ -493,9 +501,7 @@ class Shard:
             return self._search_subset(q, k, subset, key, scores, ids)
         kk = min(k, self._index.ntotal)
         if self._reranked():
-            _, cand = self._index.search(q, min(self.spec.rerank * k, self._index.ntotal))
-            d, lab = self._rerank(q, cand, kk)
-            scores[:, :kk], ids[:, :kk] = d, lab
+            scores[:, :kk], ids[:, :kk] = self._reranked_search(q, kk, self._index.ntotal)
             return scores, ids
         index = self._search_index()
         if self._use_gpu:
@@ -579,8 +585,7 @@ class Shard:
             params = faiss.SearchParameters()
         params.sel = sel
         if self._reranked():
-            _, cand = self._index.search(q, min(self.spec.rerank * kk, len(subset)), params=params)
-            d, lab = self._rerank(q, cand, kk)
+            d, lab = self._reranked_search(q, kk, len(subset), params)
         else:
             d, lab = self._index.search(q, kk, params=params)
         del sel  # kept alive until the search returned

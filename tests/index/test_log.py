@@ -19,8 +19,8 @@ from irene.index.log import (
     DurableIndex,
     _crc,
     decode_payload,
-    encode_snapshot,
     read_log,
+    snapshot_header,
 )
 from irene.index.records import Records, empty_record
 from irene.index.sharded import ShardedIndex
@@ -457,7 +457,8 @@ def _old_frame(seq: int, ids: list[str], x: np.ndarray) -> bytes:
 def test_old_log_records_and_snapshots_without_records_still_load(uri):
     old = ShardedIndex(DIM, 2)
     old.add(*_batch(0))
-    blob = encode_snapshot(1, old_index_blob(old, 1))
+    payload = old_index_blob(old, 1)
+    blob = snapshot_header(1, payload) + payload
     iio.write_bytes(iio.join(uri, "snapshots", f"{1:020d}.snap"), blob)
     name = f"{2:020d}.rec" if uri.startswith("s3://") else f"{2:020d}.log"
     iio.write_bytes(iio.join(uri, "log", name), _old_frame(2, *_batch(1)))
