@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 
-_MERGE_MIN = 4096  # the recent dict is merged into the sorted arrays beyond this many keys
+_MERGE_MIN = 256  # the recent dict is merged into the sorted arrays beyond this many keys
+_MERGE_FRACTION = 64  # ... or beyond 1/64 of the sorted part (each dict entry costs ~100 B)
 
 
 GROWTH = 1.25  # arrays that grow by appends grow by this factor (amortised O(1) a row)
@@ -34,7 +35,8 @@ class IdMap:
 
     The bulk lives in a sorted key array with its values (``searchsorted``: O(log n) per
     lookup, vectorised over a batch); keys written since the last merge sit in a dict, merged
-    once it holds more than ``max(4096, n/8)`` keys, so a write costs amortised O(batch). A
+    (in linear time) once it holds more than ``max(256, n/64)`` keys, so a write costs
+    amortised O(batch) and the dict adds at most ~2 B per key. A
     removed key of the sorted part keeps its slot with value -1 until the next merge. A key is
     never in both parts. Not thread-safe: callers hold their own lock."""
 
@@ -119,15 +121,27 @@ class IdMap:
         return old
 
     def _maybe_merge(self) -> None:
-        bound = max(_MERGE_MIN, len(self._keys) // 16)
+        bound = max(_MERGE_MIN, len(self._keys) // _MERGE_FRACTION)
         if len(self._recent) > bound or self._dead > bound:
             self.merge()
 
     def merge(self) -> None:
-        """Fold the recent keys into the sorted part and drop removed slots."""
-        keys, vals = self.items()
-        order = np.argsort(keys, kind="stable")
-        self._keys, self._vals = keys[order], vals[order].astype(self._dtype)
+        """Fold the recent keys into the sorted part and drop removed slots: O(n + r log r)
+        for n sorted and r recent keys (the recent ones are sorted and inserted, not the
+        whole map re-sorted)."""
+        keys, vals = self._keys, self._vals
+        if self._dead:
+            live = vals >= 0
+            keys, vals = keys[live], vals[live]
+        if self._recent:
+            n = len(self._recent)
+            new = np.fromiter(self._recent, np.int64, n)
+            new_vals = np.fromiter(self._recent.values(), self._dtype, n)
+            order = np.argsort(new)
+            new, new_vals = new[order], new_vals[order]
+            at = np.searchsorted(keys, new)  # a key is never in both parts: no ties
+            keys, vals = np.insert(keys, at, new), np.insert(vals, at, new_vals)
+        self._keys, self._vals = keys, vals
         self._recent, self._dead = {}, 0
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ edge (and ``get_records``) turns records into per-item dicts.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class RecordStore:
     a record) and ``version`` (int32 code into a small list of strings). Ids find their row
     through an ``IdMap`` (int32 rows). An upsert appends rows; the rows it replaces, and those
     of removed ids, are garbage until :meth:`compact` (run when garbage outnumbers live rows;
-    snapshots hold live rows only). About 50 bytes per row besides the strings.
+    snapshots hold live rows only). About 38 bytes per row besides the strings.
 
     Not thread-safe: ``ShardedIndex`` calls it under its readers-writer lock (reads don't
     mutate)."""
@@ -206,11 +207,11 @@ class RecordStore:
     def __init__(self) -> None:
         self._n = 0  # rows in use (live + garbage)
         self._live = 0
-        self._name_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._name_off = np.zeros(1, dtype=np.uint32)  # (capacity + 1,); see _put_strings
         self._name = bytearray()
-        self._text_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._text_off = np.zeros(1, dtype=np.uint32)  # (capacity + 1,)
         self._text = bytearray()
-        self._meta_off = np.zeros(1, dtype=np.int64)  # (capacity + 1,)
+        self._meta_off = np.zeros(1, dtype=np.uint32)  # (capacity + 1,)
         self._meta = bytearray()
         self._source = np.zeros(0, dtype=np.uint8)  # (capacity,)
         self._version = np.zeros(0, dtype=np.int32)  # (capacity,)
@@ -355,16 +356,15 @@ class RecordStore:
         return self._cols.match(f)
 
     def nbytes(self) -> dict[str, int]:
-        """Memory held: ``values`` (string ids, text and metadata bytes) and ``bookkeeping``
+        """Memory held: ``values`` (string ids, text and metadata bytes, as allocated: a
+        buffer that grows by appends keeps up to ~1/8 spare) and ``bookkeeping``
         (everything else: offsets, codes, the position map; array capacity included)."""
-        import sys
-
         arrays = (self._name_off, self._text_off, self._meta_off, self._source, self._version)
         book = sum(a.nbytes for a in arrays) + self._pos.nbytes()
         book += sum(sys.getsizeof(v) for v in self._versions)
         book += self._iid.nbytes + self._alive.nbytes
         return {
-            "values": len(self._name) + len(self._text) + len(self._meta),
+            "values": sum(sys.getsizeof(b) for b in (self._name, self._text, self._meta)),
             "bookkeeping": book,
             "filter_columns": self._cols.nbytes(),
         }
@@ -388,7 +388,7 @@ class RecordStore:
     def state(self) -> dict[str, Any]:
         """The live rows as arrays (``ids`` int64 (r,), ``name_off``/``text_off``/``meta_off``
         int64 (r+1,), ``name``/``text``/``meta`` uint8, ``source`` uint8 (r,), ``version``
-        int32 (r,)) plus ``versions`` (list of str)."""
+        int32 (r,)) plus ``versions`` (list of str); offsets may also be uint32."""
         return self._columns()
 
     def _load(self, st: dict[str, Any]) -> None:
@@ -396,7 +396,7 @@ class RecordStore:
         n = len(ids)
         self._n = self._live = n
         for name in ("name", "text", "meta"):
-            off = np.asarray(st[f"{name}_off"], dtype=np.int64).copy()
+            off = _offsets(np.asarray(st[f"{name}_off"]))
             if len(off) != n + 1:
                 raise ValueError(f"record state: {name}_off does not match the ids")
             setattr(self, f"_{name}_off", off)
@@ -428,12 +428,24 @@ def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return off, np.frombuffer(b"".join(data), dtype=np.uint8)
 
 
+def _offsets(off: np.ndarray) -> np.ndarray:
+    """A copy of string-column offsets as uint32 while they fit (4 B a row), else int64."""
+    small = len(off) == 0 or int(off[-1]) <= _MAX_U32
+    return off.astype(np.uint32 if small else np.int64, copy=True)
+
+
+_MAX_U32 = 2**32 - 1
+
+
 def _put_strings(off: np.ndarray, buf: bytearray, n0: int, values: list[bytes]) -> np.ndarray:
     """Write ``values`` as rows n0.. of a string column (offsets grown as needed; ``buf``
-    holds exactly rows < n0); returns the offsets."""
+    holds exactly rows < n0); returns the offsets. Offsets are uint32 until the column's
+    bytes pass 4 GiB, then int64."""
     n1 = n0 + len(values)
-    off = grown(off, n1 + 1)
     lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    if off.dtype == np.uint32 and int(off[n0]) + int(lens.sum()) > _MAX_U32:
+        off = off.astype(np.int64)
+    off = grown(off, n1 + 1)
     off[n0 + 1 : n1 + 1] = off[n0] + np.cumsum(lens)
     buf += b"".join(values)
     return off
