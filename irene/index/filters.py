@@ -28,6 +28,7 @@ any record match no filter.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Annotated, Any, Protocol
 
 import numpy as np
@@ -196,11 +197,19 @@ def append_at(a: np.ndarray, at: int, values: np.ndarray) -> np.ndarray:
     return a
 
 
+_TAIL_MIN = 4096  # rows appended past the sorted views that are scanned, not re-sorted ...
+_TAIL_FRACTION = 8  # ... up to max(_TAIL_MIN, n / 8)
+
+
 class KeyColumn:
     """One metadata key over rows ``[0, n)``, by value type: ``num`` float64 (int and float
     values; NaN elsewhere), ``ints`` int64 with ``is_int``, ``bools`` int8 (-1: not a bool),
     and the strings (a string, or the elements of a list) as codes ``kw_codes`` into ``vocab``
-    with CSR offsets ``kw_off`` (n + 1,). Appending rows costs amortised O(rows)."""
+    with CSR offsets ``kw_off`` (n + 1,). Appending rows costs amortised O(rows).
+
+    Two sorted views, built on first use and rebuilt once the rows appended since pass
+    ``max(4096, n/8)`` (those are scanned meanwhile), find rows in O(log n + matches): the
+    rows of each string (postings) and the rows ordered by their number."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -213,6 +222,11 @@ class KeyColumn:
         self._kw_codes = np.zeros(0, np.int32)
         self.vocab: dict[str, int] = {}
         self._one_each = True  # every row so far holds exactly one string
+        self._sorted_n = -1  # rows the sorted views cover (-1: not built)
+        self._kw_rows = np.zeros(0, np.int32)  # rows of the strings, grouped by code
+        self._kw_start = np.zeros(1, np.int64)  # (codes + 1,) group offsets into _kw_rows
+        self._num_rows = np.zeros(0, np.int32)  # rows holding a number, by that number
+        self._num_sorted = np.zeros(0, np.float64)  # their numbers, ascending
 
     num = property(lambda self: self._num[: self.n])
     ints = property(lambda self: self._ints[: self.n])
@@ -266,9 +280,81 @@ class KeyColumn:
         csum = np.concatenate([[0], np.cumsum(hit)])
         return csum[off[1:]] > csum[off[:-1]]
 
+    def _sorted_views(self) -> int:
+        """Bring the sorted views up to date if too many rows came after them; returns the
+        rows they cover."""
+        n = self.n
+        if self._sorted_n < 0 or n - self._sorted_n > max(_TAIL_MIN, n // _TAIL_FRACTION):
+            codes = self.kw_codes
+            if self._one_each:
+                entry_row = np.arange(len(codes), dtype=np.int32)
+            else:
+                entry_row = np.repeat(np.arange(n, dtype=np.int32), np.diff(self.kw_off))
+            order = np.argsort(codes, kind="stable")  # rows ascending within a code
+            self._kw_rows = entry_row[order]
+            counts = np.bincount(codes, minlength=len(self.vocab))
+            self._kw_start = np.concatenate([[0], np.cumsum(counts)])
+            has = np.flatnonzero(~np.isnan(self.num))
+            order = np.argsort(self.num[has], kind="stable")
+            self._num_rows = has[order].astype(np.int32)
+            self._num_sorted = self.num[self._num_rows]
+            self._sorted_n = n
+        return self._sorted_n
+
+    def rows_with_strings(self, wanted: list[str]) -> np.ndarray:
+        """Rows whose string, or one of whose list's strings, is in ``wanted``: unsorted, a
+        row may repeat (:func:`sorted_unique`); views of the postings where possible."""
+        codes = [self.vocab[s] for s in wanted if s in self.vocab]
+        if not codes:
+            return np.zeros(0, np.int32)
+        p = self._sorted_views()
+        start, groups = self._kw_start, len(self._kw_start) - 1
+        parts = [self._kw_rows[start[c] : start[c + 1]] for c in codes if c < groups]
+        if self.n > p:  # rows appended since: their strings, scanned
+            e0 = int(self._kw_off[p])
+            hit = np.flatnonzero(np.isin(self._kw_codes[e0 : self._nkw], codes)) + e0
+            parts.append(np.searchsorted(self.kw_off, hit, side="right") - 1)  # entry -> row
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def rows_in_range(self, lo: float, hi: float) -> np.ndarray:
+        """Rows whose number lies in ``[lo, hi]`` as float64: unsorted (a view of the sorted
+        view where no rows came after it)."""
+        p = self._sorted_views()
+        vals = self._num_sorted
+        a, b = np.searchsorted(vals, lo, side="left"), np.searchsorted(vals, hi, side="right")
+        rows = self._num_rows[a:b]
+        if self.n > p:  # rows appended since, scanned
+            x = self._num[p : self.n]
+            with np.errstate(invalid="ignore"):
+                rows = np.concatenate([rows, np.flatnonzero((x >= lo) & (x <= hi)) + p])
+        return rows
+
+    def take(self, rows: np.ndarray) -> _KeyRows:
+        """This column over ``rows`` only (sorted, unique)."""
+        return _KeyRows(self, rows)
+
     def nbytes(self) -> int:
         arrays = (self._num, self._ints, self._is_int, self._bools, self._kw_off, self._kw_codes)
-        return sum(a.nbytes for a in arrays)
+        views = (self._kw_rows, self._kw_start, self._num_rows, self._num_sorted)
+        return sum(a.nbytes for a in (*arrays, *views))
+
+
+class _KeyRows:
+    """A :class:`KeyColumn` restricted to some of its rows (what ``_field`` reads)."""
+
+    def __init__(self, col: KeyColumn, rows: np.ndarray) -> None:
+        self._col, self._rows = col, rows
+
+    # each gathered on first use: a condition reads one or three of them
+    num = cached_property(lambda self: self._col.num[self._rows])
+    ints = cached_property(lambda self: self._col.ints[self._rows])
+    is_int = cached_property(lambda self: self._col.is_int[self._rows])
+    bools = cached_property(lambda self: self._col.bools[self._rows])
+
+    def has_string(self, wanted: list[str]) -> np.ndarray:
+        hit = sorted_unique(self._col.rows_with_strings(wanted))
+        at = np.minimum(np.searchsorted(hit, self._rows), max(len(hit) - 1, 0))
+        return hit[at] == self._rows if len(hit) else np.zeros(len(self._rows), bool)
 
 
 class Columns(Protocol):
@@ -276,7 +362,7 @@ class Columns(Protocol):
 
     n: int
 
-    def key(self, key: str) -> KeyColumn: ...
+    def key(self, key: str) -> KeyColumn | _KeyRows: ...
 
     def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
         """(codes (n,), names): the row's value is ``names[codes[row]]``."""
@@ -351,6 +437,75 @@ def evaluate(f: Filter, cols: Columns) -> np.ndarray:
     for c in f.must_not:
         out &= ~_condition(c, cols)
     return out
+
+
+def sorted_unique(rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted, without repeats, as int64 (numpy's ``unique`` hashes first: slower)."""
+    rows = np.sort(rows).astype(np.int64, copy=False)
+    if len(rows) > 1:
+        rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
+    return rows
+
+
+_SUBSET_FRACTION = 32  # evaluate over candidate rows when they are under n/32 of the rows
+
+
+def _candidates(c: Any, cols: Columns) -> np.ndarray | None:
+    """Rows that include every row ``c`` matches (unsorted, may repeat), found through the
+    key columns' sorted views in O(log n + rows), mostly as views; None where no condition
+    narrows it down (a bool, a record field, an id prefix, a ``must_not``)."""
+    if isinstance(c, Filter):
+        options = [_candidates(sub, cols) for sub in c.must]
+        if c.should:
+            parts = [_candidates(sub, cols) for sub in c.should]
+            if all(p is not None for p in parts):
+                options.append(np.concatenate(parts))
+        options = [o for o in options if o is not None]
+        return min(options, key=len) if options else None
+    meta = metadata_key(c.key) if isinstance(c, FieldCondition) else None
+    if meta is None:
+        return None
+    col = cols.key(meta)
+    if c.range is not None:  # float bounds, inclusive: a superset of what the range takes
+        r = c.range
+        lo = max((float(b) for b in (r.gt, r.gte) if b is not None), default=-math.inf)
+        hi = min((float(b) for b in (r.lt, r.lte) if b is not None), default=math.inf)
+        return col.rows_in_range(lo, hi)
+    values = [c.match.value] if isinstance(c.match, MatchValue) else list(c.match.any)
+    if any(isinstance(v, bool) for v in values):
+        return None
+    parts = [col.rows_with_strings([v for v in values if isinstance(v, str)])]
+    parts += [col.rows_in_range(float(v), float(v)) for v in values if isinstance(v, int)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Rows:
+    """``Columns`` restricted to some rows (sorted, unique) of another."""
+
+    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
+        self._cols, self._rows, self.n = cols, rows, len(rows)
+
+    def key(self, key: str) -> _KeyRows:
+        return self._cols.key(key).take(self._rows)
+
+    def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
+        codes, names = self._cols.record_field(field)
+        return codes[self._rows], names
+
+    def ids(self) -> np.ndarray:
+        return self._cols.ids()[self._rows]
+
+
+def select(f: Filter, cols: Columns) -> np.ndarray:
+    """The rows (sorted int64) that ``f`` matches. When its conditions narrow the rows down
+    through the sorted views (:func:`_candidates`) to under 1/32 of them, ``f`` is evaluated
+    over those rows only, so a selective filter costs O(log n + matches log matches), not
+    passes over every row (which stay cheaper for a broad filter)."""
+    rows = _candidates(f, cols)
+    if rows is None or len(rows) > cols.n // _SUBSET_FRACTION:
+        return np.flatnonzero(evaluate(f, cols))
+    rows = sorted_unique(rows)
+    return rows[evaluate(f, _Rows(cols, rows))]
 
 
 def matches(f: Filter, item_id: str, record: dict[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from irene.index.filters import Filter, KeyColumn, append_at, evaluate, metadata_key
+from irene.index.filters import Filter, KeyColumn, append_at, metadata_key, select
 from irene.index.idmap import IdMap, grown
 
 SOURCES = ("trained", "generated")
@@ -504,8 +504,9 @@ class _ColumnCache:
             self._ensure({metadata_key(k) for k in f.keys()} - {None}, n)
             ids = self._ids_upto(n) if f.uses_ids() else None
             cols = _RowColumns(st, n, self._keys, ids)
-            hit = evaluate(f, cols) & st._alive[:n] & (st._source[:n] != NO_RECORD)
-        return st._iid[:n][hit]
+            rows = select(f, cols)
+        rows = rows[st._alive[rows] & (st._source[rows] != NO_RECORD)]
+        return st._iid[rows]
 
     def nbytes(self) -> int:
         return sum(c.nbytes() for c in self._keys.values()) + self._ids.nbytes

@@ -535,17 +535,33 @@ class Shard:
             scanned = n
         return "exact" if gathered <= scanned + built else "selector"
 
-    def _gather(self, subset: np.ndarray, key: str | None) -> np.ndarray:
-        """The stored vectors of ``subset`` (s, dim), from the gather cache when ``key``'s
-        entry is of this write version and of the same ids."""
+    def _score_subset(
+        self, q: np.ndarray, kk: int, subset: np.ndarray, key: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``kk`` of ``q`` over the stored vectors of ``subset``: (scores, positions
+        in ``subset``) (m, kk) best first. The gathered vectors -- fp16 codes in a flat
+        scalar-quantizer index when the shard keeps fp16 copies (scored without a float32
+        copy), else float32 -- come from the gather cache when ``key``'s entry is of this
+        write version and of the same ids, and are kept there for the next search."""
+        hit = None
         if key is not None:
             hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
-            if hit is not None:
-                return hit[1]
-        x = self._vectors(subset)  # (s, dim)
-        if key is not None:
-            self.gather_cache.put(key, self._version, (subset.copy(), x), x.nbytes + subset.nbytes)
-        return x
+        if hit is not None:
+            gathered = hit[1]
+        else:
+            if self._fp16 is not None:
+                gathered = self._fp16.flat_index(self._map.get(subset))
+                size = gathered.sa_code_size() * gathered.ntotal
+            else:
+                gathered = self._vectors(subset)  # (s, dim)
+                size = gathered.nbytes
+            if key is not None:
+                self.gather_cache.put(key, self._version, (subset.copy(), gathered), size)
+        if isinstance(gathered, np.ndarray):
+            # scored by FAISS (its OpenMP pool, not numpy's BLAS pool: two pools fight over
+            # the cores of a small machine; README: Filters)
+            return faiss.knn(q, gathered, kk, faiss.METRIC_INNER_PRODUCT)
+        return gathered.search(q, kk)
 
     def _labels_of(self, subset: np.ndarray) -> np.ndarray:
         if self.spec.kind != "hnsw":
@@ -563,10 +579,7 @@ class Shard:
     ) -> tuple[np.ndarray, np.ndarray]:
         kk = min(k, len(subset))
         if self.plan(len(subset)) == "exact":
-            x = self._gather(subset, key)
-            # scored by FAISS too (its OpenMP pool, not numpy's BLAS pool: two pools fight
-            # over the cores of a small machine; README: Filters)
-            d, pos = faiss.knn(q, x, kk, faiss.METRIC_INNER_PRODUCT)  # (m, kk) best first
+            d, pos = self._score_subset(q, kk, subset, key)
             scores[:, :kk] = d
             ids[:, :kk] = np.where(pos >= 0, subset[np.maximum(pos, 0)], -1)
             return scores, ids

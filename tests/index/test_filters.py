@@ -33,10 +33,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import irene.index.filters as filters_mod
 import irene.index.shard as shard_mod
 import irene.index.sharded as sharded_mod
 from irene.index.actor import IndexActor
-from irene.index.filters import Filter, as_filter, matches
+from irene.index.filters import Filter, KeyColumn, as_filter, matches, sorted_unique
 from irene.index.records import SOURCES, Records, RecordStore, empty_record
 from irene.index.router import RoutedIndex, owner_uri
 from irene.index.shard import IndexSpec, Shard
@@ -68,6 +69,7 @@ def _settings(n: int) -> settings:
             HealthCheck.data_too_large,
             HealthCheck.large_base_example,
             HealthCheck.filter_too_much,
+            HealthCheck.function_scoped_fixture,  # sorted_views: the same for every example
         ],
     )
 
@@ -336,6 +338,17 @@ def test_match_count_and_scroll_equal_the_reference(ops1, ops2, ops3, fs, n_shar
     _check_reads(again, model, fs, limit, with_match=True)
 
 
+@pytest.fixture(params=["tail-scanned", "re-sorted"])
+def sorted_views(request):
+    """The key columns' sorted views as configured (rows appended after them are scanned) or
+    rebuilt after every appended row, so both ways of finding candidate rows run."""
+    before = filters_mod._TAIL_MIN, filters_mod._TAIL_FRACTION
+    if request.param == "re-sorted":
+        filters_mod._TAIL_MIN, filters_mod._TAIL_FRACTION = 1, 1 << 30
+    yield request.param
+    filters_mod._TAIL_MIN, filters_mod._TAIL_FRACTION = before
+
+
 @_settings(60)
 @given(
     batches=st.lists(
@@ -344,7 +357,7 @@ def test_match_count_and_scroll_equal_the_reference(ops1, ops2, ops3, fs, n_shar
     compact_at=st.integers(0, 6),
     fs=st.lists(filters, min_size=1, max_size=3),
 )
-def test_record_store_match_equals_the_reference(batches, compact_at, fs):
+def test_record_store_match_equals_the_reference(sorted_views, batches, compact_at, fs):
     """``RecordStore`` alone: writes (a None record deletes), an explicit compaction and a
     state round trip, each followed by the filters (columns extended, then rebuilt)."""
     store, model = RecordStore(), {}
@@ -378,6 +391,47 @@ def test_record_store_match_equals_the_reference(batches, compact_at, fs):
             store.compact()
             check(store)
     check(RecordStore.from_state(store.state()))
+
+
+def test_key_column_finds_rows_through_its_sorted_views_and_the_rows_after_them():
+    """``rows_with_strings`` and ``rows_in_range`` find what a scan of every row finds (and
+    each row once, a range being one number per row), whether a row
+    lies under the sorted views or was appended after them (and after a rebuild)."""
+    r = random.Random(0)
+    col, values = KeyColumn(), []
+
+    def value() -> Any:
+        pick = r.random()
+        if pick < 0.3:
+            return r.choice(("a", "b", "c", "d"))
+        if pick < 0.5:
+            return r.sample(("a", "b", "c", "e"), r.randint(0, 3))
+        if pick < 0.7:
+            return r.choice((r.randint(-5, 5), 2**60 + r.randint(-2, 2)))
+        if pick < 0.85:
+            return r.uniform(-5, 5)
+        return r.choice((None, True, False))
+
+    for size in (3000, 1, 500, 5000, 2):  # views built at 3000, tail, then rebuilt
+        batch = [value() for _ in range(size)]
+        values += batch
+        col.extend(batch)
+        for wanted in (["a"], ["b", "e"], ["zz"], ["c", "d", "a"]):
+            want = [
+                i
+                for i, v in enumerate(values)
+                if (isinstance(v, str) and v in wanted)
+                or (isinstance(v, list) and any(s in wanted for s in v))
+            ]
+            assert sorted_unique(col.rows_with_strings(wanted)).tolist() == want
+        for lo, hi in ((-1.5, 2.0), (0.0, 0.0), (float(2**60), float(2**60)), (7.0, 9.0)):
+            want = [
+                i
+                for i, v in enumerate(values)
+                if isinstance(v, int | float) and not isinstance(v, bool) and lo <= float(v) <= hi
+            ]
+            got = col.rows_in_range(lo, hi)
+            assert sorted_unique(got).tolist() == want and len(got) == len(want)
 
 
 # ------------------------------------------------------------------ property B: search
