@@ -329,9 +329,9 @@ class KeyColumn:
                 rows = np.concatenate([rows, np.flatnonzero((x >= lo) & (x <= hi)) + p])
         return rows
 
-    def take(self, rows: np.ndarray) -> _KeyRows:
+    def take(self, rows: np.ndarray) -> _KeySubset:
         """This column over ``rows`` only (sorted, unique)."""
-        return _KeyRows(self, rows)
+        return _KeySubset(self, rows)
 
     def nbytes(self) -> int:
         arrays = (self._num, self._ints, self._is_int, self._bools, self._kw_off, self._kw_codes)
@@ -339,7 +339,7 @@ class KeyColumn:
         return sum(a.nbytes for a in (*arrays, *views))
 
 
-class _KeyRows:
+class _KeySubset:
     """A :class:`KeyColumn` restricted to some of its rows (what ``_field`` reads)."""
 
     def __init__(self, col: KeyColumn, rows: np.ndarray) -> None:
@@ -362,7 +362,7 @@ class Columns(Protocol):
 
     n: int
 
-    def key(self, key: str) -> KeyColumn | _KeyRows: ...
+    def key(self, key: str) -> KeyColumn | _KeySubset: ...
 
     def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
         """(codes (n,), names): the row's value is ``names[codes[row]]``."""
@@ -479,13 +479,13 @@ def _candidates(c: Any, cols: Columns) -> np.ndarray | None:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-class _Rows:
+class _SubsetColumns:
     """``Columns`` restricted to some rows (sorted, unique) of another."""
 
     def __init__(self, cols: Columns, rows: np.ndarray) -> None:
         self._cols, self._rows, self.n = cols, rows, len(rows)
 
-    def key(self, key: str) -> _KeyRows:
+    def key(self, key: str) -> _KeySubset:
         return self._cols.key(key).take(self._rows)
 
     def record_field(self, field: str) -> tuple[np.ndarray, list[str]]:
@@ -505,7 +505,7 @@ def select(f: Filter, cols: Columns) -> np.ndarray:
     if rows is None or len(rows) > cols.n // _SUBSET_FRACTION:
         return np.flatnonzero(evaluate(f, cols))
     rows = sorted_unique(rows)
-    return rows[evaluate(f, _Rows(cols, rows))]
+    return rows[evaluate(f, _SubsetColumns(cols, rows))]
 
 
 def matches(f: Filter, item_id: str, record: dict[str, Any]) -> bool:

@@ -428,13 +428,13 @@ def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return off, np.frombuffer(b"".join(data), dtype=np.uint8)
 
 
+_MAX_U32 = 2**32 - 1
+
+
 def _offsets(off: np.ndarray) -> np.ndarray:
     """A copy of string-column offsets as uint32 while they fit (4 B a row), else int64."""
     small = len(off) == 0 or int(off[-1]) <= _MAX_U32
     return off.astype(np.uint32 if small else np.int64, copy=True)
-
-
-_MAX_U32 = 2**32 - 1
 
 
 def _put_strings(off: np.ndarray, buf: bytearray, n0: int, values: list[bytes]) -> np.ndarray:

@@ -287,6 +287,21 @@ def test_record_store_agrees_with_a_dict_under_random_writes(monkeypatch):
     assert len(st["ids"]) == index.record_stats()["records"]  # snapshots hold live rows only
 
 
+def test_string_offsets_widen_to_int64_past_4_gib():
+    """Record string columns keep uint32 offsets until a column's bytes pass 4 GiB, then
+    int64 (the bytes themselves are not allocated here: the offsets alone are checked)."""
+    from irene.index.records import _offsets, _put_strings
+
+    off = np.array([0, 2**32 - 5], dtype=np.uint32)  # one row of 4 GiB - 5 bytes
+    buf = bytearray()
+    off = _put_strings(off, buf, 1, [b"abc"])  # ends at 2**32 - 2: still fits
+    assert off.dtype == np.uint32 and int(off[2]) == 2**32 - 2
+    off = _put_strings(off, buf, 2, [b"defgh"])  # ends at 2**32 + 3
+    assert off.dtype == np.int64 and off[:4].tolist() == [0, 2**32 - 5, 2**32 - 2, 2**32 + 3]
+    assert bytes(buf) == b"abcdefgh"
+    assert _offsets(off[:3]).dtype == np.uint32 and _offsets(off[:4]).dtype == np.int64
+
+
 def test_records_round_trip_and_old_state_loads_without_records():
     index, ids, x = _filled(n=60, n_shards=3)
     index.add(ids[:20], x[:20], _records(ids[:20], "s", "trained"))
