@@ -45,6 +45,8 @@ from pydantic import (
     model_validator,
 )
 
+from irene.index.idmap import grown
+
 RECORD_KEYS = ("source", "version")
 INT64 = 1 << 63
 META_PREFIX = "metadata."
@@ -187,12 +189,10 @@ def metadata_key(key: str) -> str | None:
 
 # --------------------------------------------------------------------------- evaluation
 def append_at(a: np.ndarray, at: int, values: np.ndarray) -> np.ndarray:
-    """``a`` with ``values`` written at ``[at, at + len(values))``, grown by doubling."""
+    """``a`` with ``values`` written at ``[at, at + len(values))``, grown as needed
+    (``irene.index.idmap.grown``)."""
     need = at + len(values)
-    if len(a) < need:
-        b = np.empty(max(need, 2 * len(a), 16), dtype=a.dtype)
-        b[:at] = a[:at]
-        a = b
+    a = grown(a, need)
     a[at:need] = values
     return a
 

@@ -55,6 +55,11 @@ def int_id(s: str) -> int:
     return int.from_bytes(digest, "little") & _MASK63
 
 
+def int_ids(ids: Sequence[str]) -> np.ndarray:
+    """``int_id`` of each string id, (n,) int64."""
+    return np.fromiter((int_id(s) for s in ids), dtype=np.int64, count=len(ids))
+
+
 class RWLock:
     """Writer-preferring readers-writer lock (not re-entrant)."""
 
@@ -183,7 +188,7 @@ class ShardedIndex:
             keep = sorted(last.values())
             ids, x = [ids[i] for i in keep], x[keep]
             records = None if records is None else records.take(keep)
-        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
+        iids = int_ids(ids)
         with self._lock.read():
             self._check_collisions(ids, iids)
         return ids, x, records
@@ -213,7 +218,7 @@ class ShardedIndex:
         ``created`` (n,) bool: True where the id was not stored before."""
         if not ids:
             return np.zeros(0, dtype=bool)
-        iids = np.array([int_id(s) for s in ids], dtype=np.int64)  # (n,)
+        iids = int_ids(ids)  # (n,)
         part = iids % self.n_shards
         with self._lock.write():
             stored = self._check_collisions(ids, iids)  # again: a writer may have raced us
@@ -228,7 +233,7 @@ class ShardedIndex:
     def delete(self, ids: Sequence[str]) -> list[bool]:
         """Remove ids; element i is True if ids[i] was present (and is now gone)."""
         ids = check_str_ids(ids)
-        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
+        iids = int_ids(ids)
         with self._lock.write():
             stored = self._records.names(iids)
             out, seen = [], set()  # a repeated id is present once
@@ -246,7 +251,7 @@ class ShardedIndex:
     # ----------------------------------------------------------------- reads
     def contains(self, ids: Sequence[str]) -> list[bool]:
         """Whether each id is stored, in one pass under one read lock."""
-        iids = np.array([int_id(s) for s in ids], dtype=np.int64)
+        iids = int_ids(ids)
         with self._lock.read():
             stored = self._records.names(iids)
         return [n == s for s, n in zip(ids, stored, strict=True)]
@@ -263,7 +268,7 @@ class ShardedIndex:
         """Per id its record ``{"text", "metadata", "source", "version"}`` (``empty_record()``
         when stored without one), or None when the id is absent; one pass, one read lock."""
         ids = check_str_ids(ids)
-        names, records = self.lookup(np.array([int_id(s) for s in ids], dtype=np.int64))
+        names, records = self.lookup(int_ids(ids))
         return [r if n == s else None for s, n, r in zip(ids, names, records, strict=True)]
 
     def version_counts(self) -> dict[str, int]:
@@ -507,18 +512,20 @@ class ShardedIndex:
                 names = _NAME_ARRAYS if meta["version"] >= 3 else ()
                 records = {k: z[f"rec_{k}"] for k in _RECORD_ARRAYS + names}
                 records["versions"] = versions
+            if meta["version"] < 3:  # each shard its own .npz blob; string ids beside records
+                return {
+                    **meta,
+                    "shards": [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])],
+                    "records": records,
+                    "int_ids": z["int_ids"],
+                    "str_ids": json.loads(z["str_ids"].tobytes().decode()),
+                }
             shards: list = [{} for _ in range(meta["n_shards"])]
             for key in z.files:
                 head, dot, name = key.partition(".")
                 if dot and head.startswith("shard"):
                     shards[int(head[5:])][name] = z[key]
-            if meta["version"] < 3:  # each shard its own .npz blob; string ids beside records
-                shards = [z[f"shard_{i}"].tobytes() for i in range(meta["n_shards"])]
-            out = {**meta, "shards": shards, "records": records}
-            if meta["version"] < 3:
-                out["int_ids"] = z["int_ids"]
-                out["str_ids"] = json.loads(z["str_ids"].tobytes().decode())
-            return out
+            return {**meta, "shards": shards, "records": records}
 
     @classmethod
     def from_bytes(
