@@ -5,7 +5,10 @@ The reference point of ``bench/serve_bench.py``: one uvicorn process, no Ray. Co
 ``--max-batch`` requests, waiting at most ``--wait-ms`` after the first), then encoded and
 searched in one compute thread whose torch/faiss thread counts are set inside it.
 
-    python bench/plain_service.py --bundle runs/serve_bench/bundle --port 8100
+    python bench/plain_service.py --bundle runs/serve_bench/bundle --port 8100 [--workers 2]
+
+``--workers N``: N uvicorn worker processes on the one port (uvicorn's own multi-process mode,
+as one would run FastAPI on N cores), each loading the bundle and holding its own index.
 
 The index is an in-memory ``ShardedIndex`` holding the bundle's seen classifiers (the same
 vectors and shard count the Serve app seeds its index with).
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -105,7 +110,7 @@ def make_app(bundle_uri: str, threads: int, max_batch: int, wait_s: float, n_sha
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "count": index.count}
+        return {"status": "ok", "count": index.count, "pid": os.getpid()}
 
     @app.post("/v1/query")
     async def query(req: QueryIn) -> JSONResponse:
@@ -113,6 +118,14 @@ def make_app(bundle_uri: str, threads: int, max_batch: int, wait_s: float, n_sha
         return JSONResponse({"results": [[{"id": i, "score": s} for i, s in hits]]})
 
     return app
+
+
+_ENV = "PLAIN_SERVICE_ARGS"  # the worker processes' make_app arguments (JSON)
+
+
+def app_from_env():
+    """The app of one worker process (``--workers`` > 1), from :data:`_ENV`."""
+    return make_app(**json.loads(os.environ[_ENV]))
 
 
 def main() -> None:
@@ -124,12 +137,25 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--wait-ms", type=float, default=2.0)
     p.add_argument("--n-shards", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = p.parse_args()
 
     import uvicorn
 
-    app = make_app(args.bundle, args.threads, args.max_batch, args.wait_ms / 1000, args.n_shards)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    kw = {
+        "bundle_uri": args.bundle,
+        "threads": args.threads,
+        "max_batch": args.max_batch,
+        "wait_s": args.wait_ms / 1000,
+        "n_shards": args.n_shards,
+    }
+    run = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
+    if args.workers == 1:
+        uvicorn.run(make_app(**kw), **run)
+        return
+    os.environ[_ENV] = json.dumps(kw)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # workers import this file
+    uvicorn.run("plain_service:app_from_env", factory=True, workers=args.workers, **run)
 
 
 if __name__ == "__main__":

@@ -599,7 +599,20 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None)
     raise TimeoutError(f"{url} not ready within {timeout_s}s")
 
 
-def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
+def _wait_workers(url: str, workers: int, timeout_s: float) -> None:
+    """Until ``workers`` distinct processes have answered ``url`` (each answer names its pid)."""
+    import httpx
+
+    pids: set = set()
+    deadline = time.monotonic() + timeout_s
+    while len(pids) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: {len(pids)} of {workers} workers up in {timeout_s}s")
+        pids.add(httpx.get(url, timeout=5).json()["pid"])  # a new connection each time
+        time.sleep(0.05)
+
+
+def bench_plain(bundle_uri: str, args, queries: list[str], workers: int = 1) -> dict:
     port = free_local_port()
     cmd = [
         sys.executable,
@@ -616,12 +629,15 @@ def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
         str(args.plain_wait_ms),
         "--n-shards",
         str(N_SHARDS),
+        "--workers",
+        str(workers),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO))
     try:
         t0 = time.perf_counter()
         _wait_http(f"http://127.0.0.1:{port}/healthz", 180, proc)
+        _wait_workers(f"http://127.0.0.1:{port}/healthz", workers, 180)
         startup = time.perf_counter() - t0
         res = query_suite(f"http://127.0.0.1:{port}", args, queries)
     finally:
@@ -632,7 +648,11 @@ def bench_plain(bundle_uri: str, args, queries: list[str]) -> dict:
             proc.kill()
             proc.wait()
     return {
-        "settings": {"max_batch": args.plain_max_batch, "wait_ms": args.plain_wait_ms},
+        "settings": {
+            "max_batch": args.plain_max_batch,
+            "wait_ms": args.plain_wait_ms,
+            "workers": workers,
+        },
         "startup_s": round(startup, 1),
         "query": res,
     }
@@ -784,15 +804,23 @@ def markdown(report: dict, clients: int) -> str:
     return "\n".join(lines)
 
 
-SYSTEM_LABELS = {"inprocess": "in-process", "plain": "plain FastAPI"}
+# --systems names of the plain service -> its uvicorn worker processes; "plain" is the
+# reference the Serve variants' ratios are taken against
+PLAIN_SYSTEMS = {"plain": 1, "plain2": 2}
+SYSTEM_LABELS = {
+    "inprocess": "in-process",
+    "plain": "plain FastAPI",
+    "plain2": "plain FastAPI, 2 workers",
+}
 
 
 def concurrency_report(report: dict, args) -> dict:
     """QPS / p50 / p99 per system per ``--concurrency`` level, and each Serve variant's QPS
     over the plain service's and the in-process pipeline's at the same level."""
     systems = {"inprocess": report["inprocess"]["query"]}
-    if "plain" in report:
-        systems["plain"] = report["plain"]["query"]
+    for name in PLAIN_SYSTEMS:
+        if name in report:
+            systems[name] = report[name]["query"]
     for name, res in report.get("serve", {}).items():
         systems[f"serve:{name}"] = res["query"]
     keys = ("qps", "p50_ms", "p99_ms", "mean_ms", "n", "errors", "client_cpu_s")
@@ -807,9 +835,13 @@ def concurrency_report(report: dict, args) -> dict:
     ratios = {
         sys_: {
             str(c): {
-                "qps_vs_plain": ratio(
-                    row[str(c)]["qps"], table.get("plain", {}).get(str(c), {}).get("qps")
-                ),
+                **{
+                    f"qps_vs_{name}": ratio(
+                        row[str(c)]["qps"], table.get(name, {}).get(str(c), {}).get("qps")
+                    )
+                    for name in PLAIN_SYSTEMS
+                    if name == "plain" or name in table
+                },
                 "qps_vs_inprocess": ratio(row[str(c)]["qps"], table["inprocess"][str(c)]["qps"]),
             }
             for c in args.concurrency
@@ -884,9 +916,13 @@ def concurrency_markdown(conc: dict) -> str:
         "generator's CPU per answered request.",
         f"Load average (1/5/15 min): {conc['loadavg']}." + (" SMOKE run." if conc["smoke"] else ""),
         "",
-        "| system | clients | QPS | p50 ms | p99 ms | errors | QPS / plain | QPS / in-process "
-        "| client ms/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    refs = [name for name in PLAIN_SYSTEMS if name == "plain" or name in conc["systems"]]
+    lines += [
+        "| system | clients | QPS | p50 ms | p99 ms | errors | "
+        + " | ".join(f"QPS / {_label(name)}" for name in refs)
+        + " | QPS / in-process | client ms/req |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(refs) + 2),
     ]
     for sys_, row in conc["systems"].items():
         for c in conc["levels"]:
@@ -894,9 +930,9 @@ def concurrency_markdown(conc: dict) -> str:
             rat = conc["ratios"].get(sys_, {}).get(str(c), {})
             lines.append(
                 f"| {_label(sys_)} | {c} | {_fmt(r['qps'])} | {_fmt(r['p50_ms'])} "
-                f"| {_fmt(r['p99_ms'])} | {_fmt(r['errors'])} "
-                f"| {_fmt(rat.get('qps_vs_plain'))} | {_fmt(rat.get('qps_vs_inprocess'))} "
-                f"| {_per_request_ms(r)} |"
+                f"| {_fmt(r['p99_ms'])} | {_fmt(r['errors'])} | "
+                + " | ".join(_fmt(rat.get(f"qps_vs_{name}")) for name in refs)
+                + f" | {_fmt(rat.get('qps_vs_inprocess'))} | {_per_request_ms(r)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -999,7 +1035,11 @@ def parse_args(argv=None):
         help=f"comma-separated Serve settings to run, of {sorted(SERVE_VARIANTS)} "
         "(list one twice to run it twice)",
     )
-    p.add_argument("--systems", default="inprocess,plain,serve")
+    p.add_argument(
+        "--systems",
+        default="inprocess,plain,serve",
+        help="of inprocess, plain, plain2 (the plain service with 2 uvicorn workers), serve",
+    )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument(
         "--threads",
@@ -1090,10 +1130,11 @@ def main(argv=None) -> None:
         report["inprocess"] = bench_inprocess(bundle, args, queries, items)
         report["loadavg"]["after_inprocess"] = loadavg()
         print("in-process:", json.dumps(report["inprocess"]["query"]), flush=True)
-    if "plain" in systems:
-        report["plain"] = bench_plain(bundle, args, queries)
-        report["loadavg"]["after_plain"] = loadavg()
-        print("plain:", json.dumps(report["plain"]["query"]), flush=True)
+    for name in PLAIN_SYSTEMS:
+        if name in systems:
+            report[name] = bench_plain(bundle, args, queries, PLAIN_SYSTEMS[name])
+            report["loadavg"][f"after_{name}"] = loadavg()
+            print(f"{name}:", json.dumps(report[name]["query"]), flush=True)
     if "serve" in systems:
         report["serve"] = {}
         for v in args.variants.split(","):
