@@ -28,6 +28,8 @@ from serve_app.batching import Coalescer
 
 log = logging.getLogger("irene.serve")
 
+WARM_UP_TEXT = "warm-up"  # encoded once when a BatchedEncoder is made
+
 
 def replica_threads(requested: int | None) -> int:
     """Threads for torch/faiss: as asked, else the CPUs Ray assigned this replica (>= 1)."""
@@ -69,7 +71,16 @@ class BatchedEncoder:
         self.pool = compute_pool(replica_threads(threads))
         self._observe = observe or (lambda stage, seconds: None)
         self._texts = Coalescer(self._encode_rows, max_batch)
-        log.info("encoder loaded: bundle %s, dim %d", bundle, self.dim)
+        # a model's first inference is slow (~0.35 s for openvino-bf16 MiniLM: the runtime
+        # compiles); pay it here, in the compute thread, before the replica takes requests
+        t0 = time.perf_counter()
+        self.pool.submit(self._encoder.encode, [WARM_UP_TEXT]).result()
+        log.info(
+            "encoder loaded: bundle %s, dim %d, first encode %.0f ms",
+            bundle,
+            self.dim,
+            1000 * (time.perf_counter() - t0),
+        )
 
     async def _encode_rows(self, texts: list) -> np.ndarray:
         loop = asyncio.get_running_loop()
