@@ -909,8 +909,9 @@ def concurrency_markdown(conc: dict) -> str:
         f"Bundle: `{conc['bundle']}` ({conc['note'] or 'no note'}); {conc['cpus']} cores; "
         f"k={s['k']}, {s['n_shards']} index shards, {s['n_queries']} query texts cycled.",
         f"Per system: {s['warmup_s']} s warm-up at {max(conc['levels'])} clients, then per "
-        f"level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s measured "
-        f"(at most {s['max_requests']} requests). Load (HTTP systems): "
+        f"level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s measured"
+        + (f" (at most {s['max_requests']} requests)" if s.get("load") != "wrk" else "")
+        + ". Load (HTTP systems): "
         + LOAD_LABEL[s.get("load", "httpx")]
         + "; in-process: N threads over encode + search. `client ms/req`: the load "
         "generator's CPU per answered request.",
@@ -1057,7 +1058,12 @@ def parse_args(argv=None):
     p.add_argument("--duration-n-s", type=float, default=10.0, help="N-client query phase")
     p.add_argument("--duration-ingest-s", type=float, default=6.0)
     p.add_argument("--duration-gen-s", type=float, default=2.0)
-    p.add_argument("--max-requests", type=int, default=20000, help="per measured phase")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=20000,
+        help="per measured phase (in-process and --load httpx; wrk runs for the duration)",
+    )
     p.add_argument(
         "--concurrency",
         type=parse_levels,
