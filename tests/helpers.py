@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import scipy.sparse as sp
@@ -269,3 +272,39 @@ def old_index_blob(index, version: int, records_of=None) -> bytes:
         **arrays,
     )
     return buf.getvalue()
+
+
+@contextmanager
+def json_http_server(answer):
+    """A stub HTTP/1.1 server on 127.0.0.1 answering GETs and POSTs with ``answer(method,
+    path, headers, body) -> (status, reply)`` (``body``: the JSON of a POST, else None;
+    ``reply``: JSON); yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def _handle(self, body) -> None:
+            status, reply = answer(self.command, self.path, self.headers, body)
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 -- http.server's hook names
+            self._handle(None)
+
+        def do_POST(self):  # noqa: N802
+            self._handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -12,10 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from typer.testing import CliRunner
 
 from irene.cli import app
 from tests.conftest import free_port
-from tests.helpers import make_tiny_bundle, tiny_item_text, write_catalogue_dir
+from tests.helpers import json_http_server, make_tiny_bundle, tiny_item_text, write_catalogue_dir
 
 HITS = [
     {
@@ -44,38 +42,20 @@ def stub():
     records each request's body and Authorization header."""
     seen: list[tuple[dict, str | None]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((body, self.headers.get("Authorization")))
-            if self.path != "/v1/query":
-                self.send_response(404)
-                self.end_headers()
-                return
-            if body.get("k", 0) > 50:
-                out, status = {"detail": "k must be between 1 and max_k=50"}, 422
-            else:
-                fields = {"id", "score", "source"} | (
-                    {"text", "metadata"} if body.get("with_payload") else set()
-                )
-                hits = [{k: v for k, v in h.items() if k in fields} for h in HITS[: body["k"]]]
-                out, status = {"results": [hits for _ in body["texts"]]}, 200
-            data = json.dumps(out).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(method, path, headers, body):
+        seen.append((body, headers.get("Authorization")))
+        if path != "/v1/query":
+            return 404, {"detail": "Not Found"}
+        if body.get("k", 0) > 50:
+            return 422, {"detail": "k must be between 1 and max_k=50"}
+        fields = {"id", "score", "source"} | (
+            {"text", "metadata"} if body.get("with_payload") else set()
+        )
+        hits = [{k: v for k, v in h.items() if k in fields} for h in HITS[: body["k"]]]
+        return 200, {"results": [hits for _ in body["texts"]]}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with json_http_server(answer) as url:
+        yield url, seen
 
 
 def test_query_prints_a_table(stub, monkeypatch):

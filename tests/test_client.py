@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from irene.client import IreneClient, IreneHTTPError, pairs
+from tests.helpers import json_http_server
 
 
 class FlakyServer:
@@ -17,40 +14,21 @@ class FlakyServer:
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = list(statuses)
         self.calls = 0
-        outer = self
+        self.url = ""  # set by the fixture
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.calls += 1
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status = outer.statuses.pop(0) if outer.statuses else 200
-                if status == 200:
-                    reply = {"results": [[{"id": "a", "score": 0.5}] for _ in body["texts"]]}
-                else:
-                    reply = {"detail": "backend unavailable"}
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+    def answer(self, method, path, headers, body):
+        self.calls += 1
+        status = self.statuses.pop(0) if self.statuses else 200
+        if status == 200:
+            return 200, {"results": [[{"id": "a", "score": 0.5}] for _ in body["texts"]]}
+        return status, {"detail": "backend unavailable"}
 
 
 @pytest.fixture
 def flaky(request):
     server = FlakyServer(request.param)
-    yield server
-    server.close()
+    with json_http_server(server.answer) as server.url:
+        yield server
 
 
 @pytest.mark.parametrize("flaky", [[503, 502, 500]], indirect=True)
@@ -97,49 +75,25 @@ class RecordingServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict | None]] = []
-        outer = self
+        self.url = ""  # set by the fixture
 
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):  # noqa: N802
-                outer.requests.append(("GET", self.path, None))
-                if self.path.startswith("/v1/items/sku%2F1"):
-                    self._reply(200, {"id": "sku/1", "text": "t", "metadata": {"a": 1}})
-                else:
-                    self._reply(404, {"detail": "not found"})
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.requests.append(("POST", self.path, body))
-                if self.path == "/v1/items":
-                    reply = {
-                        "results": [{"id": it["id"], "status": "created"} for it in body["items"]]
-                    }
-                else:  # /v1/query
-                    hit = {"id": "a", "score": 0.5, "source": "generated", "text": "t"}
-                    reply = {"results": [[hit] for _ in body["texts"]]}
-                self._reply(200, reply)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self, method, path, headers, body):
+        self.requests.append((method, path, body))
+        if method == "GET":
+            if path.startswith("/v1/items/sku%2F1"):
+                return 200, {"id": "sku/1", "text": "t", "metadata": {"a": 1}}
+            return 404, {"detail": "not found"}
+        if path == "/v1/items":
+            return 200, {"results": [{"id": it["id"], "status": "created"} for it in body["items"]]}
+        hit = {"id": "a", "score": 0.5, "source": "generated", "text": "t"}  # /v1/query
+        return 200, {"results": [[hit] for _ in body["texts"]]}
 
 
 @pytest.fixture
 def recording():
     server = RecordingServer()
-    yield server
-    server.httpd.shutdown()
+    with json_http_server(server.answer) as server.url:
+        yield server
 
 
 def test_ingest_sends_metadata_and_query_asks_for_payload(recording):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.bench import load_bench
+from tests.helpers import json_http_server
 
 
 @pytest.fixture
@@ -18,31 +18,13 @@ def server():
     seen: Counter = Counter()
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+    def answer(method, path, headers, body):
+        with lock:
+            seen[(path, headers["Content-Type"], body["text"])] += 1
+        return (500 if body["text"] == "fail" else 200), {"ok": True}
 
-        def do_POST(self):  # noqa: N802 -- http.server's hook name
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            text = json.loads(body)["text"]
-            with lock:
-                seen[(self.path, self.headers["Content-Type"], text)] += 1
-            code = 500 if text == "fail" else 200
-            out = b'{"ok": true}'
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    httpd.shutdown()
-    httpd.server_close()
+    with json_http_server(answer) as url:
+        yield url, seen
 
 
 def test_run_wrk_sends_every_body_and_counts_failures(server):
