@@ -181,6 +181,12 @@ SERVE_VARIANTS["fast"] = {
     "env": SERVE_VARIANTS["colocated2"]["env"],
 }
 
+# as fast, with a batcher that never lingers (encoder_batch.linger_ms: 0; the default is 2)
+SERVE_VARIANTS["fast-nolinger"] = {
+    **SERVE_VARIANTS["fast"],
+    "args": _merge(SERVE_VARIANTS["fast"]["args"], {"encoder_batch": {"linger_ms": 0.0}}),
+}
+
 # as fast, with queries sent to the index actor (no read replica in the Ingress replicas)
 SERVE_VARIANTS["fast-actor"] = {
     **SERVE_VARIANTS["fast"],

@@ -17,12 +17,19 @@ from typing import Any
 class Coalescer:
     """Merges concurrent ``submit(items)`` calls into sequential ``process(all items)`` calls."""
 
-    def __init__(self, process: Callable[[list], Awaitable[list]], max_items: int) -> None:
+    def __init__(
+        self, process: Callable[[list], Awaitable[list]], max_items: int, linger_s: float = 0.0
+    ) -> None:
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
+        if linger_s < 0:
+            raise ValueError("linger_s must be >= 0")
         self._process = process
         self.max_items = max_items
+        self.linger_s = linger_s
         self._pending: list[tuple[list, asyncio.Future]] = []
+        self._arrived: asyncio.Event | None = None
+        self._last = 0  # items of the last call
         self._running = False
         self.calls = 0  # process() calls so far
         self.items = 0  # items processed so far
@@ -34,6 +41,8 @@ class Coalescer:
             return []
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((list(items), fut))
+        if self._arrived is not None:
+            self._arrived.set()
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -48,9 +57,31 @@ class Coalescer:
             n += len(sub[0])
         return taken
 
+    async def _linger(self) -> None:
+        """Under load -- the last call had more items than are pending now -- wait up to
+        ``linger_s`` for as many: the callers of that call are sending their next requests,
+        and one call for all of them costs less than two (README: Serving speed)."""
+        want = min(self._last, self.max_items)
+        if not self.linger_s or want <= 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_s
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        while sum(len(items) for items, _ in self._pending) < want:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return
+
     async def _drain(self) -> None:
         try:
             while self._pending:
+                await self._linger()
                 taken = self._take()
                 flat: list[Any] = [x for items, _ in taken for x in items]
                 try:
@@ -64,6 +95,7 @@ class Coalescer:
                     continue
                 self.calls += 1
                 self.items += len(flat)
+                self._last = len(flat)
                 start = 0
                 for items, fut in taken:
                     if not fut.done():

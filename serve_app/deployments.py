@@ -178,7 +178,10 @@ class Encoder:
 
     def _load(self, bundle: str) -> BatchedEncoder:
         a = self.args
-        return BatchedEncoder(bundle, a.encoder_batch.max_batch_size, a.threads, a.device)
+        b = a.encoder_batch
+        return BatchedEncoder(
+            bundle, b.max_batch_size, a.threads, a.device, linger_s=b.linger_ms / 1000
+        )
 
     def batch_stats(self) -> dict:
         """Mean texts per compute call so far (of the latest bundle)."""
@@ -206,7 +209,8 @@ class Generator:
         self._models.put(bundle, self._load(bundle))
 
     def _load(self, bundle: str) -> "Synthesizer":
-        return Synthesizer(bundle, self._pool, self._batch.max_batch_size)
+        b = self._batch
+        return Synthesizer(bundle, self._pool, b.max_batch_size, b.linger_ms / 1000)
 
     async def info(self, bundle: str | None = None) -> dict:
         return (await self._models.get(bundle or self._default)).info()
@@ -225,7 +229,7 @@ class Generator:
 class Synthesizer:
     """One bundle's selector + generator, its calls micro-batched in ``pool``."""
 
-    def __init__(self, bundle: str, pool, max_batch: int) -> None:
+    def __init__(self, bundle: str, pool, max_batch: int, linger_s: float = 0.0) -> None:
         from irene.bundle import load_bundle
 
         loaded = load_bundle(bundle, device="cpu")
@@ -233,7 +237,7 @@ class Synthesizer:
         self._bundle = loaded
         self._uri = bundle
         self._pool = pool
-        self._rows = Coalescer(self._synthesize_rows, max_batch)
+        self._rows = Coalescer(self._synthesize_rows, max_batch, linger_s)
         log.info("Generator ready: bundle %s, %d seen items", bundle, len(loaded.item_ids))
 
     def info(self) -> dict:
@@ -570,6 +574,7 @@ class Ingress:
                 args.threads,
                 args.device,
                 self.metrics.observe_stage,
+                args.encoder_batch.linger_ms / 1000,
             )
             pool = encoder.pool
         else:
@@ -594,6 +599,7 @@ class Ingress:
             self.args.encoder_batch.max_batch_size,
             self.metrics.observe_stage,
             local=encoder if isinstance(encoder, BatchedEncoder) else None,
+            linger_s=self.args.encoder_batch.linger_ms / 1000,
         )
         return s
 

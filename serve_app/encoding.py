@@ -63,6 +63,7 @@ class BatchedEncoder:
         threads: int | None = None,
         device: str = "auto",
         observe: Callable[[str, float], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         from irene.bundle import load_encoder
 
@@ -70,7 +71,7 @@ class BatchedEncoder:
         self.dim = self._encoder.dim
         self.pool = compute_pool(replica_threads(threads))
         self._observe = observe or (lambda stage, seconds: None)
-        self._texts = Coalescer(self._encode_rows, max_batch)
+        self._texts = Coalescer(self._encode_rows, max_batch, linger_s)
         # a model's first inference is slow (~0.35 s for openvino-bf16 MiniLM: the runtime
         # compiles); pay it here, in the compute thread, before the replica takes requests
         t0 = time.perf_counter()
@@ -120,11 +121,12 @@ class QueryBatcher:
         max_batch: int,
         observe: Callable[[str, float], None] | None = None,
         local: BatchedEncoder | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self._encode = encode
         self.view = view
         self._observe = observe or (lambda stage, seconds: None)
-        self._queries = Coalescer(self._run, max_batch)
+        self._queries = Coalescer(self._run, max_batch, linger_s)
         self._local = local if isinstance(view, CopiesView) else None
 
     async def search(self, texts: list, k: int, filter: Filter | None = None) -> list:

@@ -123,6 +123,13 @@ class BatchSettings(_Frozen):
     ``max_batch_size`` items by one :class:`serve_app.batching.Coalescer` per replica."""
 
     max_batch_size: int = Field(32, ge=1, description="texts / vectors per compute call")
+    linger_ms: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="under load (the last call had more items than are pending), wait up to "
+        "this long for as many before the next call (serve_app.batching.Coalescer); 0: never",
+    )
 
 
 class AppArgs(_Frozen):

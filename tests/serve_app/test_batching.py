@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -90,3 +91,42 @@ def test_wrong_result_count_is_an_error_and_empty_submit_is_free():
     assert _run(main()) == []
     with pytest.raises(ValueError):
         Coalescer(lambda items: items, max_items=0)
+
+
+def _closed_loop(linger_s: float, clients: int, rounds: int, think_s: float) -> list[int]:
+    """``clients`` callers, each submitting again ``think_s`` after its answer (as HTTP
+    clients do); the sizes of the calls made."""
+    calls: list[int] = []
+
+    async def main():
+        async def process(items):
+            calls.append(len(items))
+            await asyncio.sleep(0.005)  # the compute
+            return items
+
+        c = Coalescer(process, max_items=32, linger_s=linger_s)
+
+        async def client(i: int) -> None:
+            for r in range(rounds):
+                assert await c.submit([(i, r)]) == [(i, r)]
+                await asyncio.sleep(think_s * (1 + i % 3) / 3)  # replies come back unevenly
+
+        await asyncio.gather(*[client(i) for i in range(clients)])
+
+    _run(main())
+    return calls
+
+
+def test_linger_waits_under_load_for_a_call_as_large_as_the_last():
+    # without it, callers whose replies came back late fall into a later, smaller call
+    assert len(_closed_loop(0.0, clients=8, rounds=6, think_s=0.002)) > 6 + 2
+    assert _closed_loop(0.03, clients=8, rounds=6, think_s=0.002) == [8] * 6
+    # one caller: the last call had 1 item, so nothing is waited for (5 calls, not 5 s)
+    t0 = time.monotonic()
+    assert _closed_loop(1.0, clients=1, rounds=5, think_s=0.0) == [1] * 5
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_linger_must_not_be_negative():
+    with pytest.raises(ValueError, match="linger_s"):
+        Coalescer(lambda items: items, max_items=2, linger_s=-1)
