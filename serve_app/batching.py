@@ -4,7 +4,9 @@ Ray Serve closes a batch when ``batch_wait_timeout_s`` expires even while the pr
 still computing, so under load it queues many tiny batches instead of one large one (the
 README's serving section has the measurement). :class:`Coalescer` batches where it matters: ``process(items)`` runs one call at a time, and
 everything submitted while a call runs is merged into the next call (up to ``max_items``). An
-idle replica starts at once (no wait); a busy one forms batches as large as the load. The
+idle replica starts at once (no wait); a busy one forms batches as large as the load, and with
+``linger_s`` waits that long at most for a call as large as its last one (closed-loop clients
+otherwise settle into two half-size calls in flight; README: Batching). The
 deployments keep ``@serve.batch`` in front (wait 0, many concurrent batches) and hand each of
 its batches to a Coalescer.
 """
