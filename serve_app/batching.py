@@ -1,14 +1,14 @@
 """Compute-level micro-batching behind ``@serve.batch``.
 
-Ray Serve closes a batch when ``batch_wait_timeout_s`` expires even while the previous batch is
-still computing, so under load it queues many tiny batches instead of one large one (the
-README's serving section has the measurement). :class:`Coalescer` batches where it matters: ``process(items)`` runs one call at a time, and
-everything submitted while a call runs is merged into the next call (up to ``max_items``). An
-idle replica starts at once (no wait); a busy one forms batches as large as the load, and with
-``linger_s`` waits that long at most for a call as large as its last one (closed-loop clients
-otherwise settle into two half-size calls in flight; README: Batching). The
-deployments keep ``@serve.batch`` in front (wait 0, many concurrent batches) and hand each of
-its batches to a Coalescer.
+Ray Serve closes a batch when ``batch_wait_timeout_s`` expires even while the previous batch
+is still computing, so under load it queues many tiny batches instead of one large one (the
+README's serving section has the measurement). :class:`Coalescer` batches where it matters:
+``process(items)`` runs one call at a time, and everything submitted while a call runs is
+merged into the next call (up to ``max_items``). An idle replica starts at once (no wait); a
+busy one forms batches as large as the load, and with ``linger_s`` waits that long at most
+for a call serving as many callers as its last one (closed-loop clients otherwise settle into
+two half-size calls in flight; README: Batching). The deployments keep ``@serve.batch`` in
+front (wait 0, many concurrent batches) and hand each of its batches to a Coalescer.
 """
 
 import asyncio
@@ -31,7 +31,7 @@ class Coalescer:
         self.linger_s = linger_s
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._arrived: asyncio.Event | None = None
-        self._last = 0  # items of the last call
+        self._last = 0  # submissions the last call served
         self._running = False
         self.calls = 0  # process() calls so far
         self.items = 0  # items processed so far
@@ -60,17 +60,20 @@ class Coalescer:
         return taken
 
     async def _linger(self) -> None:
-        """Under load -- the last call had more items than are pending now -- wait up to
-        ``linger_s`` for as many: the callers of that call are sending their next requests,
-        and one call for all of them costs less than two (README: Serving speed)."""
-        want = min(self._last, self.max_items)
-        if not self.linger_s or want <= 1:
+        """Under load -- the last call served more submissions than are pending now -- wait up
+        to ``linger_s`` for as many (or ``max_items``): the callers of that call are sending
+        their next requests, and one call for all of them costs less than two (README:
+        Batching). A lone caller never waits."""
+        if not self.linger_s or self._last <= 1:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.linger_s
         if self._arrived is None:
             self._arrived = asyncio.Event()
-        while sum(len(items) for items, _ in self._pending) < want:
+        while (
+            len(self._pending) < self._last
+            and sum(len(items) for items, _ in self._pending) < self.max_items
+        ):
             left = deadline - loop.time()
             if left <= 0:
                 return
@@ -97,7 +100,7 @@ class Coalescer:
                     continue
                 self.calls += 1
                 self.items += len(flat)
-                self._last = len(flat)
+                self._last = len(taken)
                 start = 0
                 for items, fut in taken:
                     if not fut.done():

@@ -179,9 +179,7 @@ class Encoder:
     def _load(self, bundle: str) -> BatchedEncoder:
         a = self.args
         b = a.encoder_batch
-        return BatchedEncoder(
-            bundle, b.max_batch_size, a.threads, a.device, linger_s=b.linger_ms / 1000
-        )
+        return BatchedEncoder(bundle, b.max_batch_size, a.threads, a.device, linger_s=b.linger_s)
 
     def batch_stats(self) -> dict:
         """Mean texts per compute call so far (of the latest bundle)."""
@@ -210,7 +208,7 @@ class Generator:
 
     def _load(self, bundle: str) -> "Synthesizer":
         b = self._batch
-        return Synthesizer(bundle, self._pool, b.max_batch_size, b.linger_ms / 1000)
+        return Synthesizer(bundle, self._pool, b.max_batch_size, b.linger_s)
 
     async def info(self, bundle: str | None = None) -> dict:
         return (await self._models.get(bundle or self._default)).info()
@@ -574,7 +572,7 @@ class Ingress:
                 args.threads,
                 args.device,
                 self.metrics.observe_stage,
-                args.encoder_batch.linger_ms / 1000,
+                args.encoder_batch.linger_s,
             )
             pool = encoder.pool
         else:
@@ -599,7 +597,7 @@ class Ingress:
             self.args.encoder_batch.max_batch_size,
             self.metrics.observe_stage,
             local=encoder if isinstance(encoder, BatchedEncoder) else None,
-            linger_s=self.args.encoder_batch.linger_ms / 1000,
+            linger_s=self.args.encoder_batch.linger_s,
         )
         return s
 

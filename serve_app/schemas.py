@@ -127,9 +127,14 @@ class BatchSettings(_Frozen):
         2.0,
         ge=0,
         le=100,
-        description="under load (the last call had more items than are pending), wait up to "
-        "this long for as many before the next call (serve_app.batching.Coalescer); 0: never",
+        description="under load (the last call served more requests than are pending), wait "
+        "up to this long for as many before the next call (serve_app.batching.Coalescer); 0: "
+        "never",
     )
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
 
 
 class AppArgs(_Frozen):

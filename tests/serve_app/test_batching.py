@@ -130,3 +130,20 @@ def test_linger_waits_under_load_for_a_call_as_large_as_the_last():
 def test_linger_must_not_be_negative():
     with pytest.raises(ValueError, match="linger_s"):
         Coalescer(lambda items: items, max_items=2, linger_s=-1)
+
+
+def test_linger_counts_callers_not_items():
+    # one caller sending a 6-text request, then a 1-text one: the last call served one
+    # caller, so the next call does not wait for 6 items
+    async def main():
+        async def process(items):
+            await asyncio.sleep(0)
+            return items
+
+        c = Coalescer(process, max_items=32, linger_s=1.0)
+        t0 = time.monotonic()
+        assert await c.submit(list("abcdef")) == list("abcdef")
+        assert await c.submit(["g"]) == ["g"]
+        return time.monotonic() - t0
+
+    assert _run(main()) < 0.5
