@@ -195,6 +195,7 @@ class Shard:
         if self.spec.use_gpu is True and not _gpu_available():
             raise ValueError("IndexSpec.use_gpu=True but faiss sees no GPU (install faiss-gpu)")
         self._gpu_lock = threading.Lock()
+        self._hnsw_lock = threading.Lock()
         self._gpu_res = None
         self._gpu_index = None  # lazily rebuilt copy; None when stale
         self._refresh_search_params()
@@ -508,7 +509,10 @@ class Shard:
             with self._gpu_lock:  # GPU resources are not safe for concurrent use
                 d, lab = index.search(q, kk)
         elif self._search_params is not None:
-            d, lab = index.search(q, kk, params=self._search_params)
+            # one HNSW search at a time per shard: concurrent ones crashed (SIGSEGV) in
+            # tests/index/test_sharded.py::test_concurrent_search_while_adding[hnsw]
+            with self._hnsw_lock:
+                d, lab = index.search(q, kk, params=self._search_params)
         else:
             d, lab = index.search(q, kk)
         valid = lab >= 0

@@ -175,7 +175,14 @@ def test_concurrent_search_while_adding(kind):
                         continue
                     scores = {round(s, 3) for _, s in row}
                     batches = {i.split("-")[0] for i, _ in row}
-                    assert len(row) == B and len(scores) == 1 and len(batches) == 1, row
+                    assert len(scores) == 1 and len(batches) == 1, row
+                    # the search and the name lookup are two steps: the writer may delete
+                    # the batch's item 0 in between (then its hit has no name and is dropped)
+                    names = {i for i, _ in row}
+                    whole = len(row) == B or (
+                        len(row) == B - 1 and f"{batches.pop()}-0" not in names
+                    )
+                    assert whole, row
                     observed.append(scores.pop())
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
