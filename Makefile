@@ -66,10 +66,13 @@ bench: venv sysdeps $(BUNDLE)/manifest.json
 
 # filtered search at 1M x 384 (flat + IVF, 4 shards): p50 / recall@10 at selectivity 50% .. 0.1%
 # beside the unfiltered query (~6 min on 2 idle cores, longer under load; ~4.7 GB peak RSS);
-# table + JSON in $(RUNS)/filter_bench/ (bench/filter_bench.py docstring: what is measured)
+# table + JSON in $(RUNS)/filter_bench/ (bench/filter_bench.py docstring: what is measured);
+# then both plans of a filtered search forced on one 250k shard, the cost model's source (~3 min)
 bench-filter: venv
 	$(PY) bench/filter_bench.py --n 1000000 --dim 384 --shards 4 --kinds flat,ivf \
 		--queries 200 --k 10 --seed $(SEED) --out $(RUNS)/filter_bench
+	$(PY) bench/filter_plans.py --n 250000 --dim 384 --kinds ivf,ivfpq-rerank,flat \
+		--queries 40 --seed $(SEED) --out $(RUNS)/filter_plans
 
 # 1M and 10M items over 4 shard actors (IVF-PQ + fp16 re-rank): build through the durable
 # log, snapshot, RAM per actor and per item, recall@10 (nprobe chosen on validation queries),

@@ -20,8 +20,9 @@ Per index kind and per filter (none, 50 %, 10 %, 1 %, 1 % via match, 0.1 %):
 * latency of single-query calls ``search(q[None], k, filter)`` over all queries: p50, p99, and
   p50 / p50(unfiltered) of the same index in the same run, twice: *warm*, the filter repeated
   query after query (the filter caches of ``irene.index.cache`` hold its matching ids and the
-  vectors an exact plan gathers), and *cold*, the caches emptied before every query (a filter
-  not seen since the last write; both must return the same ids). The queries run in ``--rounds``
+  vectors an exact plan gathers or the selector the other plan builds), and *cold*, the
+  caches emptied before every query (a filter not seen since the last write; both must
+  return the same ids). The queries run in ``--rounds``
   blocks, every filter taking its block in turn, so load from other processes that comes and
   goes skews no ratio. One warm-up call per filter first, kept out of the percentiles; its time
   is reported as "first query": the first filter on a key builds that key's filter column over
@@ -34,7 +35,7 @@ Per index kind and per filter (none, 50 %, 10 %, 1 %, 1 % via match, 0.1 %):
   score ties the k-th true score within 1e-5 also counts);
 * the plan each shard chose (``Shard.plan``: ``exact`` scores the matching vectors,
   ``selector`` runs the index with an ``IDSelector`` and, for IVF / HNSW, a widened nprobe /
-  efSearch -- the knob shown is the one ``Shard._search_subset`` derives);
+  efSearch -- the knob shown is the one ``Shard.filter_nprobe`` / ``Shard.filter_ef`` derive);
 * a *post-filter* baseline: the unfiltered top-k of the same index with the non-matching hits
   dropped (what a vector store without pre-filtering returns), scored against the same exact
   filtered top-k.
@@ -53,7 +54,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
 import platform
 import sys
@@ -72,7 +72,7 @@ from results_io import write_report  # noqa: E402
 
 from irene.index.filters import Filter  # noqa: E402
 from irene.index.records import Records  # noqa: E402
-from irene.index.shard import HNSW_MAX_FILTER_EF, IVF_KINDS, KINDS, IndexSpec  # noqa: E402
+from irene.index.shard import IVF_KINDS, KINDS, IndexSpec  # noqa: E402
 from irene.index.sharded import ShardedIndex, int_id  # noqa: E402
 from irene.procmem import process_memory  # noqa: E402
 
@@ -267,10 +267,9 @@ def shard_plans(index: ShardedIndex, f: Filter | None, k: int) -> dict:
         frac = c / max(sh.count, 1)
         knob = None
         if p == "selector" and sh.spec.kind in IVF_KINDS and sh.ivf_trained:
-            knob = f"nprobe={min(sh.spec.ivf_nlist, math.ceil(sh.spec.nprobe / frac))}"
+            knob = f"nprobe={sh.filter_nprobe(frac)}"
         elif p == "selector" and sh.spec.kind == "hnsw":
-            ef = max(min(k, c), min(HNSW_MAX_FILTER_EF, math.ceil(sh.spec.ef_search / frac)))
-            knob = f"efSearch={ef}"
+            knob = f"efSearch={sh.filter_ef(min(k, c), frac)}"
         knobs.append(knob)
     return {"plans": plans, "per_shard_matches": counts, "knob": knobs}
 
@@ -511,9 +510,9 @@ def markdown(result: dict) -> str:
         "",
         "Columns: `plan` = `Shard.plan` per shard (`exact`: the matching vectors are scored "
         "directly; `selector`: the index runs with an `IDSelector`, IVF with nprobe / HNSW with "
-        "efSearch widened by 1/selectivity as shown). `x unf.` = p50 / unfiltered p50 of the "
+        "efSearch widened as shown: nprobe / sqrt(selectivity), efSearch / selectivity). `x unf.` = p50 / unfiltered p50 of the "
         "same index in this run, the filter repeated query after query, so the filter caches "
-        "(matching ids per index, gathered vectors per shard; `IndexSpec.filter_cache_mb`, "
+        "(matching ids per index, gathered vectors or selectors per shard; `IndexSpec.filter_cache_mb`, "
         "dropped on every write) hold it. `cold` = the same queries with the caches emptied "
         "before each one: a filter not seen since the last write. `match p50` = "
         "`ShardedIndex.match(filter)` alone, uncached (filter evaluation over all records, "

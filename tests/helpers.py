@@ -308,3 +308,12 @@ def json_http_server(answer):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def force_plan(mp, plan: str) -> None:
+    """Make ``Shard.plan`` choose ``plan`` ("exact" or "selector") for every filtered search,
+    through the monkeypatch ``mp``: gathering a vector then costs nothing or forever."""
+    from irene.index import shard as shard_mod
+
+    for key in shard_mod.GATHER_NS:
+        mp.setitem(shard_mod.GATHER_NS, key, 0 if plan == "exact" else 10**12)

@@ -2,9 +2,10 @@
 
 Filters repeat in the workloads a filtered query serves ("in stock", "this advertiser"), and
 on an index that holds a million vectors the costly parts of such a query are the same on
-every call: evaluating the filter over every record, and gathering the matching vectors
-from random places in memory. ``ShardedIndex`` keeps the matching ids of recent filters and
-each ``Shard`` the gathered vectors, here, under the filter's canonical JSON. An entry is
+every call: evaluating the filter over every record, and then gathering the matching vectors
+from random places in memory or building an ``IDSelectorBatch`` of them. ``ShardedIndex``
+keeps the matching ids of recent filters and each ``Shard`` what its plan prepared (gathered
+vectors or selector), here, under the filter's canonical JSON. An entry is
 valid only for the write ``version`` it was made at (every write bumps the version), so a
 hit is exactly what recomputing would give; nothing is ever served after a write.
 """

@@ -75,9 +75,20 @@ KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 IVF_KINDS = ("ivf", "ivfpq")
 HNSW_REBUILD_FRACTION = 0.2
 IVF_MIN_POINTS_PER_CENTROID = 39
-# A filtered search scores the matching vectors directly when that is cheaper than the index's
-# own search with a selector; one gathered vector costs about this many scanned ones.
-EXACT_GATHER_COST = 4
+# Cost model of a filtered search (Shard.plan): nanoseconds per step, fitted to both plans
+# timed on 250k-vector shards of 384-d vectors on a 2-core machine (bench/filter_plans.py).
+# The exact plan gathers and scores the matching vectors (GATHER_NS by where they are read
+# from); the selector plan runs the index's own search with an IDSelectorBatch of them.
+GATHER_NS = {"direct-map": 900, "fp16": 400, "flat": 450}
+SELECTOR_BUILD_NS = 100  # per matching id put in the IDSelectorBatch
+SCAN_NS = 2  # per entry of a scanned list or flat index that the selector checks
+DISTANCE_NS = 300  # per vector the selector plan scores (flat, HNSW)
+IVF_SEARCH_NS = 400_000  # fixed cost of one IVF search (coarse quantiser, list setup)
+SELECTOR_BYTES_PER_ID = 64  # an IDSelectorBatch: a std::unordered_set entry + its bloom bits
+# A filtered IVF search probes FILTER_NPROBE_FACTOR * nprobe / sqrt(selectivity) lists: on one
+# 250k-vector shard (bench/filter_plans.py, 3 seeds) its recall@10 stayed >= 0.957 from 0.1%
+# to 30%, where nprobe / sqrt(selectivity) fell to 0.945 at 1% (README: Filters)
+FILTER_NPROBE_FACTOR = 1.5
 HNSW_MAX_FILTER_EF = 4096  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
 _MB = 1 << 20
 _FORMAT_VERSION = 1
@@ -523,49 +534,84 @@ class Shard:
             ids[:, :kk] = lab
         return scores, ids
 
+    def filter_nprobe(self, frac: float) -> int:
+        """IVF kinds: the nprobe of a search restricted to a fraction ``frac`` of the stored
+        vectors: ``FILTER_NPROBE_FACTOR * nprobe / sqrt(frac)`` lists, at most all of them."""
+        wanted = FILTER_NPROBE_FACTOR * self.spec.nprobe / math.sqrt(frac)
+        return min(self.spec.ivf_nlist, math.ceil(wanted))
+
     def plan(self, n_match: int) -> str:
         """How a search restricted to ``n_match`` of the stored ids runs: ``"exact"`` (score
-        just those vectors) when that costs less than the index's own search with the ids as
-        an ``IDSelector`` (``"selector"``), by the cost model in the README (Filters)."""
+        just those vectors) when that is estimated to take less time than the index's own
+        search with the ids as an ``IDSelector`` (``"selector"``): the cost model above."""
         n = max(self.count, 1)
-        gathered = EXACT_GATHER_COST * n_match
-        built = n_match  # the IDSelectorBatch is built from the ids on every search
-        if self.spec.kind in IVF_KINDS and self._ivf_trained:
-            nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe * n / n_match))
-            scanned = n * nprobe / self.spec.ivf_nlist
-        elif self.spec.kind == "hnsw":
-            scanned = self.spec.ef_search * n / n_match * self.spec.hnsw_m * 2
+        frac = min(1.0, n_match / n)
+        if self._fp16 is not None:
+            gather = GATHER_NS["fp16"]
+        elif self.spec.kind in IVF_KINDS and self._ivf_trained:
+            gather = GATHER_NS["direct-map"]
         else:
-            scanned = n
-        return "exact" if gathered <= scanned + built else "selector"
+            gather = GATHER_NS["flat"]
+        selector = SELECTOR_BUILD_NS * n_match
+        if self.spec.kind in IVF_KINDS and self._ivf_trained:
+            selector += IVF_SEARCH_NS + SCAN_NS * n * self.filter_nprobe(frac) / self.spec.ivf_nlist
+        elif self.spec.kind == "hnsw":  # every node visited costs a distance
+            selector += DISTANCE_NS * self.filter_ef(n_match, frac) * self.spec.hnsw_m * 2
+        else:
+            selector += SCAN_NS * n + DISTANCE_NS * n_match
+        return "exact" if gather * n_match <= selector else "selector"
+
+    def work(self, n_match: int | None = None) -> int:
+        """Stored vectors a search reads, in the unit of ``ShardedIndex``'s rule for searching
+        shards in parallel: the matching ones for an exact plan, else all of them (``n_match``
+        None: unfiltered)."""
+        if n_match is None or n_match >= self.count:
+            return self.count
+        return n_match if not n_match or self.plan(n_match) == "exact" else self.count
+
+    def filter_ef(self, kk: int, frac: float) -> int:
+        """HNSW: the efSearch of a search restricted to a fraction ``frac`` of the vectors."""
+        return max(kk, min(HNSW_MAX_FILTER_EF, math.ceil(self.spec.ef_search / frac)))
+
+    def _prepared(self, plan: str, key: str | None, subset: np.ndarray, make) -> object:
+        """What ``plan`` prepares for a search restricted to ``subset`` (``make(subset) ->
+        (value, nbytes)``), from the gather cache when ``key``'s entry for ``plan`` is of this
+        write version and of the same ids, else made and kept there for the next search."""
+        if key is None:
+            return make(subset)[0]
+        key = f"{plan}:{key}"
+        hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
+        if hit is not None:
+            return hit[1]
+        value, size = make(subset)
+        self.gather_cache.put(key, self._version, (subset.copy(), value), size)
+        return value
+
+    def _gather(self, subset: np.ndarray) -> tuple[object, int]:
+        """The stored vectors of ``subset``, scorable: fp16 codes in a flat scalar-quantizer
+        index when the shard keeps fp16 copies (scored without a float32 copy), else float32
+        (s, dim); and their size in bytes."""
+        if self._fp16 is not None:
+            index = self._fp16.flat_index(self._map.get(subset))
+            return index, index.sa_code_size() * index.ntotal
+        x = self._vectors(subset)
+        return x, x.nbytes
 
     def _score_subset(
         self, q: np.ndarray, kk: int, subset: np.ndarray, key: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``kk`` of ``q`` over the stored vectors of ``subset``: (scores, positions
-        in ``subset``) (m, kk) best first. The gathered vectors -- fp16 codes in a flat
-        scalar-quantizer index when the shard keeps fp16 copies (scored without a float32
-        copy), else float32 -- come from the gather cache when ``key``'s entry is of this
-        write version and of the same ids, and are kept there for the next search."""
-        hit = None
-        if key is not None:
-            hit = self.gather_cache.get(key, self._version, lambda v: np.array_equal(v[0], subset))
-        if hit is not None:
-            gathered = hit[1]
-        else:
-            if self._fp16 is not None:
-                gathered = self._fp16.flat_index(self._map.get(subset))
-                size = gathered.sa_code_size() * gathered.ntotal
-            else:
-                gathered = self._vectors(subset)  # (s, dim)
-                size = gathered.nbytes
-            if key is not None:
-                self.gather_cache.put(key, self._version, (subset.copy(), gathered), size)
+        in ``subset``) (m, kk) best first."""
+        gathered = self._prepared("exact", key, subset, self._gather)
         if isinstance(gathered, np.ndarray):
             # scored by FAISS (its OpenMP pool, not numpy's BLAS pool: two pools fight over
             # the cores of a small machine; README: Filters)
             return faiss.knn(q, gathered, kk, faiss.METRIC_INNER_PRODUCT)
         return gathered.search(q, kk)
+
+    def _selector(self, subset: np.ndarray) -> tuple[faiss.IDSelectorBatch, int]:
+        """An ``IDSelectorBatch`` of the labels of ``subset``, and its approximate size."""
+        return faiss.IDSelectorBatch(self._labels_of(subset)), SELECTOR_BYTES_PER_ID * len(subset)
 
     def _labels_of(self, subset: np.ndarray) -> np.ndarray:
         if self.spec.kind != "hnsw":
@@ -587,17 +633,14 @@ class Shard:
             scores[:, :kk] = d
             ids[:, :kk] = np.where(pos >= 0, subset[np.maximum(pos, 0)], -1)
             return scores, ids
-        labels = self._labels_of(subset)
-        sel = faiss.IDSelectorBatch(labels)
+        sel = self._prepared("selector", key, subset, self._selector)
         frac = len(subset) / self.count
         if self.spec.kind in IVF_KINDS and self._ivf_trained:
             params = faiss.SearchParametersIVF()
-            params.nprobe = min(self.spec.ivf_nlist, math.ceil(self.spec.nprobe / frac))
+            params.nprobe = self.filter_nprobe(frac)
         elif self.spec.kind == "hnsw":
             params = faiss.SearchParametersHNSW()
-            params.efSearch = max(
-                kk, min(HNSW_MAX_FILTER_EF, math.ceil(self.spec.ef_search / frac))
-            )
+            params.efSearch = self.filter_ef(kk, frac)
         else:
             params = faiss.SearchParameters()
         params.sel = sel

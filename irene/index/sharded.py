@@ -352,12 +352,11 @@ class ShardedIndex:
         key = None if f is None else f.model_dump_json()
         with self._lock.read():
             subsets: list = [None] * self.n_shards
-            work = self.count
             if f is not None:
-                hit, subsets = self._match_locked(f, key)
-                work = len(hit)
-            per_shard = work * len(q) / self.n_shards  # vectors x queries per shard
+                _, subsets = self._match_locked(f, key)
             jobs = list(zip(self._shards, subsets, strict=True))
+            work = sum(s.work(None if sub is None else len(sub)) for s, sub in jobs)
+            per_shard = work * len(q) / self.n_shards  # vectors x queries per shard
             if self.n_shards == 1 or self._search_threads == 1 or per_shard < PARALLEL_MIN_WORK:
                 parts = [s.search(q, k, sub, key) for s, sub in jobs]
             else:

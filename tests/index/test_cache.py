@@ -11,6 +11,7 @@ from irene.index.cache import VersionedLRU
 from irene.index.records import Records
 from irene.index.shard import IndexSpec, Shard
 from irene.index.sharded import ShardedIndex
+from tests.helpers import force_plan
 
 DIM = 8
 
@@ -62,14 +63,14 @@ def _hits(index: ShardedIndex) -> tuple[int, int]:
     return st["match_hits"], st["gather_hits"]
 
 
+@pytest.mark.parametrize("plan", ["exact", "selector"])
 @pytest.mark.parametrize("write", ["upsert vector", "leave filter", "delete", "new match"])
-def test_a_write_drops_what_the_caches_hold(write):
+def test_a_write_drops_what_the_caches_hold(write, plan, monkeypatch):
     index, ids, x = _index(400)
-    f = {
-        "must": [{"key": "grp", "match": {"value": 3}}]
-    }  # 40 of 400: the exact plan on every shard
+    f = {"must": [{"key": "grp", "match": {"value": 3}}]}  # 40 of 400
     q = np.random.default_rng(1).standard_normal((1, DIM)).astype(np.float32)
-    assert all(s.plan(20) == "exact" for s in index._shards)
+    force_plan(monkeypatch, plan)  # the shards cache gathered vectors / a selector
+    assert all(s.plan(20) == plan for s in index._shards)
     assert index.search_named(q, 5) and _hits(index) == (0, 0)  # unfiltered: no cache
     s1, i1 = index.search(q, 5, f)
     s2, i2 = index.search(q, 5, f)  # the same filter again: both caches hit

@@ -7,7 +7,7 @@ clause type, checked against the one-row reference semantics ``filters.matches``
   snapshot round trip;
 - a filtered search equals a brute-force top-k over the matching vectors, for the flat, IVF
   (untrained fallback and trained) and HNSW kinds, for both plans of ``Shard.plan`` (forced
-  through ``EXACT_GATHER_COST``), over 1 and 3 shards and over 1 and 4 owners (in-process
+  through ``GATHER_NS``), over 1 and 3 shards and over 1 and 4 owners (in-process
   ``IndexActor`` behind a ``RoutedIndex``);
 - ``scroll`` pages through exactly the matching ids, ascending, without duplicates;
 - invalid filters raise a ``ValidationError`` whose ``loc`` names the bad clause;
@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import irene.index.filters as filters_mod
-import irene.index.shard as shard_mod
 import irene.index.sharded as sharded_mod
 from irene.index.actor import IndexActor
 from irene.index.filters import Filter, KeyColumn, as_filter, matches, sorted_unique
@@ -42,6 +41,7 @@ from irene.index.records import SOURCES, Records, RecordStore, empty_record
 from irene.index.router import RoutedIndex, owner_uri
 from irene.index.shard import IndexSpec, Shard
 from irene.index.sharded import ShardedIndex, int_id
+from tests.helpers import force_plan
 
 DIM = 8
 TOL = 1e-4
@@ -487,7 +487,7 @@ def _seeded_ops(seed: int, n: int) -> list:
 KINDS = {  # kind name -> (spec, item counts: below / above the IVF training threshold)
     "flat": ({"kind": "flat"}, (5, 120)),
     # ivf_nlist=2: a shard trains at 2 * 39 = 78 vectors; nprobe (16) >= nlist, so the IVF
-    # search is exact, and the selector plan's nprobe (nprobe / selectivity, capped at nlist)
+    # search is exact, and the selector plan's nprobe (nprobe / sqrt(selectivity), capped at nlist)
     # probes every list too
     "ivf-untrained": ({"kind": "ivf", "ivf_nlist": 2}, (5, 70)),
     "ivf-trained": ({"kind": "ivf", "ivf_nlist": 2}, None),  # counts from the shard total
@@ -652,8 +652,7 @@ def test_filtered_search_equals_brute_force(kind, plan, layout):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        # 0: scoring the matching vectors always looks cheaper; 10**9: never does
-        mp.setattr(shard_mod, "EXACT_GATHER_COST", 0 if plan == "exact" else 10**9)
+        force_plan(mp, plan)
         mp.setattr(Shard, "plan", spy)
         if layout == "3-shards":
             mp.setattr(sharded_mod, "PARALLEL_MIN_WORK", 0)  # shards searched on threads

@@ -7,8 +7,8 @@ import faiss  # faiss before anything that may pull in torch
 import numpy as np
 import pytest
 
-import irene.index.shard as shard_mod
 from irene.index.shard import HNSW_REBUILD_FRACTION, IVF_MIN_POINTS_PER_CENTROID, IndexSpec, Shard
+from tests.helpers import force_plan
 
 DIM = 16
 
@@ -412,9 +412,9 @@ def test_ivfpq_rerank_writes_filters_and_snapshots(monkeypatch):
     assert shard.search(-x[7:8], 1)[1][0, 0] == 7 and 7 not in shard.search(x[7:8], 5)[1][0]
     assert shard.remove([3]) == 1 and 3 not in shard.search(x[3:4], 20)[1][0]
     subset = np.arange(10, 2010, dtype=np.int64)  # selector plan, re-ranked within the subset
-    for cost, plan in ((0, "exact"), (10**9, "selector")):
+    for plan in ("exact", "selector"):
         with monkeypatch.context() as mp:
-            mp.setattr(shard_mod, "EXACT_GATHER_COST", cost)
+            force_plan(mp, plan)
             assert shard.plan(len(subset)) == plan
             _, got = shard.search(x[100:101], 5, subset)
         assert np.isin(got, subset).all() and got[0, 0] == 100
@@ -429,3 +429,18 @@ def test_ivfpq_rerank_writes_filters_and_snapshots(monkeypatch):
         IndexSpec(kind="ivf", rerank=4)
     with pytest.raises(ValueError, match="rerank must be >= 0"):
         IndexSpec(kind="ivfpq", rerank=-1)
+
+
+def test_filtered_ivf_widens_nprobe_and_plans_by_cost():
+    shard = Shard(DIM, IndexSpec(kind="ivf", ivf_nlist=8, nprobe=2, use_gpu=False))
+    rng = np.random.default_rng(5)
+    x = _unit(rng, 2000)
+    shard.add(np.arange(len(x)), x)
+    assert shard.ivf_trained
+    assert shard.filter_nprobe(1.0) == 3 and shard.filter_nprobe(0.25) == 6
+    assert shard.filter_nprobe(0.01) == 8  # capped at nlist
+    # a few matching ids: gathering them is cheaper than any IVF search; most: the selector
+    assert shard.plan(3) == "exact" and shard.plan(len(x) // 2) == "selector"
+    subset = np.arange(0, len(x), 2, dtype=np.int64)
+    s, got = shard.search(x[10:11], 5, subset)
+    assert np.isin(got, subset).all() and got[0, 0] == 10 and np.isclose(s[0, 0], 1.0, atol=1e-5)
