@@ -63,6 +63,7 @@ bench: venv sysdeps $(BUNDLE)/manifest.json
 	$(PY) bench/serve_bench.py --bundle $(BUNDLE) --concurrency 1,4,16,32 \
 		--variants fast,fast-shard-readers,fast-2shard-actors \
 		--systems inprocess,plain,serve --duration-level-s 10 --out bench/results
+	$(PY) bench/serve_hops.py --bundle $(BUNDLE) --rounds 3 --seconds 6 --out bench/results
 
 # filtered search at 1M x 384 (flat + IVF, 4 shards): p50 / recall@10 at selectivity 50% .. 0.1%
 # beside the unfiltered query (~6 min on 2 idle cores, longer under load; ~4.7 GB peak RSS);

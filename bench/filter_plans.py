@@ -114,7 +114,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"Wall time {result['wall_s']:.0f} s on {result['machine']}; {cfg['queries']} "
         f"queries per selectivity, each with its own random subset; gather cache emptied "
-        f"before every call. `picked` = `Shard.plan` with its cost model; `selector recall@"
+        f"before every call; IVF selector plan: {cfg['nprobe_factor']:g} x nprobe / "
+        "sqrt(selectivity) lists. `picked` = `Shard.plan` with its cost model; `selector recall@"
         f"{cfg['k']}` = overlap of the selector plan's answer with the exact plan's.",
         "",
         "| kind | selectivity | matches | exact p50 ms | selector p50 ms | selector knob | "
@@ -143,6 +144,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=40)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--nprobe-factor",
+        type=float,
+        default=None,
+        help="override FILTER_NPROBE_FACTOR (IVF selector plan: factor * nprobe / sqrt(s) lists)",
+    )
     p.add_argument("--out", default="runs/filter_plans")
     args = p.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k]
@@ -155,6 +162,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.nprobe_factor is not None:
+        shard_mod.FILTER_NPROBE_FACTOR = args.nprobe_factor
+    args.nprobe_factor = shard_mod.FILTER_NPROBE_FACTOR
     t_start = time.perf_counter()
     source = SyntheticSource(args.dim, args.seed)
     x = source.sample(args.n, args.seed + 2)

@@ -48,6 +48,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -503,12 +504,14 @@ def inprocess_load(query, concurrency: int, duration_s: float, max_n: int, threa
     return res
 
 
-def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str]) -> dict:
+@contextmanager
+def inprocess_pipeline(bundle_uri: str, queries: list[str]):
+    """``(bundle, index, query)``: the in-process pipeline over a fresh durable index of the
+    bundle's items; ``query(i)`` encodes ``queries[i]``, searches and looks up the top-K hits
+    (string ids and records, as the app answers)."""
     from irene.bundle import load_bundle
-    from irene.device import set_threads
     from irene.index.log import DurableIndex
 
-    threads = set_threads(args.threads)
     bundle = load_bundle(bundle_uri, device="cpu")
     tmp = tempfile.mkdtemp(prefix="serve-bench-idx-")
     index = DurableIndex.open(tmp, bundle.dim, None, N_SHARDS, snapshot_every=0)
@@ -518,8 +521,19 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
         def query(i: int):
             q = bundle.encoder.encode([queries[i % len(queries)]])  # (1, d)
             _, ids = index.search(q, K)
-            return index.lookup(ids[0])  # string ids + records, as the app answers
+            return index.lookup(ids[0])
 
+        yield bundle, index, query
+    finally:
+        index.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str]) -> dict:
+    from irene.device import set_threads
+
+    threads = set_threads(args.threads)
+    with inprocess_pipeline(bundle_uri, queries) as (bundle, index, query):
         levels = query_levels(args)
         inprocess_load(query, max(c for c, _ in levels), args.warmup_s, 10**9, threads)
         queries_res = {}
@@ -544,9 +558,6 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
 
         gen = bench_generator(bundle, items, args.duration_gen_s)
         enc = bench_encoder(bundle, queries, args.duration_gen_s)
-    finally:
-        index.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "threads": threads,
         "query": queries_res,
@@ -678,7 +689,11 @@ def kill_index_actors(name: str, namespace: str, n_owners: int) -> None:
             pass
 
 
-def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: list[str]) -> dict:
+def bench_serve(
+    bundle_uri: str, args, variant: str, queries: list[str], items: list[str], suite=None
+) -> dict:
+    """Serve ``variant`` of the app, then ``suite(url, args, queries)`` (default
+    :func:`query_suite`) and, with ``items``, the HTTP ingest."""
     import ray
     from ray import serve
 
@@ -726,11 +741,12 @@ def bench_serve(bundle_uri: str, args, variant: str, queries: list[str], items: 
         url = f"http://127.0.0.1:{direct_port or port}"
         _wait_http(f"{url}/readyz", 300)
         startup = time.perf_counter() - t0
-        res = query_suite(url, args, queries)
+        res = (suite or query_suite)(url, args, queries)
         # replicas running after the query phases (autoscaled variants)
         status = serve.status().applications["irene"].deployments
         replicas = {name: dict(d.replica_states) for name, d in status.items()}
-        ing = asyncio.run(http_ingest(url, args, items, f"{variant}-{uuid.uuid4().hex[:6]}"))
+        tag = f"{variant}-{uuid.uuid4().hex[:6]}"
+        ing = asyncio.run(http_ingest(url, args, items, tag)) if items else None
     finally:
         try:
             serve.shutdown()

@@ -1,5 +1,5 @@
 """Closed-loop HTTP load from ``wrk`` (C, Debian package ``wrk``): ``connections`` keep-alive
-connections, each with one request in flight, POSTing JSON bodies in turn.
+connections, each with one request in flight, sending JSON bodies in turn (POST by default).
 
 The serving benchmark's load generator. A Python client (``httpx.AsyncClient``) costs ~3 ms of
 CPU per request and so takes a whole core of this 2-core machine at 300 QPS, away from the
@@ -28,7 +28,7 @@ local headers = {["Content-Type"] = "application/json"}
 local i = 0
 request = function()
   i = i + 1
-  return wrk.format("POST", %(path)s, headers, bodies[(i %% #bodies) + 1])
+  return wrk.format(%(method)s, %(path)s, headers, bodies[(i %% #bodies) + 1])
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -54,13 +54,14 @@ def _lua_string(s: str) -> str:
     return f"[{eq}[{s}]{eq}]"
 
 
-def lua_script(path: str, bodies: list[str]) -> str:
-    """The Lua of a run POSTing ``bodies`` (JSON strings) to ``path`` in turn."""
+def lua_script(path: str, bodies: list[str], method: str = "POST") -> str:
+    """The Lua of a run sending ``bodies`` (JSON strings) to ``path`` in turn."""
     if not bodies:
         raise ValueError("bodies must not be empty")
     return _LUA % {
         "bodies": ", ".join(_lua_string(b) for b in bodies),
         "path": _lua_string(path),
+        "method": _lua_string(method),
         "mark": _MARK,
     }
 
@@ -72,8 +73,9 @@ def run_wrk(
     connections: int,
     duration_s: float,
     timeout_s: float = 60.0,
+    method: str = "POST",
 ) -> dict:
-    """One wrk run: ``{"n", "errors", "wall_s", "qps", "p50_ms", "p99_ms", "mean_ms",
+    """One wrk run (``method`` requests, each with the next of ``bodies``): ``{"n", "errors", "wall_s", "qps", "p50_ms", "p99_ms", "mean_ms",
     "client_cpu_s"}`` (``n``: 2xx answers; ``errors``: other answers, socket errors and
     timeouts; ``qps`` = n / wall_s; latencies over every completed request, from wrk's
     histogram; ``client_cpu_s``: wrk's own user + system CPU)."""
@@ -83,7 +85,7 @@ def run_wrk(
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         script = os.path.join(tmp, "load.lua")
         with open(script, "w") as f:
-            f.write(lua_script(path, bodies))
+            f.write(lua_script(path, bodies, method))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = [
             "wrk",

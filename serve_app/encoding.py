@@ -145,19 +145,19 @@ class QueryBatcher:
             )
         else:
             q = np.asarray(await self._encode(texts), np.float32)  # (n, d)
-        t0 = time.perf_counter()
         if found is None:  # not searched above (or a copy may be stale): the view decides
+            t0 = time.perf_counter()
             parts = await asyncio.gather(
                 *(self.view.search(q[rows], max(ks[r] for r in rows), f) for f, rows in groups)
             )
             found = _scatter(groups, parts, len(texts))  # (n, K), (n, K)
+            self._observe("batch_search", time.perf_counter() - t0)
         scores, ids = found
         wanted = _wanted(ids, ks)
-        t1 = time.perf_counter()
         if looked is None:
+            t0 = time.perf_counter()
             looked = await self.view.lookup(wanted) if len(wanted) else ([], [])
-        self._observe("batch_search", t1 - t0)
-        self._observe("batch_lookup", time.perf_counter() - t1)
+            self._observe("batch_lookup", time.perf_counter() - t0)
         return _hits(scores, ids, ks, wanted, looked)
 
     def _encode_search_now(self, texts: list, ks: list[int], groups: list) -> tuple:
@@ -174,9 +174,12 @@ class QueryBatcher:
                 return q, None, None
             parts.append(part)
         found = _scatter(groups, parts, len(texts))
-        self._observe("copies_search", time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        self._observe("copies_search", t2 - t1)
         wanted = _wanted(found[1], ks)
-        return q, found, self.view.lookup_now(wanted) if len(wanted) else ([], [])
+        looked = self.view.lookup_now(wanted) if len(wanted) else ([], [])
+        self._observe("batch_lookup", time.perf_counter() - t2)
+        return q, found, looked
 
     def stats(self) -> dict:
         """Mean queries per batch so far."""

@@ -85,10 +85,10 @@ SCAN_NS = 2  # per entry of a scanned list or flat index that the selector check
 DISTANCE_NS = 300  # per vector the selector plan scores (flat, HNSW)
 IVF_SEARCH_NS = 400_000  # fixed cost of one IVF search (coarse quantiser, list setup)
 SELECTOR_BYTES_PER_ID = 64  # an IDSelectorBatch: a std::unordered_set entry + its bloom bits
-# A filtered IVF search probes FILTER_NPROBE_FACTOR * nprobe / sqrt(selectivity) lists: on one
-# 250k-vector shard (bench/filter_plans.py, 3 seeds) its recall@10 stayed >= 0.957 from 0.1%
-# to 30%, where nprobe / sqrt(selectivity) fell to 0.945 at 1% (README: Filters)
-FILTER_NPROBE_FACTOR = 1.5
+# A filtered IVF search probes FILTER_NPROBE_FACTOR * nprobe / sqrt(selectivity) lists: the
+# smallest of 1, 1.25, 1.5 whose recall@10 stayed >= 0.95 from 0.1% to 30% on one 250k-vector
+# shard over 3 seeds (bench/filter_plans.py --nprobe-factor F; 1 fell to 0.918 at 1%)
+FILTER_NPROBE_FACTOR = 1.25
 HNSW_MAX_FILTER_EF = 4096  # efSearch cap of a filtered HNSW search (efSearch / selectivity)
 _MB = 1 << 20
 _FORMAT_VERSION = 1
@@ -556,7 +556,7 @@ class Shard:
         if self.spec.kind in IVF_KINDS and self._ivf_trained:
             selector += IVF_SEARCH_NS + SCAN_NS * n * self.filter_nprobe(frac) / self.spec.ivf_nlist
         elif self.spec.kind == "hnsw":  # every node visited costs a distance
-            selector += DISTANCE_NS * self.filter_ef(n_match, frac) * self.spec.hnsw_m * 2
+            selector += DISTANCE_NS * self.filter_ef(1, frac) * self.spec.hnsw_m * 2
         else:
             selector += SCAN_NS * n + DISTANCE_NS * n_match
         return "exact" if gather * n_match <= selector else "selector"

@@ -53,3 +53,17 @@ def test_lua_script_rejects_no_bodies():
     wrk_load = load_bench("wrk_load")
     with pytest.raises(ValueError, match="bodies"):
         wrk_load.lua_script("/v1/query", [])
+
+
+def test_run_wrk_gets():
+    wrk_load = load_bench("wrk_load")
+    seen: Counter = Counter()
+
+    def answer(method, path, headers, body):
+        seen[(method, path, body)] += 1
+        return 200, {"status": "ok"}
+
+    with json_http_server(answer) as url:
+        r = wrk_load.run_wrk(url, "/healthz", [""], connections=1, duration_s=1, method="GET")
+    assert set(seen) == {("GET", "/healthz", None)}
+    assert r["errors"] == 0 and 0 < r["n"] <= seen[("GET", "/healthz", None)] <= r["n"] + 1

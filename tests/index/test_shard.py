@@ -437,7 +437,7 @@ def test_filtered_ivf_widens_nprobe_and_plans_by_cost():
     x = _unit(rng, 2000)
     shard.add(np.arange(len(x)), x)
     assert shard.ivf_trained
-    assert shard.filter_nprobe(1.0) == 3 and shard.filter_nprobe(0.25) == 6
+    assert shard.filter_nprobe(1.0) == 3 and shard.filter_nprobe(0.25) == 5
     assert shard.filter_nprobe(0.01) == 8  # capped at nlist
     # a few matching ids: gathering them is cheaper than any IVF search; most: the selector
     assert shard.plan(3) == "exact" and shard.plan(len(x) // 2) == "selector"
