@@ -49,6 +49,7 @@ from irene.index.idmap import grown
 
 RECORD_KEYS = ("source", "version")
 INT64 = 1 << 63
+FLOAT_EXACT = 1 << 53  # integers up to this size compare the same as float64
 META_PREFIX = "metadata."
 
 Scalar = StrictStr | StrictInt | StrictBool
@@ -222,6 +223,7 @@ class KeyColumn:
         self._kw_codes = np.zeros(0, np.int32)
         self.vocab: dict[str, int] = {}
         self._one_each = True  # every row so far holds exactly one string
+        self._big_ints = False  # an int beyond +-FLOAT_EXACT: float64 order is not exact
         self._sorted_n = -1  # rows the sorted views cover (-1: not built)
         self._kw_rows = np.zeros(0, np.int32)  # rows of the strings, grouped by code
         self._kw_start = np.zeros(1, np.int64)  # (codes + 1,) group offsets into _kw_rows
@@ -266,6 +268,8 @@ class KeyColumn:
         self._kw_codes = append_at(self._kw_codes, self._nkw, np.asarray(codes, np.int32))
         self._nkw += len(codes)
         self._one_each = self._one_each and bool((lens == 1).all())
+        big = is_int & ((ints > FLOAT_EXACT) | (ints < -FLOAT_EXACT))
+        self._big_ints = self._big_ints or bool(big.any())
         self.n = n + k
 
     def has_string(self, wanted: list[str]) -> np.ndarray:
@@ -303,8 +307,9 @@ class KeyColumn:
 
     def rows_with_strings(self, wanted: list[str]) -> np.ndarray:
         """Rows whose string, or one of whose list's strings, is in ``wanted``: unsorted, a
-        row may repeat (:func:`sorted_unique`); views of the postings where possible."""
-        codes = [self.vocab[s] for s in wanted if s in self.vocab]
+        row holding several strings may repeat (:func:`sorted_unique`); views of the postings
+        where possible."""
+        codes = list(dict.fromkeys(self.vocab[s] for s in wanted if s in self.vocab))
         if not codes:
             return np.zeros(0, np.int32)
         p = self._sorted_views()
@@ -316,17 +321,23 @@ class KeyColumn:
             parts.append(np.searchsorted(self.kw_off, hit, side="right") - 1)  # entry -> row
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def rows_in_range(self, lo: float, hi: float) -> np.ndarray:
-        """Rows whose number lies in ``[lo, hi]`` as float64: unsorted (a view of the sorted
-        view where no rows came after it)."""
+    def rows_in_range(
+        self, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+    ) -> np.ndarray:
+        """Rows whose number lies between ``lo`` and ``hi`` as float64 (each bound included
+        unless ``*_open``): unsorted, each row once (a view of the sorted view where no rows
+        came after it)."""
         p = self._sorted_views()
         vals = self._num_sorted
-        a, b = np.searchsorted(vals, lo, side="left"), np.searchsorted(vals, hi, side="right")
+        a = np.searchsorted(vals, lo, side="right" if lo_open else "left")
+        b = np.searchsorted(vals, hi, side="left" if hi_open else "right")
         rows = self._num_rows[a:b]
         if self.n > p:  # rows appended since, scanned
             x = self._num[p : self.n]
             with np.errstate(invalid="ignore"):
-                rows = np.concatenate([rows, np.flatnonzero((x >= lo) & (x <= hi)) + p])
+                above = x > lo if lo_open else x >= lo
+                below = x < hi if hi_open else x <= hi
+            rows = np.concatenate([rows, np.flatnonzero(above & below) + p])
         return rows
 
     def take(self, rows: np.ndarray) -> _KeySubset:
@@ -450,33 +461,55 @@ def sorted_unique(rows: np.ndarray) -> np.ndarray:
 _SUBSET_FRACTION = 32  # evaluate over candidate rows when they are under n/32 of the rows
 
 
-def _candidates(c: Any, cols: Columns) -> np.ndarray | None:
+def _range_side(strict: Any, loose: Any, low: bool) -> tuple[float, bool, bool]:
+    """One side of a range as ``(bound, open, exact)``: the tighter of its strict (``gt`` /
+    ``lt``) and loose (``gte`` / ``lte``) bound (None: unbounded), and whether float64 holds
+    it as it is."""
+    sides = [(b, is_open) for b, is_open in ((strict, True), (loose, False)) if b is not None]
+    if not sides:
+        return (-math.inf if low else math.inf), False, True
+    sign = 1 if low else -1
+    b, is_open = max(sides, key=lambda s: (sign * s[0], s[1]))
+    exact = not isinstance(b, int) or -FLOAT_EXACT <= b <= FLOAT_EXACT
+    return float(b), is_open, exact
+
+
+def _candidates(c: Any, cols: Columns) -> tuple[np.ndarray, bool] | None:
     """Rows that include every row ``c`` matches (unsorted, may repeat), found through the
-    key columns' sorted views in O(log n + rows), mostly as views; None where no condition
-    narrows it down (a bool, a record field, an id prefix, a ``must_not``)."""
+    key columns' sorted views in O(log n + rows), mostly as views, and whether they are
+    exactly those rows, each once; None where no condition narrows them down (a bool, a record
+    field, an id prefix, a ``must_not``)."""
     if isinstance(c, Filter):
         options = [_candidates(sub, cols) for sub in c.must]
         if c.should:
             parts = [_candidates(sub, cols) for sub in c.should]
             if all(p is not None for p in parts):
-                options.append(np.concatenate(parts))
+                only = len(parts) == 1 and parts[0][1]
+                options.append((np.concatenate([p[0] for p in parts]), only))
         options = [o for o in options if o is not None]
-        return min(options, key=len) if options else None
+        if not options:
+            return None
+        rows, exact = min(options, key=lambda o: len(o[0]))
+        alone = len(c.must) + bool(c.should) == 1 and not c.must_not
+        return rows, exact and alone
     meta = metadata_key(c.key) if isinstance(c, FieldCondition) else None
     if meta is None:
         return None
     col = cols.key(meta)
-    if c.range is not None:  # float bounds, inclusive: a superset of what the range takes
-        r = c.range
-        lo = max((float(b) for b in (r.gt, r.gte) if b is not None), default=-math.inf)
-        hi = min((float(b) for b in (r.lt, r.lte) if b is not None), default=math.inf)
-        return col.rows_in_range(lo, hi)
+    if c.range is not None:
+        lo, lo_open, lo_exact = _range_side(c.range.gt, c.range.gte, low=True)
+        hi, hi_open, hi_exact = _range_side(c.range.lt, c.range.lte, low=False)
+        exact = lo_exact and hi_exact and not col._big_ints
+        # open bounds only when exact: float64 rounding may put a match on an open bound
+        return col.rows_in_range(lo, hi, lo_open and exact, hi_open and exact), exact
     values = [c.match.value] if isinstance(c.match, MatchValue) else list(c.match.any)
     if any(isinstance(v, bool) for v in values):
         return None
-    parts = [col.rows_with_strings([v for v in values if isinstance(v, str)])]
+    strs = [v for v in values if isinstance(v, str)]
+    parts = [col.rows_with_strings(strs)]
     parts += [col.rows_in_range(float(v), float(v)) for v in values if isinstance(v, int)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return rows, len(strs) == len(values) and col._one_each  # ints: a float row may equal
 
 
 class _SubsetColumns:
@@ -497,14 +530,18 @@ class _SubsetColumns:
 
 
 def select(f: Filter, cols: Columns) -> np.ndarray:
-    """The rows (sorted int64) that ``f`` matches. When its conditions narrow the rows down
-    through the sorted views (:func:`_candidates`) to under 1/32 of them, ``f`` is evaluated
-    over those rows only, so a selective filter costs O(log n + matches log matches), not
-    passes over every row (which stay cheaper for a broad filter)."""
-    rows = _candidates(f, cols)
-    if rows is None or len(rows) > cols.n // _SUBSET_FRACTION:
+    """The rows (int64, each once) that ``f`` matches: a filter of one condition that the key
+    columns' sorted views answer exactly (a range, a string match) reads them off those views
+    (in value order); otherwise, when its conditions narrow the rows down through the views
+    (:func:`_candidates`) to under 1/32 of them, ``f`` is evaluated over those rows only
+    (sorted), so a selective filter costs O(log n + matches log matches), not passes over every
+    row (which stay cheaper for a broad filter, and give the rows sorted)."""
+    found = _candidates(f, cols)
+    if found is not None and found[1]:
+        return found[0].astype(np.int64)
+    if found is None or len(found[0]) > cols.n // _SUBSET_FRACTION:
         return np.flatnonzero(evaluate(f, cols))
-    rows = sorted_unique(rows)
+    rows = sorted_unique(found[0])
     return rows[evaluate(f, _SubsetColumns(cols, rows))]
 
 

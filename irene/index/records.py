@@ -220,6 +220,7 @@ class RecordStore:
         self._pos = IdMap(np.int32)  # id -> its current row
         self._iid = np.zeros(0, dtype=np.int64)  # (capacity,) the id a row was written for
         self._alive = np.zeros(0, dtype=bool)  # (capacity,) the row is its id's current one
+        self._bare = 0  # rows (live or garbage) of ids stored without a record
         self._cols = _ColumnCache(self)  # filter columns, built on first use
         self.writes = 0  # puts so far (``ShardedIndex`` swaps in a compacted copy if unchanged)
 
@@ -267,6 +268,7 @@ class RecordStore:
             texts = metas = [b""] * k
             source = np.full(k, NO_RECORD, dtype=np.uint8)
             version = np.full(k, self._code(""), dtype=np.int32)
+            self._bare += k
         else:
             texts = [t.encode("utf-8") for t in records.text]
             metas = [_meta_bytes(m) for m in records.metadata]
@@ -352,7 +354,8 @@ class RecordStore:
         return self._names_of_rows(rows), [None if r < 0 else self.row(r) for r in rows]
 
     def match(self, f: Filter) -> np.ndarray:
-        """The ids (int64, row order) of the stored records that ``f`` matches."""
+        """The ids (int64, each once, in no set order) of the stored records that ``f``
+        matches."""
         return self._cols.match(f)
 
     def nbytes(self) -> dict[str, int]:
@@ -409,6 +412,7 @@ class RecordStore:
             raise ValueError("record state: columns do not match the ids")
         self._pos = IdMap.from_arrays(ids, np.arange(n), np.int32)
         self._iid, self._alive = ids.copy(), np.ones(n, dtype=bool)
+        self._bare = int((self._source == NO_RECORD).sum())
         self._cols = _ColumnCache(self)  # rows were renumbered
 
     @classmethod
@@ -505,7 +509,8 @@ class _ColumnCache:
             ids = self._ids_upto(n) if f.uses_ids() else None
             cols = _RowColumns(st, n, self._keys, ids)
             rows = select(f, cols)
-        rows = rows[st._alive[rows] & (st._source[rows] != NO_RECORD)]
+        if st.garbage or st._bare:  # else every row is live and has its record
+            rows = rows[st._alive[rows] & (st._source[rows] != NO_RECORD)]
         return st._iid[rows]
 
     def nbytes(self) -> int:

@@ -20,6 +20,7 @@ Hypothesis runs derandomized (the same examples on every run) with no example da
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import tempfile
@@ -424,13 +425,17 @@ def test_key_column_finds_rows_through_its_sorted_views_and_the_rows_after_them(
                 or (isinstance(v, list) and any(s in wanted for s in v))
             ]
             assert sorted_unique(col.rows_with_strings(wanted)).tolist() == want
-        for lo, hi in ((-1.5, 2.0), (0.0, 0.0), (float(2**60), float(2**60)), (7.0, 9.0)):
+        bounds = ((-1.5, 2.0), (0.0, 0.0), (float(2**60), float(2**60)), (7.0, 9.0), (-5, 1))
+        for (lo, hi), lo_open, hi_open in itertools.product(bounds, (False, True), (False, True)):
             want = [
                 i
                 for i, v in enumerate(values)
-                if isinstance(v, int | float) and not isinstance(v, bool) and lo <= float(v) <= hi
+                if isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and (lo < float(v) if lo_open else lo <= float(v))
+                and (float(v) < hi if hi_open else float(v) <= hi)
             ]
-            got = col.rows_in_range(lo, hi)
+            got = col.rows_in_range(lo, hi, lo_open, hi_open)
             assert sorted_unique(got).tolist() == want and len(got) == len(want)
 
 
@@ -951,3 +956,22 @@ def test_malformed_conditions_are_validation_errors(fd):
 def test_filter_is_empty_sees_through_nesting():
     assert as_filter({"must": [{}], "should": [{"must_not": [{}]}]}).is_empty()
     assert not as_filter({"must_not": [{"id_prefix": "zzz"}]}).is_empty()
+
+
+@pytest.mark.parametrize(
+    "fd, want",
+    [
+        ({"must": [{"key": "n", "range": {"gt": 1}}]}, ["p-2"]),
+        ({"must": [{"key": "n", "range": {"gte": 1, "gt": 0.5}}]}, ["p-0", "p-1", "p-2"]),
+        ({"must": [{"key": "n", "range": {"lt": 2, "lte": 2}}]}, ["p-0", "p-1"]),
+        ({"should": [{"key": "n", "range": {"lt": 1.5, "gt": 1}}]}, []),
+        ({"must": [{"key": "s", "match": {"any": ["a", "a", "zz"]}}]}, ["p-0", "p-2"]),
+    ],
+)
+def test_one_condition_read_off_the_sorted_views(fd, want):
+    """A filter of one range or string condition is answered straight from the sorted views
+    (no second evaluation): values on an open or closed bound, both bounds on one side, a
+    string listed twice."""
+    meta = [{"n": 1, "s": "a"}, {"n": 1.0, "s": "b"}, {"n": 2, "s": "a"}]
+    got, ref = _match_names(meta, fd)
+    assert got == ref == want
