@@ -538,7 +538,7 @@ def select(f: Filter, cols: Columns) -> np.ndarray:
     row (which stay cheaper for a broad filter, and give the rows sorted)."""
     found = _candidates(f, cols)
     if found is not None and found[1]:
-        return found[0].astype(np.int64)
+        return found[0].astype(np.int64, copy=False)  # views are int32: copied once
     if found is None or len(found[0]) > cols.n // _SUBSET_FRACTION:
         return np.flatnonzero(evaluate(f, cols))
     rows = sorted_unique(found[0])
