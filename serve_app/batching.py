@@ -9,6 +9,14 @@ busy one forms batches as large as the load, and with ``linger_s`` waits that lo
 for a call serving as many callers as its last one (closed-loop clients otherwise settle into
 two half-size calls in flight; README: Batching). The deployments keep ``@serve.batch`` in
 front (wait 0, many concurrent batches) and hand each of its batches to a Coalescer.
+
+A lone caller is answered by ``process_here(items)`` in the caller's thread when one is given:
+a batch of one without the hand-off to a compute thread (None from it: the usual path). Lone
+means: the Coalescer idle, its last call served one submission (not under load), and after
+yielding once to the event loop -- so that requests which arrived together with this one get
+as far as counting themselves -- ``alone()`` is still true (e.g. no other request in flight).
+Running in place blocks the event loop for that call, hence all three conditions: under load
+the usual path keeps batching.
 """
 
 import asyncio
@@ -20,13 +28,22 @@ class Coalescer:
     """Merges concurrent ``submit(items)`` calls into sequential ``process(all items)`` calls."""
 
     def __init__(
-        self, process: Callable[[list], Awaitable[list]], max_items: int, linger_s: float = 0.0
+        self,
+        process: Callable[[list], Awaitable[list]],
+        max_items: int,
+        linger_s: float = 0.0,
+        process_here: Callable[[list], list | None] | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
         if linger_s < 0:
             raise ValueError("linger_s must be >= 0")
+        if (process_here is None) != (alone is None):
+            raise ValueError("give both process_here and alone, or neither")
         self._process = process
+        self._process_here = process_here
+        self._alone = alone
         self.max_items = max_items
         self.linger_s = linger_s
         self._pending: list[tuple[list, asyncio.Future]] = []
@@ -41,6 +58,12 @@ class Coalescer:
         e.g. rows of an array), computed with other callers' items."""
         if not items:
             return []
+        if self._process_here is not None and self._last <= 1 and self._idle():
+            await asyncio.sleep(0)  # requests that arrived with this one count themselves
+            out = self._process_here(list(items)) if self._idle() and self._alone() else None
+            if out is not None:
+                self._count(len(items), 1)
+                return out
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((list(items), fut))
         if self._arrived is not None:
@@ -49,6 +72,9 @@ class Coalescer:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
         return await fut
+
+    def _idle(self) -> bool:
+        return not self._running and not self._pending
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
         """Whole submissions, oldest first, up to max_items (at least one)."""
@@ -98,9 +124,7 @@ class Coalescer:
                         if not fut.done():
                             fut.set_exception(e)
                     continue
-                self.calls += 1
-                self.items += len(flat)
-                self._last = len(taken)
+                self._count(len(flat), len(taken))
                 start = 0
                 for items, fut in taken:
                     if not fut.done():
@@ -108,6 +132,11 @@ class Coalescer:
                     start += len(items)
         finally:
             self._running = False
+
+    def _count(self, items: int, submissions: int) -> None:
+        self.calls += 1
+        self.items += items
+        self._last = submissions
 
     def stats(self) -> dict:
         return {

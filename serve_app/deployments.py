@@ -598,6 +598,7 @@ class Ingress:
             self.metrics.observe_stage,
             local=encoder if isinstance(encoder, BatchedEncoder) else None,
             linger_s=self.args.encoder_batch.linger_s,
+            alone=lambda: self.metrics.in_flight <= 1,  # this request only
         )
         return s
 
@@ -685,6 +686,25 @@ class Ingress:
         finally:
             self.metrics.observe_stage(stage, time.perf_counter() - t0)
 
+    # ----------------------------------------------------------------- the query route
+    # (first: routes are matched in the order they are declared)
+    @api.post(
+        "/v1/query",
+        response_model=QueryResponse,
+        summary="Top-k items per text: id, score, source; text / metadata with `with_payload`",
+    )
+    async def query(self, req: QueryRequest, scope: Scope = Depends(require_read)) -> JSONResponse:
+        texts, k = check_query(req, self.limits)
+        fields = payload_fields(req.with_payload)
+        search = self._queries.search(texts, k, scope.filter(req.filter))
+        hits = await self._timed("encode_search", search)
+        self.metrics.queries.inc(len(texts))
+        floor = req.score_threshold
+        rows = [
+            [_hit(h, fields, scope) for h in row if floor is None or h[1] >= floor] for row in hits
+        ]
+        return JSONResponse({"results": [[h for h in row if h] for row in rows]})
+
     # ----------------------------------------------------------------- writes
     @api.post(
         "/v1/items",
@@ -761,24 +781,7 @@ class Ingress:
         seq = await self._index.snapshot()
         return SnapshotResponse(seq=int(seq))
 
-    # ----------------------------------------------------------------- reads
-    @api.post(
-        "/v1/query",
-        response_model=QueryResponse,
-        summary="Top-k items per text: id, score, source; text / metadata with `with_payload`",
-    )
-    async def query(self, req: QueryRequest, scope: Scope = Depends(require_read)) -> JSONResponse:
-        texts, k = check_query(req, self.limits)
-        fields = payload_fields(req.with_payload)
-        search = self._queries.search(texts, k, scope.filter(req.filter))
-        hits = await self._timed("encode_search", search)
-        self.metrics.queries.inc(len(texts))
-        floor = req.score_threshold
-        rows = [
-            [_hit(h, fields, scope) for h in row if floor is None or h[1] >= floor] for row in hits
-        ]
-        return JSONResponse({"results": [[h for h in row if h] for row in rows]})
-
+    # ----------------------------------------------------------------- other reads
     @api.post(
         "/v1/count",
         response_model=CountResponse,

@@ -10,15 +10,20 @@ view.
 - :class:`QueryBatcher`: concurrent queries, merged by the same Coalescer class: one encode
   for the batch, one ``search`` of the index view (``irene.index.view``: this replica's
   copies, the shard actors or the shard readers), one ``lookup`` of the distinct hits' string
-  ids and records. Scores and ids stay arrays until that lookup.
+  ids and records. Scores and ids stay arrays until that lookup. A lone query (no other
+  request in flight, the compute thread idle) runs at once in the caller's thread: no thread
+  hop (README: Serving speed).
+- :class:`ComputeThread`: the one compute thread of a process, and that run-here path.
 """
 
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -43,13 +48,52 @@ def replica_threads(requested: int | None) -> int:
     return max(1, int(cpus))
 
 
-def compute_pool(threads: int) -> ThreadPoolExecutor:
-    """One compute thread; torch/faiss thread counts are set *in* that thread."""
-    from irene.device import set_threads
+class ComputeThread(Executor):
+    """One compute thread (torch/faiss thread counts set *in* it): what it runs, e.g. the
+    index copies' changes and searches, never runs twice at once. :meth:`run_here` runs a call
+    in the calling thread instead while the compute thread is idle (no hand-off and wake-up
+    of another thread); a lock keeps the two exclusive."""
 
-    return ThreadPoolExecutor(
-        1, thread_name_prefix="irene-compute", initializer=set_threads, initargs=(threads,)
-    )
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._set = threading.local()  # thread counts set in this thread already
+        self._pool = ThreadPoolExecutor(
+            1, thread_name_prefix="irene-compute", initializer=self._set_threads
+        )
+
+    def _set_threads(self) -> None:
+        from irene.device import set_threads
+
+        set_threads(self.threads)
+        self._set.done = True
+
+    def _exclusive(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        return self._pool.submit(self._exclusive, fn, *args, **kwargs)
+
+    def run_here(self, fn: Callable, *args: Any) -> tuple[bool, Any]:
+        """``(True, fn(*args))`` run in this thread, or ``(False, None)`` without running it
+        while the compute thread is busy."""
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            if not getattr(self._set, "done", False):
+                self._set_threads()
+            return True, fn(*args)
+        finally:
+            self._lock.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+
+def compute_pool(threads: int) -> ComputeThread:
+    """This process's compute thread (:class:`ComputeThread`)."""
+    return ComputeThread(threads)
 
 
 class BatchedEncoder:
@@ -112,7 +156,9 @@ class QueryBatcher:
     ``local``: this replica's :class:`BatchedEncoder` when ``view`` is a
     :class:`~irene.index.view.CopiesView` searched in the same compute thread: a batch is
     then encoded, searched and looked up in *one* compute call (no thread hop in between);
-    while a copy may be stale the view's fallback answers as usual."""
+    while a copy may be stale the view's fallback answers as usual. ``alone()`` (with
+    ``local``): True while no other request is in flight; a lone query then runs in the
+    caller's thread when the compute thread is idle (:meth:`ComputeThread.run_here`)."""
 
     def __init__(
         self,
@@ -122,21 +168,40 @@ class QueryBatcher:
         observe: Callable[[str, float], None] | None = None,
         local: BatchedEncoder | None = None,
         linger_s: float = 0.0,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._encode = encode
         self.view = view
         self._observe = observe or (lambda stage, seconds: None)
-        self._queries = Coalescer(self._run, max_batch, linger_s)
         self._local = local if isinstance(view, CopiesView) else None
+        here = self._local is not None and alone is not None
+        self._queries = Coalescer(
+            self._run,
+            max_batch,
+            linger_s,
+            self._run_here if here else None,
+            alone if here else None,
+        )
 
     async def search(self, texts: list, k: int, filter: Filter | None = None) -> list:
         """Top-``k`` ``[(id, score, record), ...]`` per text, of the items ``filter``
         matches (``irene.index.filters``)."""
         return await self._queries.submit([(t, int(k), filter) for t in texts])
 
+    def _run_here(self, items: list) -> list | None:
+        """``items`` answered in this thread, or None (the compute thread busy, or a copy
+        may be stale: then the batched path answers)."""
+        if not self.view.fresh():
+            return None
+        texts, ks, groups = _split(items)
+        ran, out = self._local.pool.run_here(self._encode_search_now, texts, ks, groups)
+        if not ran or out[1] is None:
+            return None
+        _, (scores, ids), looked = out
+        return _hits(scores, ids, ks, _wanted(ids, ks), looked)
+
     async def _run(self, items: list) -> list:
-        texts, ks = [t for t, _, _ in items], [k for _, k, _ in items]
-        groups = _groups([f for _, _, f in items])
+        texts, ks, groups = _split(items)
         found = looked = None
         if self._local is not None:
             loop = asyncio.get_running_loop()
@@ -184,6 +249,11 @@ class QueryBatcher:
     def stats(self) -> dict:
         """Mean queries per batch so far."""
         return self._queries.stats()
+
+
+def _split(items: list) -> tuple[list, list[int], list]:
+    """Texts, ks and filter groups of ``(text, k, filter)`` items."""
+    return [t for t, _, _ in items], [k for _, k, _ in items], _groups([f for _, _, f in items])
 
 
 def _groups(filters: list) -> list[tuple[Filter | None, np.ndarray]]:

@@ -61,6 +61,10 @@ class ReplicaMetrics:
             f"Items acknowledged per second over the last {RATE_WINDOW_S:.0f}s (this replica)",
             registry=r,
         )
+        self.in_flight_gauge = Gauge(
+            "irene_http_requests_in_flight", "HTTP requests being answered", registry=r
+        )
+        self.in_flight = 0  # kept by MetricsMiddleware; the gauge is set when scraped
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, items)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -84,4 +88,5 @@ class ReplicaMetrics:
         if index_count is not None:
             self.index_size.set(index_count)
         self.ingest_rate.set(self._rate())
+        self.in_flight_gauge.set(self.in_flight)
         return generate_latest(self.registry)

@@ -11,7 +11,8 @@ import time
 
 
 class MetricsMiddleware:
-    """Times every HTTP request into ``get_metrics()`` (a ``ReplicaMetrics`` or None)."""
+    """Times every HTTP request into ``get_metrics()`` (a ``ReplicaMetrics`` or None) and
+    keeps its count of requests in flight."""
 
     def __init__(self, app, get_metrics) -> None:
         self.app = app
@@ -23,6 +24,9 @@ class MetricsMiddleware:
             return
         status = 500
         t0 = time.perf_counter()
+        metrics = self.get_metrics()
+        if metrics is not None:
+            metrics.in_flight += 1
 
         async def send_status(message) -> None:
             nonlocal status
@@ -33,8 +37,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            metrics = self.get_metrics()
             if metrics is not None:
+                metrics.in_flight -= 1
                 route = scope.get("route")
                 label = getattr(route, "path", None) or "unmatched"
                 metrics.observe_request(

@@ -45,8 +45,9 @@ class IndexView(Protocol):
 
 class CopiesView:
     """Copies of every shard of an index (``copies[i]`` follows shard actor ``i``), searched
-    and read in ``pool`` (the thread that also applies their changes); ``fallback``
-    answers while any copy may be stale (starting, or out of contact for a lease)."""
+    and read in ``pool`` (the thread that also applies their changes; ``*_now`` may also run
+    in a caller that holds it exclusively); ``fallback`` answers while any copy may be stale
+    (starting, or out of contact for a lease)."""
 
     def __init__(
         self,

@@ -147,3 +147,95 @@ def test_linger_counts_callers_not_items():
         return time.monotonic() - t0
 
     assert _run(main()) < 0.5
+
+
+def _here_coalescer(alone: list[bool], here_answers: bool = True):
+    """A Coalescer whose batched path and run-here path log what they answered."""
+    log: list[tuple[str, list]] = []
+
+    async def process(items):
+        log.append(("batched", list(items)))
+        await asyncio.sleep(0.01)  # "computing" in another thread
+        return [x * 10 for x in items]
+
+    def process_here(items):
+        if not here_answers:
+            return None  # e.g. the compute thread busy
+        log.append(("here", list(items)))
+        return [x * 100 for x in items]
+
+    return Coalescer(process, 8, 0.0, process_here, lambda: alone[0]), log
+
+
+def test_a_lone_caller_is_answered_in_place_when_idle():
+    c, log = _here_coalescer([True])
+    assert _run(c.submit([1, 2])) == [100, 200]
+    assert log == [("here", [1, 2])]
+    assert c.stats() == {"calls": 1, "mean_items": 2.0}
+
+
+def test_not_alone_or_refused_in_place_goes_the_batched_way():
+    c, log = _here_coalescer([False])  # another request in flight
+    assert _run(c.submit([1])) == [10]
+    assert log == [("batched", [1])]
+
+    c, log = _here_coalescer([True], here_answers=False)
+    assert _run(c.submit([1])) == [10]
+    assert log == [("batched", [1])]
+
+
+def test_while_a_batch_computes_even_a_lone_caller_joins_the_queue():
+    alone = [True]
+    c, log = _here_coalescer(alone)
+
+    async def main():
+        alone[0] = False
+        first = asyncio.create_task(c.submit([1]))  # batched: another request in flight
+        while not log:  # until its call is computing
+            await asyncio.sleep(0)
+        alone[0] = True
+        second = await c.submit([2])  # the Coalescer is busy: queued, not run in place
+        return await first, second
+
+    assert _run(main()) == ([10], [20])
+    assert log == [("batched", [1]), ("batched", [2])]
+
+
+def test_run_in_place_needs_both_callables():
+    async def process(items):
+        return items
+
+    with pytest.raises(ValueError, match="process_here and alone"):
+        Coalescer(process, 4, 0.0, process_here=lambda items: items)
+
+
+def test_requests_arriving_together_are_batched_not_run_in_place_one_by_one():
+    in_flight = [0]
+    log: list[tuple[str, list]] = []
+
+    async def process(items):
+        log.append(("batched", list(items)))
+        await asyncio.sleep(0.01)
+        return items
+
+    def process_here(items):
+        log.append(("here", list(items)))
+        return items
+
+    c = Coalescer(process, 8, 0.0, process_here, lambda: in_flight[0] <= 1)
+
+    async def request(x):  # counts itself in flight before it reaches the batcher
+        in_flight[0] += 1
+        try:
+            return await c.submit([x])
+        finally:
+            in_flight[0] -= 1
+
+    async def main():
+        burst = await asyncio.gather(*(request(i) for i in range(4)))
+        after = await request(9)  # the burst's call served 4 callers: not in place yet
+        lone = await request(10)  # the last call served one: in place again
+        return burst, after, lone
+
+    assert _run(main()) == ([[0], [1], [2], [3]], [9], [10])
+    assert log == [("batched", [0, 1, 2, 3]), ("batched", [9]), ("here", [10])]
