@@ -379,18 +379,45 @@ def level_warmup_s(args) -> float:
     return min(args.level_warmup_s, args.warmup_s)
 
 
+AFTER = "c1_after"  # 1 client again, right after the warm-up at the highest level
+
+
+def query_phases(args) -> list[tuple[str | None, int, float]]:
+    """The query phases in order, ``(result key, or None for a warm-up; clients; seconds)``.
+
+    A lone client first: ``--warmup-s`` at 1 client, then the 1-client level (an autoscaled
+    app runs the one replica a lone client keeps). Then ``--warmup-s`` at the highest level
+    (the app scales up) and, with a 1-client level, 1 client again (``c1_after``): what a lone
+    client gets while the replicas added under load are still up (``downscale_delay_s``;
+    README: Serving speed) -- those ~10 s also let a replica just added finish starting. Then
+    every other level, each after its own short warm-up."""
+    levels = query_levels(args)
+    top = max(c for c, _ in levels)
+    first = [lv for lv in levels if lv[0] == 1]
+    rest = [lv for lv in levels if lv[0] != 1]
+    out: list[tuple[str | None, int, float]] = []
+    for n, s in first:
+        out += [(None, 1, args.warmup_s), (f"c{n}", n, s)]
+    if rest:
+        out.append((None, top, args.warmup_s))
+        if first:
+            out += [(None, 1, level_warmup_s(args)), (AFTER, 1, first[0][1])]
+    for n, s in rest:
+        out += [(None, n, level_warmup_s(args)), (f"c{n}", n, s)]
+    return out
+
+
 def query_suite(base_url: str, args, queries: list[str]) -> dict:
-    """Warm-up at the highest level, then each level of :func:`query_levels` (its own short
-    warm-up first): ``{"c<n>": summarize(...)}``, from ``--load``'s client."""
+    """The phases of :func:`query_phases`: ``{"c<n>": summarize(...)}``, from ``--load``'s
+    client."""
     if args.load == "httpx":
         return asyncio.run(http_query_suite(base_url, args, queries))
     bodies = [json.dumps({"text": t, "k": K}) for t in queries]
-    levels = query_levels(args)
-    run_wrk(base_url, "/v1/query", bodies, max(c for c, _ in levels), args.warmup_s)
     out: dict = {}
-    for n, duration_s in levels:
-        run_wrk(base_url, "/v1/query", bodies, n, level_warmup_s(args))
-        out[f"c{n}"] = run_wrk(base_url, "/v1/query", bodies, n, duration_s)
+    for key, n, seconds in query_phases(args):
+        res = run_wrk(base_url, "/v1/query", bodies, n, seconds)
+        if key:
+            out[key] = res
     if any(v["errors"] for v in out.values()):  # wrk counts them; show what one looked like
         import httpx
 
@@ -416,13 +443,12 @@ async def http_query_suite(base_url: str, args, queries: list[str]) -> dict:
                 first_error.append(f"{r.status_code} {r.text[:300]}")
             return r.status_code == 200
 
-        await run_load(send, top, args.warmup_s, 10**9)
         out = {}
-        for n, duration_s in levels:
-            await run_load(send, n, level_warmup_s(args), 10**9)
+        for key, n, seconds in query_phases(args):
             cpu0 = time.process_time()
-            out[f"c{n}"] = await run_load(send, n, duration_s, args.max_requests)
-            out[f"c{n}"]["client_cpu_s"] = round(time.process_time() - cpu0, 3)
+            res = await run_load(send, n, seconds, args.max_requests if key else 10**9)
+            if key:
+                out[key] = {**res, "client_cpu_s": round(time.process_time() - cpu0, 3)}
     if first_error:
         out["first_error"] = first_error[0]
     return out
@@ -534,12 +560,11 @@ def bench_inprocess(bundle_uri: str, args, queries: list[str], items: list[str])
 
     threads = set_threads(args.threads)
     with inprocess_pipeline(bundle_uri, queries) as (bundle, index, query):
-        levels = query_levels(args)
-        inprocess_load(query, max(c for c, _ in levels), args.warmup_s, 10**9, threads)
         queries_res = {}
-        for n, duration_s in levels:
-            inprocess_load(query, n, level_warmup_s(args), 10**9, threads)
-            queries_res[f"c{n}"] = inprocess_load(query, n, duration_s, args.max_requests, threads)
+        for key, n, seconds in query_phases(args):
+            res = inprocess_load(query, n, seconds, args.max_requests if key else 10**9, threads)
+            if key:
+                queries_res[key] = res
 
         # ingest: encode + synthesize + durable add, batches of ingest_batch, 1 client
         bs = args.ingest_batch
@@ -846,30 +871,38 @@ def concurrency_report(report: dict, args) -> dict:
     for name, res in report.get("serve", {}).items():
         systems[f"serve:{name}"] = res["query"]
     keys = ("qps", "p50_ms", "p99_ms", "mean_ms", "n", "errors", "client_cpu_s")
+    cols = [(str(c), f"c{c}") for c in args.concurrency]  # (column, result key)
+    if any(AFTER in q for q in systems.values()):
+        cols.append((f"1 after {max(args.concurrency)}", AFTER))
     table = {
-        sys_: {str(c): {k: q.get(f"c{c}", {}).get(k) for k in keys} for c in args.concurrency}
+        sys_: {col: {k: q.get(key, {}).get(k) for k in keys} for col, key in cols}
         for sys_, q in systems.items()
     }
 
     def ratio(a, b):
         return round(a / b, 3) if a and b else None
 
+    # the in-process pipeline has no replicas to scale: "1 after" is compared with its 1 client
+    base = {col: "1" if key == AFTER else col for col, key in cols}
     ratios = {
         sys_: {
-            str(c): {
+            col: {
                 **{
                     f"qps_vs_{name}": ratio(
-                        row[str(c)]["qps"], table.get(name, {}).get(str(c), {}).get("qps")
+                        row[col]["qps"], table.get(name, {}).get(col, {}).get("qps")
                     )
                     for name in PLAIN_SYSTEMS
                     if name == "plain" or name in table
                 },
-                "qps_vs_inprocess": ratio(row[str(c)]["qps"], table["inprocess"][str(c)]["qps"]),
+                "qps_vs_inprocess": ratio(row[col]["qps"], table["inprocess"][base[col]]["qps"]),
+                "p50_vs_inprocess": ratio(
+                    row[col]["p50_ms"], table["inprocess"][base[col]]["p50_ms"]
+                ),
             }
-            for c in args.concurrency
+            for col, _ in cols
         }
         for sys_, row in table.items()
-        if sys_.startswith("serve:")
+        if sys_ != "inprocess"
     }
     return {
         "started_at": report["started_at"],
@@ -930,13 +963,17 @@ def concurrency_markdown(conc: dict) -> str:
         "",
         f"Bundle: `{conc['bundle']}` ({conc['note'] or 'no note'}); {conc['cpus']} cores; "
         f"k={s['k']}, {s['n_shards']} index shards, {s['n_queries']} query texts cycled.",
-        f"Per system: {s['warmup_s']} s warm-up at {max(conc['levels'])} clients, then per "
-        f"level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s measured"
+        f"Per system: {s['warmup_s']} s warm-up at 1 client and the 1-client level, then "
+        f"{s['warmup_s']} s warm-up at {max(conc['levels'])} clients, 1 client again and the "
+        f"other levels; per level {s['level_warmup_s']} s warm-up + {s['duration_level_s']} s "
+        "measured"
         + (f" (at most {s['max_requests']} requests)" if s.get("load") != "wrk" else "")
         + ". Load (HTTP systems): "
         + LOAD_LABEL[s.get("load", "httpx")]
         + "; in-process: N threads over encode + search. `client ms/req`: the load "
-        "generator's CPU per answered request.",
+        "generator's CPU per answered request. `1 after N`: 1 client again right after the "
+        "warm-up at N clients (replicas added under load still up); its ratios are to the "
+        "in-process pipeline's 1-client level.",
         f"Load average (1/5/15 min): {conc['loadavg']}." + (" SMOKE run." if conc["smoke"] else ""),
         "",
     ]
@@ -944,18 +981,18 @@ def concurrency_markdown(conc: dict) -> str:
     lines += [
         "| system | clients | QPS | p50 ms | p99 ms | errors | "
         + " | ".join(f"QPS / {_label(name)}" for name in refs)
-        + " | QPS / in-process | client ms/req |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(refs) + 2),
+        + " | QPS / in-process | p50 / in-process | client ms/req |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(refs) + 3),
     ]
     for sys_, row in conc["systems"].items():
-        for c in conc["levels"]:
-            r = row[str(c)]
-            rat = conc["ratios"].get(sys_, {}).get(str(c), {})
+        for col, r in row.items():
+            rat = conc["ratios"].get(sys_, {}).get(col, {})
             lines.append(
-                f"| {_label(sys_)} | {c} | {_fmt(r['qps'])} | {_fmt(r['p50_ms'])} "
+                f"| {_label(sys_)} | {col} | {_fmt(r['qps'])} | {_fmt(r['p50_ms'])} "
                 f"| {_fmt(r['p99_ms'])} | {_fmt(r['errors'])} | "
                 + " | ".join(_fmt(rat.get(f"qps_vs_{name}")) for name in refs)
-                + f" | {_fmt(rat.get('qps_vs_inprocess'))} | {_per_request_ms(r)} |"
+                + f" | {_fmt(rat.get('qps_vs_inprocess'))} | {_fmt(rat.get('p50_vs_inprocess'))}"
+                f" | {_per_request_ms(r)} |"
             )
     return "\n".join(lines) + "\n"
 

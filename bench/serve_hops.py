@@ -16,8 +16,9 @@ HTTP themselves) and, in ``--rounds`` interleaved rounds, one ``wrk`` connection
 Around each replica query phase the replica's ``/metrics`` stage sums give the mean time of
 ``encode_search`` (the route awaiting its answer from the batcher), and inside it the compute
 thread's ``batch_encode``, ``copies_search`` and ``batch_lookup``. The report splits the
-mean latency of a query through HAProxy into: the compute thread's work; the batcher and the
-thread hop (``encode_search`` minus that work); the replica's HTTP stack (replica query
+mean latency of a query through HAProxy into: the compute work (in the compute thread, or in
+place for a lone query); the batcher and, for a batched query, the thread hop
+(``encode_search`` minus that work); the replica's HTTP stack (replica query
 minus ``encode_search``); HAProxy (HAProxy query minus replica query). Means, not p50s, so
 that the parts add up. Writes ``OUT/serve_hops.{md,json}``.
 """
@@ -126,8 +127,8 @@ def breakdown(rows: list[dict]) -> dict:
         compute = sum(st[s] or 0.0 for s in ("batch_encode", "copies_search", "batch_lookup"))
         out.append(
             {
-                "compute thread": compute,
-                "batcher + thread hop": st["encode_search"] - compute,
+                "compute (encode, search, lookup)": compute,
+                "batcher (+ thread hop when batched)": st["encode_search"] - compute,
                 "replica HTTP stack": r["replica_query"]["mean_ms"] - st["encode_search"],
                 "HAProxy": r["proxy_query"]["mean_ms"] - r["replica_query"]["mean_ms"],
                 "total (HAProxy query)": r["proxy_query"]["mean_ms"],

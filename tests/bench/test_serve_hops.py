@@ -35,8 +35,8 @@ def test_hops_add_up_to_the_proxied_query():
         "proxy_healthz": _wrk(0.5, 0.45),
     }
     parts = hops.breakdown([row])
-    assert parts["compute thread"] == [pytest.approx(5.0)]
-    assert parts["batcher + thread hop"] == [pytest.approx(1.0)]
+    assert parts["compute (encode, search, lookup)"] == [pytest.approx(5.0)]
+    assert parts["batcher (+ thread hop when batched)"] == [pytest.approx(1.0)]
     assert parts["replica HTTP stack"] == [pytest.approx(0.8)]
     assert parts["HAProxy"] == [pytest.approx(0.3)]
     total = sum(v[0] for k, v in parts.items() if k != "total (HAProxy query)")
