@@ -316,3 +316,19 @@ def force_plan(mp, plan: str) -> None:
 
     for key in shard_mod.GATHER_NS:
         mp.setitem(shard_mod.GATHER_NS, key, 0 if plan == "exact" else 10**12)
+
+
+class AsyncOwners:
+    """In-process owners (a ``RoutedIndex``) behind the async index-view interface the shard
+    actors give (``irene.index.view.IndexView``); ``calls`` counts the calls."""
+
+    def __init__(self, routed) -> None:
+        self.routed, self.calls = routed, 0
+
+    async def search(self, q, k, filter=None):
+        self.calls += 1
+        return self.routed.search(q, k)
+
+    async def lookup(self, ids):
+        self.calls += 1
+        return self.routed.lookup(ids)

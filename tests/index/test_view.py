@@ -14,23 +14,9 @@ from irene.index.feed import IndexCopy
 from irene.index.records import Records
 from irene.index.router import RoutedIndex, owner_uri
 from irene.index.view import CopiesView
+from tests.helpers import AsyncOwners
 
 DIM = 8
-
-
-class _AsyncIndex:
-    """The in-process owners behind the async view interface (what ActorShards gives)."""
-
-    def __init__(self, routed: RoutedIndex) -> None:
-        self.routed, self.calls = routed, 0
-
-    async def search(self, q, k, filter=None):
-        self.calls += 1
-        return self.routed.search(q, k)
-
-    async def lookup(self, ids):
-        self.calls += 1
-        return self.routed.lookup(ids)
 
 
 def _sync(owner: IndexActor, copy: IndexCopy) -> None:
@@ -56,7 +42,7 @@ def test_copies_answer_while_fresh_and_the_fallback_while_stale(tmp_path):
     copies = [IndexCopy() for _ in owners]
     for o, c in zip(owners, copies, strict=True):
         _sync(o, c)
-    fallback = _AsyncIndex(routed)
+    fallback = AsyncOwners(routed)
     pool = ThreadPoolExecutor(1)
     view = CopiesView(copies, pool, fallback)
     q = rng.standard_normal((5, DIM)).astype(np.float32)  # (5, DIM)

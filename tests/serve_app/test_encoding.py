@@ -11,6 +11,7 @@ import numpy as np
 
 import irene.bundle
 from serve_app import encoding
+from tests.helpers import AsyncOwners
 
 
 class _StubEncoder:
@@ -80,21 +81,6 @@ class _TextVectors(_StubEncoder):
         return out
 
 
-class _Fallback:
-    """The owners behind the async view interface (what the shard actors give)."""
-
-    def __init__(self, routed) -> None:
-        self.routed, self.calls = routed, 0
-
-    async def search(self, q, k, filter=None):
-        self.calls += 1
-        return self.routed.search(q, k)
-
-    async def lookup(self, ids):
-        self.calls += 1
-        return self.routed.lookup(ids)
-
-
 def test_a_lone_query_is_answered_in_place_like_a_batched_one(monkeypatch, tmp_path):
     from irene.index.actor import IndexActor
     from irene.index.feed import IndexCopy
@@ -112,7 +98,7 @@ def test_a_lone_query_is_answered_in_place_like_a_batched_one(monkeypatch, tmp_p
     routed.upsert([f"item{i}" for i in range(4)], x, recs)
     copy = IndexCopy()
     copy.apply(owner.poll(*copy.poll_args(), 0.0))
-    fallback = _Fallback(routed)
+    fallback = AsyncOwners(routed)
     alone = [True]
     qb = encoding.QueryBatcher(
         enc.encode, CopiesView([copy], enc.pool, fallback), 8, local=enc, alone=lambda: alone[0]
