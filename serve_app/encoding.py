@@ -193,41 +193,36 @@ class QueryBatcher:
         may be stale: then the batched path answers)."""
         if not self.view.fresh():
             return None
-        texts, ks, groups = _split(items)
-        ran, out = self._local.pool.run_here(self._encode_search_now, texts, ks, groups)
-        if not ran or out[1] is None:
-            return None
-        _, (scores, ids), looked = out
-        return _hits(scores, ids, ks, _wanted(ids, ks), looked)
+        ran, out = self._local.pool.run_here(self._encode_search_now, *_split(items))
+        return out[1] if ran else None
 
     async def _run(self, items: list) -> list:
         texts, ks, groups = _split(items)
-        found = looked = None
         if self._local is not None:
             loop = asyncio.get_running_loop()
-            q, found, looked = await loop.run_in_executor(
+            q, hits = await loop.run_in_executor(
                 self._local.pool, self._encode_search_now, texts, ks, groups
             )
+            if hits is not None:
+                return hits
         else:
             q = np.asarray(await self._encode(texts), np.float32)  # (n, d)
-        if found is None:  # not searched above (or a copy may be stale): the view decides
-            t0 = time.perf_counter()
-            parts = await asyncio.gather(
-                *(self.view.search(q[rows], max(ks[r] for r in rows), f) for f, rows in groups)
-            )
-            found = _scatter(groups, parts, len(texts))  # (n, K), (n, K)
-            self._observe("batch_search", time.perf_counter() - t0)
-        scores, ids = found
+        # not searched above (or a copy may be stale): the view decides
+        t0 = time.perf_counter()
+        parts = await asyncio.gather(
+            *(self.view.search(q[rows], max(ks[r] for r in rows), f) for f, rows in groups)
+        )
+        scores, ids = _scatter(groups, parts, len(texts))  # (n, K), (n, K)
+        self._observe("batch_search", time.perf_counter() - t0)
         wanted = _wanted(ids, ks)
-        if looked is None:
-            t0 = time.perf_counter()
-            looked = await self.view.lookup(wanted) if len(wanted) else ([], [])
-            self._observe("batch_lookup", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        looked = await self.view.lookup(wanted) if len(wanted) else ([], [])
+        self._observe("batch_lookup", time.perf_counter() - t0)
         return _hits(scores, ids, ks, wanted, looked)
 
     def _encode_search_now(self, texts: list, ks: list[int], groups: list) -> tuple:
-        """In the compute thread: embeddings, and the copies' hits and lookup (None, None
-        while a copy may be stale)."""
+        """In the compute thread (or in place): ``(embeddings, hits per text)`` from the
+        copies (hits None while a copy may be stale)."""
         t0 = time.perf_counter()
         q = np.asarray(self._local.encode_now(texts), np.float32)  # (n, d)
         t1 = time.perf_counter()
@@ -236,15 +231,17 @@ class QueryBatcher:
         for f, rows in groups:
             part = self.view.search_now(q[rows], max(ks[r] for r in rows), f)
             if part is None:
-                return q, None, None
+                return q, None
             parts.append(part)
-        found = _scatter(groups, parts, len(texts))
+        scores, ids = _scatter(groups, parts, len(texts))
         t2 = time.perf_counter()
         self._observe("copies_search", t2 - t1)
-        wanted = _wanted(found[1], ks)
+        wanted = _wanted(ids, ks)
         looked = self.view.lookup_now(wanted) if len(wanted) else ([], [])
+        if looked is None:  # a copy went stale since the search: the view answers
+            return q, None
         self._observe("batch_lookup", time.perf_counter() - t2)
-        return q, found, looked
+        return q, _hits(scores, ids, ks, wanted, looked)
 
     def stats(self) -> dict:
         """Mean queries per batch so far."""

@@ -114,9 +114,15 @@ def test_a_lone_query_is_answered_in_place_like_a_batched_one(monkeypatch, tmp_p
         assert fallback.calls == 0
 
         alone[0] = True
+        fresh = iter([True, True, False])  # stale between the copy's search and its lookup
+        monkeypatch.setattr(copy, "fresh", lambda: next(fresh, False))
+        assert asyncio.run(qb.search(["v2", "v0"], 2)) == here  # the fallback answered
+        assert fallback.calls == 2
+        monkeypatch.undo()
+
         copy.lost_contact()  # a copy that may be stale: not in place, the fallback answers
         assert asyncio.run(qb.search(["v2", "v0"], 2)) == here
-        assert fallback.calls == 2 and stub.calls[-1][0].startswith("irene-compute")
+        assert fallback.calls == 4 and stub.calls[-1][0].startswith("irene-compute")
     finally:
         enc.pool.shutdown()
         routed.close()
