@@ -421,7 +421,8 @@ def test_bulk_ingest_job_is_queryable_without_a_restart(served, tmp_path):
         )
     )
     ix = served.index
-    index = {k: ix[k] for k in ("name", "namespace", "n_owners", "n_shards")}
+    # the same index settings as the app (one index config): other ones are an error
+    index = {k: ix[k] for k in ("name", "namespace", "n_owners", "n_shards", "num_cpus")}
     cfg = load_config(
         None,
         ["ingest.batch_size=5", "ingest.encode_actors=1"],
