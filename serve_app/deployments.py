@@ -54,7 +54,7 @@ from irene.index.records import Records
 from irene.ray.index import ActorShards, actors_for
 from serve_app.auth import AuthError, TokenAuth
 from serve_app.batching import Coalescer
-from serve_app.encoding import BatchedEncoder, QueryBatcher, compute_pool, replica_threads
+from serve_app.encoding import BatchedEncoder, ComputeThread, QueryBatcher, replica_threads
 from serve_app.metrics import ReplicaMetrics
 from serve_app.middleware import BodyLimitMiddleware, MetricsMiddleware
 from serve_app.readers import copies_view
@@ -201,7 +201,7 @@ class Generator:
 
     def __init__(self, bundle: str, batch: dict | None = None, threads: int | None = None) -> None:
         self._default = bundle
-        self._pool = compute_pool(replica_threads(threads))
+        self._pool = ComputeThread(replica_threads(threads))
         self._batch = BatchSettings(**(batch or {}))
         self._models = Loaded(self._load)
         self._models.put(bundle, self._load(bundle))
@@ -311,7 +311,7 @@ class ShardReader:
     async def __init__(self, args: dict, owner: int) -> None:
         self.args = AppArgs(**args)
         self.owner = int(owner)
-        self._pool = compute_pool(replica_threads(self.args.threads))
+        self._pool = ComputeThread(replica_threads(self.args.threads))
         await self._switch(*serving_generation(self.args))
         self._alias = AliasWatch(self.args, lambda: self._generation, self._switch)
 
@@ -552,7 +552,7 @@ class Ingress:
         self._generator = generator
         self._encoder_handle = encoder
         self._readers = readers
-        self._pool = None if encoder is None else compute_pool(replica_threads(self.args.threads))
+        self._pool = None if encoder is None else ComputeThread(replica_threads(self.args.threads))
         name, config, bundle = serving_generation(self.args)
         self._s = await self._open(name, config, bundle, check=True)
         if not self.auth.configured and not self.args.auth.allow_unauthenticated_writes:

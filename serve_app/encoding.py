@@ -91,11 +91,6 @@ class ComputeThread(Executor):
         self._pool.shutdown(wait, cancel_futures=cancel_futures)
 
 
-def compute_pool(threads: int) -> ComputeThread:
-    """This process's compute thread (:class:`ComputeThread`)."""
-    return ComputeThread(threads)
-
-
 class BatchedEncoder:
     """A bundle's encoder plus a compute thread (``pool``); batches concurrent ``encode``
     calls. ``observe(stage, seconds)`` receives the time of each batched encode."""
@@ -113,7 +108,7 @@ class BatchedEncoder:
 
         self._encoder = load_encoder(bundle, device=device)
         self.dim = self._encoder.dim
-        self.pool = compute_pool(replica_threads(threads))
+        self.pool = ComputeThread(replica_threads(threads))
         self._observe = observe or (lambda stage, seconds: None)
         self._texts = Coalescer(self._encode_rows, max_batch, linger_s)
         # a model's first inference is slow (~0.35 s for openvino-bf16 MiniLM: the runtime
